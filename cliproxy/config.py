@@ -1,0 +1,185 @@
+"""The configuration as frozen, typed values.
+
+Pure: nothing here reads files or the environment. `cliproxy.settings` turns YAML into these
+objects; everything past the loader sees only these types, never a dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "AutoDisableOverrides",
+    "AutoDisableSettings",
+    "DEFAULT_AUTO_DISABLE",
+    "DEFAULT_COUNT_STATUSES",
+    "ApiKeyEntry",
+    "Config",
+    "ModelEntry",
+    "PairKey",
+    "RemoteManagement",
+    "SettingLevel",
+    "Timeouts",
+    "Vendor",
+    "resolve_auto_disable",
+]
+
+#: A (vendor name, model entry's upstream name) pair: the unit that is tracked, disabled and reported.
+PairKey = tuple[str, str]
+
+SettingLevel = Literal["default", "global", "vendor", "model"]
+
+#: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
+DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
+
+
+@dataclass(frozen=True, slots=True)
+class AutoDisableOverrides:
+    """What one level (global, vendor or model) of `auto-disable` sets; None means inherit."""
+
+    failure_threshold: int | None = None
+    time_window_seconds: float | None = None
+    disable_duration_seconds: float | None = None
+    count_statuses: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoDisableSettings:
+    """The effective auto-disable rule of one pair, each field resolved on its own."""
+
+    failure_threshold: int
+    time_window_seconds: float
+    disable_duration_seconds: float
+    count_statuses: frozenset[int]
+    #: Which level each field came from: {"failure_threshold": "model", ...}.
+    sources: tuple[tuple[str, SettingLevel], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """`failure-threshold: 0` switches auto-disable off for the scope."""
+        return self.failure_threshold > 0
+
+    def source_of(self, field_name: str) -> SettingLevel:
+        return dict(self.sources).get(field_name, "default")
+
+
+DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
+    failure_threshold=5,
+    time_window_seconds=60.0,
+    disable_duration_seconds=300.0,
+    count_statuses=DEFAULT_COUNT_STATUSES,
+)
+
+_AUTO_DISABLE_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+
+
+def resolve_auto_disable(
+    global_: AutoDisableOverrides, vendor: AutoDisableOverrides, model: AutoDisableOverrides
+) -> AutoDisableSettings:
+    """Model over vendor over global over the defaults, field by field."""
+    values: dict[str, object] = {}
+    sources: list[tuple[str, SettingLevel]] = []
+    levels: tuple[tuple[SettingLevel, AutoDisableOverrides], ...] = (
+        ("model", model),
+        ("vendor", vendor),
+        ("global", global_),
+        ("default", DEFAULT_AUTO_DISABLE),
+    )
+    for name in _AUTO_DISABLE_FIELDS:
+        for level, overrides in levels:
+            value = getattr(overrides, name)
+            if value is not None:
+                values[name] = value
+                sources.append((name, level))
+                break
+    return AutoDisableSettings(**values, sources=tuple(sources))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. `connect`: TCP+TLS; `first_byte`: until the response headers; `stream_idle`: between chunks."""
+
+    connect: float | None = None
+    first_byte: float | None = None
+    stream_idle: float | None = None
+
+    def over(self, base: Timeouts) -> Timeouts:
+        """These values where set, `base` elsewhere."""
+        return Timeouts(
+            connect=self.connect if self.connect is not None else base.connect,
+            first_byte=self.first_byte if self.first_byte is not None else base.first_byte,
+            stream_idle=self.stream_idle if self.stream_idle is not None else base.stream_idle,
+        )
+
+
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=120.0, stream_idle=120.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    api_key: str
+    proxy_url: str | None = None
+
+    def __repr__(self) -> str:  # never let a key reach a log line through repr()
+        return f"ApiKeyEntry(api_key='***', proxy_url={self.proxy_url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    alias: str | None = None
+    enabled: bool = True
+    auto_disable: AutoDisableOverrides = AutoDisableOverrides()
+
+    @property
+    def public_name(self) -> str:
+        """The client-facing name: the alias, or the upstream name when there is none."""
+        return self.alias or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Vendor:
+    name: str
+    base_url: str
+    enabled: bool = True
+    priority: int = 0
+    prefix: str | None = None
+    api_key_entries: tuple[ApiKeyEntry, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    timeouts: Timeouts = Timeouts()
+    auto_disable: AutoDisableOverrides = AutoDisableOverrides()
+    models: tuple[ModelEntry, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Vendor(name={self.name!r}, base_url={self.base_url!r}, enabled={self.enabled})"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteManagement:
+    secret_key: str | None = None
+    allow_remote: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"RemoteManagement(secret_key={'***' if self.secret_key else None}, allow_remote={self.allow_remote})"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8317
+    api_keys: tuple[str, ...] = ()
+    proxy_url: str | None = None
+    request_retry: int = 3
+    database: str = "./cliproxy.db"
+    max_body_bytes: int = 32 * 1024 * 1024
+    remote_management: RemoteManagement = RemoteManagement()
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    auto_disable: AutoDisableOverrides = AutoDisableOverrides()
+    vendors: tuple[Vendor, ...] = ()
+    #: Where this config was read from (None when built in code); write-back and reload use it.
+    path: str | None = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        return f"Config(host={self.host!r}, port={self.port}, vendors={[v.name for v in self.vendors]})"

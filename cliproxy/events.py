@@ -1,0 +1,114 @@
+"""Values that cross the seam between the request path, the failure tracker and the store.
+
+Pure: no I/O. Times are wall-clock seconds since the epoch (`time.time()`): monotonic values mean
+nothing after a restart, and these are persisted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "DisabledRecord",
+    "ErrorInfo",
+    "Event",
+    "EventKind",
+    "Outcome",
+    "OutcomeKind",
+    "OutcomeSink",
+]
+
+OutcomeKind = Literal["success", "failure", "neutral"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """The last error of a pair: an upstream status (None for transport errors) and a short excerpt.
+
+    The excerpt is already masked of secrets when it is built (see `cliproxy.redact`).
+    """
+
+    status: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The one classification of one upstream attempt.
+
+    `kind` says how auto-disable sees it: `failure` counts, `neutral` does not, `success` resets.
+    `reason` is a stable label for metrics and logs: `ok`, `http_status`, `connect_error`,
+    `connect_timeout`, `first_byte_timeout`, `stream_idle_timeout`, `stream_error`,
+    `client_error`, `client_disconnect`, `rejected`.
+    """
+
+    kind: OutcomeKind
+    reason: str
+    error: ErrorInfo | None = None
+
+
+class OutcomeSink:
+    """The single seam through which every attempt reports its outcome for its pair.
+
+    The core gateway ships this no-op; the failure tracker replaces it.
+    """
+
+    def record_outcome(self, pair: tuple[str, str], outcome: Outcome) -> None:  # pragma: no cover - no-op
+        return None
+
+    def is_available(self, pair: tuple[str, str]) -> bool:
+        """False while the pair is disabled by the tracker or manually; routing skips it."""
+        return True
+
+    def seconds_until_available(self, pair: tuple[str, str]) -> float | None:
+        """For Retry-After: seconds until the pair comes back, None when unknown or never."""
+        return None
+
+
+EventKind = Literal[
+    "disabled",  # auto-disable tripped
+    "enabled",  # cause: expired | manual | startup-expired
+    "manual-disable",  # an operator disabled a pair (with or without duration)
+    "manual-enable",
+    "vendor-changed",  # PATCH of vendor fields (enabled, ...)
+    "model-changed",  # PATCH of a model entry
+    "config-reloaded",
+    "config-rejected",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the append-only audit history."""
+
+    kind: str
+    at: float
+    vendor: str | None = None
+    model: str | None = None
+    reason: str | None = None  # auto | manual (for disables)
+    cause: str | None = None  # expired | manual | startup-expired (for enables)
+    disabled_at: float | None = None
+    disabled_until: float | None = None
+    failure_count: int | None = None
+    window_started_at: float | None = None
+    settings: dict | None = None  # the auto-disable settings in force
+    last_error: ErrorInfo | None = None
+    actor: str | None = None  # management client address for manual actions
+    detail: dict | None = None  # anything else, JSON-encoded in the store
+    id: int | None = None  # set by the store when read back
+
+
+@dataclass(frozen=True, slots=True)
+class DisabledRecord:
+    """A pair disabled now, as held by the current-state table."""
+
+    vendor: str
+    model: str
+    reason: str  # auto | manual
+    disabled_at: float
+    disabled_until: float | None  # None: manual without an end
+    failure_count: int = 0
+    window_started_at: float | None = None
+    last_error: ErrorInfo | None = None
+    actor: str | None = None

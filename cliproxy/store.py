@@ -1,0 +1,737 @@
+"""Durable storage of auto-disable state: the append-only event history and the disabled pairs.
+
+All SQL of the project lives here. The schema is plain SQL in `migrations/NNNN_name.sql`, applied
+in order, each file in one transaction together with its row in `schema_migrations`.
+
+Timestamps: the rest of the program holds wall-clock epoch seconds (floats); the database holds
+ISO-8601 UTC text with milliseconds (`2026-11-21T23:59:01.123Z`), readable in the sqlite3 shell and
+sortable as text. Conversion happens only here, and a stored time is the epoch value *rounded to
+the millisecond*: a float read back equals `round_timestamp(original)`, so a value that already
+has millisecond precision round-trips exactly.
+
+Two ways in:
+
+* `SQLiteStore` (async, for the server): one connection, used from one dedicated worker thread,
+  so calls run one after another and every call is one complete transaction (`BEGIN IMMEDIATE` ...
+  `COMMIT`) executed in one go on that thread: a cancelled caller cannot leave a transaction
+  half-done. WAL journal, `synchronous=FULL` (a committed disable survives kill -9 and power loss),
+  `busy_timeout`.
+* Synchronous functions (stdlib `sqlite3`) for start-up and the operator CLI: `apply_migrations`,
+  `pending_migrations`, and the read-only `read_disabled` / `read_events`, which open the file with
+  `mode=ro` and work while the server is stopped or running.
+
+Errors from SQLite propagate as `sqlite3.Error`; nothing is swallowed (except by `ping`, whose
+answer is the boolean). Nothing secret is added here: error excerpts arrive already masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from cliproxy.events import DisabledRecord, ErrorInfo, Event
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "MigrationError",
+    "SQLiteStore",
+    "Store",
+    "apply_migrations",
+    "default_migrations_dir",
+    "format_timestamp",
+    "parse_timestamp",
+    "pending_migrations",
+    "read_disabled",
+    "read_events",
+    "round_timestamp",
+]
+
+#: How long a statement waits for another connection's lock before failing with "database is locked".
+BUSY_TIMEOUT_MS = 5000
+
+_T = TypeVar("_T")
+
+# --------------------------------------------------------------------------------------------
+# Timestamps
+# --------------------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """Epoch seconds -> `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), rounded to the nearest millisecond."""
+    ms = round(epoch_seconds * 1000)
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> float:
+    """ISO-8601 text as stored (`...Z`, or with an offset; naive means UTC) -> epoch seconds."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ms = round((moment - _EPOCH) / _ONE_MS)
+    return ms / 1000
+
+
+def round_timestamp(epoch_seconds: float) -> float:
+    """The value an epoch time has after a trip through the store (millisecond precision)."""
+    return round(epoch_seconds * 1000) / 1000
+
+
+def _ts_out(value: float | None) -> str | None:
+    return None if value is None else format_timestamp(value)
+
+
+def _ts_in(value: str | None) -> float | None:
+    return None if value is None else parse_timestamp(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Row <-> dataclass: the one mapping, shared by the async store and the sync helpers
+# --------------------------------------------------------------------------------------------
+
+_EVENT_COLUMNS = (
+    "at",
+    "kind",
+    "vendor",
+    "model",
+    "reason",
+    "cause",
+    "disabled_at",
+    "disabled_until",
+    "failure_count",
+    "window_started_at",
+    "threshold",
+    "window_seconds",
+    "duration_seconds",
+    "settings",
+    "last_status",
+    "last_error",
+    "actor",
+    "detail",
+)
+
+_DISABLED_COLUMNS = (
+    "vendor",
+    "model",
+    "reason",
+    "disabled_at",
+    "disabled_until",
+    "failure_count",
+    "window_started_at",
+    "last_status",
+    "last_error",
+    "actor",
+)
+
+#: Event.settings key -> events column holding a copy of it for queries.
+_SETTINGS_COLUMNS = {
+    "failure_threshold": "threshold",
+    "time_window_seconds": "window_seconds",
+    "disable_duration_seconds": "duration_seconds",
+}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"not JSON-serialisable for the store: {type(value).__name__}")
+
+
+def _json_out(value: dict | None) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=_json_default)
+
+
+def _json_in(text: str | None) -> dict | None:
+    return None if text is None else json.loads(text)
+
+
+def _error_in(row: Mapping[str, Any]) -> ErrorInfo | None:
+    if row["last_status"] is None and row["last_error"] is None:
+        return None
+    return ErrorInfo(status=row["last_status"], message=row["last_error"] or "")
+
+
+def event_to_row(event: Event) -> dict[str, Any]:
+    """An Event as the named parameters of an `events` row (its `id` is ignored: the store assigns it).
+
+    `settings` is stored whole as JSON (sets become sorted lists) and its three known keys are
+    copied into threshold / window_seconds / duration_seconds.
+    """
+    settings = event.settings or {}
+    row: dict[str, Any] = {
+        "at": format_timestamp(event.at),
+        "kind": event.kind,
+        "vendor": event.vendor,
+        "model": event.model,
+        "reason": event.reason,
+        "cause": event.cause,
+        "disabled_at": _ts_out(event.disabled_at),
+        "disabled_until": _ts_out(event.disabled_until),
+        "failure_count": event.failure_count,
+        "window_started_at": _ts_out(event.window_started_at),
+        "settings": _json_out(event.settings),
+        "last_status": event.last_error.status if event.last_error else None,
+        "last_error": event.last_error.message if event.last_error else None,
+        "actor": event.actor,
+        "detail": _json_out(event.detail),
+    }
+    for key, column in _SETTINGS_COLUMNS.items():
+        row[column] = settings.get(key)
+    return row
+
+
+def row_to_event(row: Mapping[str, Any]) -> Event:
+    """An `events` row (with `id`) back into the Event that was recorded."""
+    return Event(
+        id=row["id"],
+        kind=row["kind"],
+        at=parse_timestamp(row["at"]),
+        vendor=row["vendor"],
+        model=row["model"],
+        reason=row["reason"],
+        cause=row["cause"],
+        disabled_at=_ts_in(row["disabled_at"]),
+        disabled_until=_ts_in(row["disabled_until"]),
+        failure_count=row["failure_count"],
+        window_started_at=_ts_in(row["window_started_at"]),
+        settings=_json_in(row["settings"]),
+        last_error=_error_in(row),
+        actor=row["actor"],
+        detail=_json_in(row["detail"]),
+    )
+
+
+def disabled_to_row(record: DisabledRecord) -> dict[str, Any]:
+    """A DisabledRecord as the named parameters of a `disabled_pairs` row."""
+    return {
+        "vendor": record.vendor,
+        "model": record.model,
+        "reason": record.reason,
+        "disabled_at": format_timestamp(record.disabled_at),
+        "disabled_until": _ts_out(record.disabled_until),
+        "failure_count": record.failure_count,
+        "window_started_at": _ts_out(record.window_started_at),
+        "last_status": record.last_error.status if record.last_error else None,
+        "last_error": record.last_error.message if record.last_error else None,
+        "actor": record.actor,
+    }
+
+
+def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
+    """A `disabled_pairs` row back into a DisabledRecord."""
+    return DisabledRecord(
+        vendor=row["vendor"],
+        model=row["model"],
+        reason=row["reason"],
+        disabled_at=parse_timestamp(row["disabled_at"]),
+        disabled_until=_ts_in(row["disabled_until"]),
+        failure_count=row["failure_count"],
+        window_started_at=_ts_in(row["window_started_at"]),
+        last_error=_error_in(row),
+        actor=row["actor"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SQL: the statements, and the functions that run them on a stdlib connection
+# --------------------------------------------------------------------------------------------
+
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _EVENT_COLUMNS)})"
+)
+
+_UPSERT_DISABLED = (
+    f"INSERT INTO disabled_pairs ({', '.join(_DISABLED_COLUMNS)}, event_id) "
+    f"VALUES ({', '.join(':' + c for c in _DISABLED_COLUMNS)}, :event_id) "
+    "ON CONFLICT (vendor, model, reason) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*_DISABLED_COLUMNS[3:], "event_id"))
+)
+
+_DELETE_DISABLED = "DELETE FROM disabled_pairs WHERE vendor = ? AND model = ? AND reason = ?"
+
+_SELECT_DISABLED = (
+    f"SELECT {', '.join(_DISABLED_COLUMNS)} FROM disabled_pairs ORDER BY vendor, model, reason"
+)
+
+
+def _configure(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if not read_only:
+        conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
+        conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
+        conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _connect_rw(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)  # we issue BEGIN/COMMIT ourselves
+    try:
+        _configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_ro(path: str | os.PathLike) -> sqlite3.Connection:
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"no database at {resolved}")
+    conn = sqlite3.connect(f"{resolved.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        _configure(conn, read_only=True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _in_write_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Run `body` inside BEGIN IMMEDIATE ... COMMIT; roll back on any error and re-raise it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _record(
+    conn: sqlite3.Connection,
+    event: Event,
+    set_disabled: DisabledRecord | None,
+    clear_disabled: tuple[str, str, str] | None,
+) -> int:
+    def body(c: sqlite3.Connection) -> int:
+        event_id = c.execute(_INSERT_EVENT, event_to_row(event)).lastrowid
+        assert event_id is not None
+        if clear_disabled is not None:
+            c.execute(_DELETE_DISABLED, tuple(clear_disabled))
+        if set_disabled is not None:
+            c.execute(_UPSERT_DISABLED, {**disabled_to_row(set_disabled), "event_id": event_id})
+        return event_id
+
+    return _in_write_transaction(conn, body)
+
+
+def _select_disabled(conn: sqlite3.Connection) -> list[DisabledRecord]:
+    return [row_to_disabled(row) for row in conn.execute(_SELECT_DISABLED)]
+
+
+def _select_events(
+    conn: sqlite3.Connection,
+    *,
+    vendor: str | None,
+    model: str | None,
+    kind: str | None,
+    since: float | None,
+    before_id: int | None,
+    limit: int,
+) -> list[Event]:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("vendor", vendor), ("model", model), ("kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("at >= ?")
+        params.append(format_timestamp(since))
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    sql = f"SELECT id, {', '.join(_EVENT_COLUMNS)} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return [row_to_event(row) for row in conn.execute(sql, params)]
+
+
+def _ping(conn: sqlite3.Connection) -> bool:
+    # Take the write lock and read the schema, then let go: proves the file is there, readable
+    # and lockable for writing, without writing anything.
+    _in_write_transaction(conn, lambda c: c.execute("SELECT count(*) FROM schema_migrations").fetchone())
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Migrations
+# --------------------------------------------------------------------------------------------
+
+
+class MigrationError(Exception):
+    """A migration could not be applied (or found); the database is left as it was before that file.
+
+    `path` is the migration file (or directory), `line` the line of the failing statement when
+    known, `sqlite_message` SQLite's own message when SQLite raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        line: int | None = None,
+        sqlite_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.sqlite_message = sqlite_message
+
+
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    version: int
+    name: str  # the file name
+    path: Path
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+_TRANSACTION_CONTROL = {"BEGIN", "COMMIT", "END", "ROLLBACK"}
+
+_CREATE_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+
+
+def default_migrations_dir() -> Path:
+    """Where the migration files are: `cliproxy/migrations` if packaged as package data, else the
+    repository's `migrations/` next to the package (source checkout or editable install)."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
+        if (candidate / "0001_initial.sql").is_file():
+            return candidate
+    raise MigrationError(
+        f"cannot find the migrations directory (looked in {package_dir / 'migrations'} and "
+        f"{package_dir.parent / 'migrations'}); pass migrations_dir explicitly",
+        path=package_dir.parent / "migrations",
+    )
+
+
+def _discover(migrations_dir: Path | None) -> list[_Migration]:
+    directory = Path(migrations_dir) if migrations_dir is not None else default_migrations_dir()
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist", path=directory)
+    found: dict[int, _Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(
+                f"migration file {path.name} is not named NNNN_name.sql (in {directory})", path=path
+            )
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(
+                f"migration files {found[version].name} and {path.name} share version {version}", path=path
+            )
+        found[version] = _Migration(version, path.name, path)
+    return [found[v] for v in sorted(found)]
+
+
+def _skip_leading_comments(text: str, start: int = 0) -> int:
+    """Index of the first character of `text[start:]` that is neither whitespace nor a comment."""
+    i, n = start, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+        elif text.startswith("--", i):
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            break
+    return i
+
+
+def _split_statements(script: str) -> list[tuple[int, str]]:
+    """Split a SQL script into (line number, statement) using SQLite's own notion of a complete
+    statement, so semicolons inside strings, comments and trigger bodies are handled."""
+    statements: list[tuple[int, str]] = []
+    start = 0
+    pos = 0
+    while True:
+        semicolon = script.find(";", pos)
+        if semicolon < 0:
+            break
+        pos = semicolon + 1
+        chunk = script[start:pos]
+        if sqlite3.complete_statement(chunk):
+            begin = _skip_leading_comments(script, start)
+            if script[begin:pos].strip() != ";":
+                statements.append((script.count("\n", 0, begin) + 1, script[begin:pos]))
+            start = pos
+    begin = _skip_leading_comments(script, start)
+    if begin < len(script):  # trailing text without a final semicolon: let SQLite judge it
+        statements.append((script.count("\n", 0, begin) + 1, script[begin:]))
+    return statements
+
+
+def _applied_versions(conn: sqlite3.Connection) -> set[int]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if not exists:
+        return set()
+    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def _apply_one(conn: sqlite3.Connection, migration: _Migration) -> bool:
+    """Apply one migration file and record it, in one transaction. False if it was already applied."""
+    try:
+        script = migration.path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MigrationError(f"cannot read migration {migration.name}: {exc}", path=migration.path) from exc
+    statements = _split_statements(script)
+    for line, statement in statements:
+        keyword = re.match(r"[A-Za-z]*", statement).group(0).upper()
+        if keyword in _TRANSACTION_CONTROL:
+            raise MigrationError(
+                f"migration {migration.name} line {line}: {keyword} is not allowed in a migration "
+                "(each file already runs in one transaction)",
+                path=migration.path,
+                line=line,
+            )
+
+    def body(c: sqlite3.Connection) -> bool:
+        c.execute(_CREATE_SCHEMA_MIGRATIONS)
+        if c.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone():
+            return False  # applied meanwhile by another process
+        for line, statement in statements:
+            try:
+                c.execute(statement)
+            except sqlite3.Error as exc:
+                raise MigrationError(
+                    f"migration {migration.name} failed at line {line}: {exc}; "
+                    "the database was left as it was before this file",
+                    path=migration.path,
+                    line=line,
+                    sqlite_message=str(exc),
+                ) from exc
+        c.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, format_timestamp(time.time())),
+        )
+        return True
+
+    try:
+        return _in_write_transaction(conn, body)
+    except MigrationError:
+        raise
+    except sqlite3.Error as exc:  # BEGIN or COMMIT failed (locked, disk full, ...)
+        raise MigrationError(
+            f"migration {migration.name} could not be committed: {exc}; "
+            "the database was left as it was before this file",
+            path=migration.path,
+            sqlite_message=str(exc),
+        ) from exc
+
+
+def apply_migrations(path: str | os.PathLike, migrations_dir: Path | None = None) -> list[str]:
+    """Apply the pending migrations to the database at `path` (created, with its parent directory,
+    if missing), in version order, each in its own transaction with its `schema_migrations` row.
+
+    Returns the file names applied (empty when up to date: then nothing is written). Stops at the
+    first failure with `MigrationError`; earlier files of the same run stay applied.
+    """
+    migrations = _discover(migrations_dir)
+    db_path = Path(path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    applied: list[str] = []
+    with closing(_connect_rw(db_path)) as conn:
+        done = _applied_versions(conn)
+        for migration in migrations:
+            if migration.version not in done and _apply_one(conn, migration):
+                applied.append(migration.name)
+    return applied
+
+
+def pending_migrations(path: str | os.PathLike, migrations_dir: Path | None = None) -> list[str]:
+    """The migration file names not yet applied to the database at `path` (all, if it does not exist).
+
+    Opens the database read-only; creates nothing.
+    """
+    migrations = _discover(migrations_dir)
+    if not Path(path).exists():
+        return [m.name for m in migrations]
+    with closing(_connect_ro(path)) as conn:
+        done = _applied_versions(conn)
+    return [m.name for m in migrations if m.version not in done]
+
+
+# --------------------------------------------------------------------------------------------
+# Synchronous read-only helpers (operator CLI; safe while the server runs)
+# --------------------------------------------------------------------------------------------
+
+
+def read_disabled(path: str | os.PathLike) -> list[DisabledRecord]:
+    """The pairs disabled now, read-only, ordered by vendor, model, reason."""
+    with closing(_connect_ro(path)) as conn:
+        return _select_disabled(conn)
+
+
+def read_events(
+    path: str | os.PathLike,
+    *,
+    vendor: str | None = None,
+    model: str | None = None,
+    kind: str | None = None,
+    since: float | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[Event]:
+    """Events newest first, read-only; same filters as `Store.events`."""
+    with closing(_connect_ro(path)) as conn:
+        return _select_events(
+            conn, vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The async store
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the failure tracker needs from durable storage; another backend could implement it."""
+
+    async def record(
+        self,
+        event: Event,
+        *,
+        set_disabled: DisabledRecord | None = None,
+        clear_disabled: tuple[str, str, str] | None = None,
+    ) -> int:
+        """Append `event` and, in the same transaction, delete the current-state row
+        `clear_disabled` = (vendor, model, reason) and/or insert-or-replace `set_disabled`
+        (the delete runs first). Returns the new event's id."""
+        ...
+
+    async def load_disabled(self) -> list[DisabledRecord]:
+        """Every current-state row (expired ones included: the caller decides)."""
+        ...
+
+    async def events(
+        self,
+        *,
+        vendor: str | None = None,
+        model: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        """Events newest first (by id), filtered; `since` inclusive on `at`; `before_id` exclusive,
+        for paging: pass the smallest id of the previous page."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the database answers and its write lock can be taken."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection; further calls fail (ping answers False)."""
+        ...
+
+
+class SQLiteStore:
+    """The SQLite implementation of `Store`: one connection on one worker thread; see the module doc."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        """Use `await SQLiteStore.open(path)`."""
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._executor = executor
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike, *, migrations_dir: Path | None = None) -> SQLiteStore:
+        """Create the parent directory if missing, apply pending migrations, open the connection."""
+        db_path = Path(path)
+        await asyncio.to_thread(apply_migrations, db_path, migrations_dir)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cliproxy-store")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect_rw, db_path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(db_path, conn, executor)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError(f"store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        # The whole call runs on the worker thread; if our caller is cancelled it still completes
+        # (committed or rolled back), and the next call queues behind it.
+        return await loop.run_in_executor(self._executor, lambda: fn(conn, *args, **kwargs))
+
+    async def record(
+        self,
+        event: Event,
+        *,
+        set_disabled: DisabledRecord | None = None,
+        clear_disabled: tuple[str, str, str] | None = None,
+    ) -> int:
+        return await self._run(_record, event, set_disabled, clear_disabled)
+
+    async def load_disabled(self) -> list[DisabledRecord]:
+        return await self._run(_select_disabled)
+
+    async def events(
+        self,
+        *,
+        vendor: str | None = None,
+        model: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        return await self._run(
+            _select_events, vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
+        )
+
+    async def ping(self) -> bool:
+        try:
+            return await self._run(_ping)
+        except (sqlite3.Error, RuntimeError):
+            return False
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        finally:
+            self._executor.shutdown(wait=False)
+

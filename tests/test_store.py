@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,7 @@ class TestDisabledState:
         try:
             assert await reopened.load_disabled() == [auto]
             [back] = await reopened.events()
-            assert back == Event(**{**{f: getattr(event, f) for f in event.__slots__}, "id": event_id})
+            assert back == replace(event, id=event_id)
         finally:
             await reopened.close()
 
@@ -323,7 +324,7 @@ class TestEvents:
             detail={"attempts": 5, "nested": {"ok": True}},
         )
         event_id = await store.record(event)
-        assert await store.events() == [Event(**{**{f: getattr(event, f) for f in event.__slots__}, "id": event_id})]
+        assert await store.events() == [replace(event, id=event_id)]
 
     async def test_minimal_event_round_trip(self, store: SQLiteStore):
         event_id = await store.record(Event(kind="config-reloaded", at=T0, settings={}, detail={}))

@@ -15,6 +15,9 @@ __all__ = [
     "DEFAULT_AUTO_DISABLE",
     "DEFAULT_COUNT_STATUSES",
     "ApiKeyEntry",
+    "DEFAULT_TIMEOUTS",
+    "LoggingSettings",
+    "MetricsSettings",
     "Config",
     "ModelEntry",
     "PairKey",
@@ -166,6 +169,18 @@ class RemoteManagement:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    #: When true, /metrics needs the management key like the management API.
+    require_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8317
@@ -174,6 +189,9 @@ class Config:
     request_retry: int = 3
     database: str = "./cliproxy.db"
     max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace_seconds: float = 30.0
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     remote_management: RemoteManagement = RemoteManagement()
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     auto_disable: AutoDisableOverrides = AutoDisableOverrides()

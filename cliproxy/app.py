@@ -1,0 +1,72 @@
+"""`create_app(config)`: assembly only. Keys, cleanup contexts, middlewares and routes, in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import proxy_api
+from .config import Config
+from .errors import ProxyError, error_body
+from .events import OutcomeSink
+from .keys import CLIENT_SESSION, OUTCOMES, RUNTIME
+from .runtime import Runtime
+
+__all__ = ["create_app", "error_middleware"]
+
+log = logging.getLogger("cliproxy")
+
+
+def _error_response(error: ProxyError) -> web.Response:
+    headers = dict(error.headers)
+    content_type = headers.pop("Content-Type", None) or "application/json"
+    return web.Response(status=error.status, body=error.body(), headers=headers, content_type=content_type.split(";")[0])
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    """Every error cliproxy makes leaves here in the OpenAI shape, with an honest status."""
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return _error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
+        return web.Response(
+            status=exc.status,
+            body=error_body(exc.reason, "invalid_request_error", code),
+            content_type="application/json",
+            headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.Response(
+            status=500,
+            body=error_body("internal error in cliproxy; see its log", "internal_error", "internal_error"),
+            content_type="application/json",
+        )
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    # One pool for every upstream. No connection limit: the gateway must not queue requests that
+    # the upstreams could serve (1,000 open streams are 1,000 connections).
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
+        app[CLIENT_SESSION] = session
+        yield
+
+
+def create_app(config: Config, *, outcomes: OutcomeSink | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
+    app[RUNTIME] = Runtime.build(config)
+    app[OUTCOMES] = outcomes or OutcomeSink()
+    app.cleanup_ctx.append(_client_session)
+    app.add_routes(proxy_api.routes)
+    return app

@@ -1,0 +1,114 @@
+"""Reading and rewriting client request bodies. Pure.
+
+The body goes upstream byte for byte except the top-level `model` value. Re-serialising a 10 MB
+body (long contexts, base64 images) costs more than the whole proxy hop, so the rewrite splices
+the new value into the original bytes: a scanner that jumps from string to string finds
+each top-level `"model"` key (every one of them: with duplicate keys, upstream parsers disagree
+on which one wins, so all are rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import InvalidRequest
+
+__all__ = ["ClientRequest", "parse_client_body", "rewrite_model"]
+
+_COLON = re.compile(rb"\s*:\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    model: str
+    stream: bool
+
+
+def parse_client_body(body: bytes) -> ClientRequest:
+    """Validate narrowly: a JSON object with a string `model`; everything else passes through."""
+    if not body:
+        raise InvalidRequest("the request body is empty; expected a JSON object with a 'model'", code="invalid_json")
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string", param="model", code="invalid_model")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    return ClientRequest(model=model, stream=bool(stream))
+
+
+def rewrite_model(body: bytes, new_model: str) -> bytes:
+    """`body` with every top-level `"model"` value replaced by `new_model` (the body is valid JSON)."""
+    spans = list(_top_level_model_values(body))
+    if not spans:
+        return body
+    replacement = json.dumps(new_model).encode()
+    parts: list[bytes] = []
+    last = 0
+    for start, end in spans:
+        parts.append(body[last:start])
+        parts.append(replacement)
+        last = end
+    parts.append(body[last:])
+    return b"".join(parts)
+
+
+def _top_level_model_values(body: bytes) -> Iterator[tuple[int, int]]:
+    """Spans of the string values of top-level `"model"` keys.
+
+    Walks from string to string with `bytes.find` (memchr speed: a 10 MB base64 string is skipped
+    in about a millisecond) and counts brackets only in the short stretches between strings.
+    """
+    depth = 0
+    value_at = -1  # where a string value of a top-level "model" key would start
+    position = 0
+    find = body.find
+    while True:
+        start = find(b'"', position)
+        if start < 0:
+            return
+        between = body[position:start]
+        if between:
+            depth += between.count(b"{") + between.count(b"[") - between.count(b"}") - between.count(b"]")
+        end = find(b'"', start + 1)
+        while end > 0 and body[end - 1] == 0x5C and _escaped(body, end):
+            end = find(b'"', end + 1)
+        if end < 0:
+            return
+        position = end + 1
+        if start == value_at:
+            yield (start, position)
+        elif depth == 1 and end - start < 64 and _is_model_key(body[start:position]):
+            colon = _COLON.match(body, position)
+            if colon is not None:  # a key, not a string value
+                value_at = colon.end()
+
+
+def _escaped(body: bytes, quote: int) -> bool:
+    """Is the quote at `quote` escaped (preceded by an odd number of backslashes)?"""
+    backslashes = 0
+    index = quote - 1
+    while body[index] == 0x5C:
+        backslashes += 1
+        index -= 1
+    return backslashes % 2 == 1
+
+
+def _is_model_key(text: bytes) -> bool:
+    if text == b'"model"':
+        return True
+    # Escaped spellings such as "mod\u0065l" are the same key to a JSON parser.
+    return b"\\" in text and len(text) < 64 and json.loads(text) == "model"

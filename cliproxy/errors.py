@@ -1,0 +1,132 @@
+"""The errors cliproxy makes itself, and their OpenAI shape.
+
+    ProxyError                     500 internal_error
+    +-- InvalidRequest             400 invalid_request_error
+    +-- Unauthorized               401 authentication_error
+    +-- Forbidden                  403 permission_error
+    +-- NotFound                   404 not_found
+    |   +-- ModelNotFound          404 model_not_found
+    +-- PayloadTooLarge            413 request_too_large
+    +-- TooManyRequests            429 rate_limit_exceeded
+    +-- UpstreamUnavailable        502 upstream_error (every attempt failed without an HTTP answer)
+    |   +-- UpstreamTimeout        504 upstream_timeout
+    +-- NoVendorAvailable          503 no_available_vendor
+    +-- ServiceUnavailable         503 service_unavailable
+
+One middleware (`cliproxy.app`) renders each as `{"error": {"message", "type", "param", "code"}}`
+with its status. The `openai` SDK picks its exception class from the status, so statuses are honest.
+Pure: no aiohttp import; the middleware turns `headers` into response headers.
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = [
+    "ProxyError",
+    "InvalidRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "UpstreamUnavailable",
+    "UpstreamTimeout",
+    "NoVendorAvailable",
+    "ServiceUnavailable",
+    "error_body",
+]
+
+
+class ProxyError(Exception):
+    status = 500
+    error_type = "internal_error"
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.error_type, self.code, self.param)
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    status = 504
+    code = "upstream_timeout"
+
+
+class NoVendorAvailable(ProxyError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_available_vendor"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "service_unavailable"
+
+
+def error_body(message: str, error_type: str, code: str, param: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    ).encode()

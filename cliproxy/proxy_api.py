@@ -1,0 +1,92 @@
+"""The client API under /v1: authenticate -> read and validate the body -> route -> forward."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .body import parse_client_body
+from .errors import ModelNotFound, PayloadTooLarge, Unauthorized
+from .keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
+from .runtime import Runtime
+from .upstream import AccessInfo, forward
+
+__all__ = ["routes", "client_auth_middleware"]
+
+routes = web.RouteTableDef()
+
+#: The OpenAI endpoints we proxy; all take a JSON body with a `model`.
+PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def check_client_key(request: web.Request, runtime: Runtime) -> None:
+    if runtime.open_access:
+        return
+    presented = _presented_key(request)
+    if not presented or not runtime.client_key_valid(presented):
+        raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing early when it is larger than `limit` (declared or actual)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]  # taken once: the request finishes on the config it started with
+    info = AccessInfo()
+    request[ACCESS_INFO] = info
+    check_client_key(request, runtime)
+    body = await read_body(request, runtime.config.max_body_bytes)
+    parsed = parse_client_body(body)
+    info.model = parsed.model
+    route = runtime.table.route(parsed.model)
+    if route is None:
+        raise ModelNotFound(f"the model '{parsed.model}' does not exist", param="model")
+    return await forward(
+        request, runtime, route, body, parsed.stream, request.app[CLIENT_SESSION], request.app[OUTCOMES], info
+    )
+
+
+for _path in PROXIED_PATHS:
+    routes.post(_path)(proxy)
+
+
+def _model_object(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "cliproxy"}
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    check_client_key(request, runtime)
+    created = int(runtime.config_loaded_at)
+    return web.json_response(
+        {"object": "list", "data": [_model_object(name, created) for name in runtime.table.public_models]}
+    )
+
+
+@routes.get("/v1/models/{model:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    check_client_key(request, runtime)
+    name = request.match_info["model"]
+    route = runtime.table.route(name)
+    if route is None or not route.tiers:
+        raise ModelNotFound(f"the model '{name}' does not exist", param="model")
+    return web.json_response(_model_object(name, int(runtime.config_loaded_at)))

@@ -1,0 +1,52 @@
+"""The live configuration: a `Config` and the routing table built from it, swapped as one on reload.
+
+A request takes the `Runtime` once when it starts and keeps it, so requests in flight finish on
+the config they started with.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+
+from .config import Config
+from .routing import RoutingTable
+
+__all__ = ["Runtime"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runtime:
+    config: Config
+    table: RoutingTable
+    _client_keys: tuple[bytes, ...] = field(default=())
+    #: Every secret of this config (upstream, client and management keys), for masking text.
+    secrets: tuple[str, ...] = field(default=())
+    config_loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        secrets = [k for k in config.api_keys]
+        secrets += [e.api_key for v in config.vendors for e in v.api_key_entries]
+        if config.remote_management.secret_key:
+            secrets.append(config.remote_management.secret_key)
+        return cls(
+            config=config,
+            table=RoutingTable(config),
+            _client_keys=tuple(k.encode() for k in config.api_keys),
+            # longest first, so a key that contains another is masked whole
+            secrets=tuple(sorted(set(secrets), key=len, reverse=True)),
+        )
+
+    @property
+    def open_access(self) -> bool:
+        return not self._client_keys
+
+    def client_key_valid(self, presented: str) -> bool:
+        """Constant-time comparison against every configured client key."""
+        candidate = presented.encode()
+        valid = False
+        for key in self._client_keys:
+            valid |= hmac.compare_digest(candidate, key)
+        return valid

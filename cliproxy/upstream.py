@@ -1,0 +1,371 @@
+"""Forwarding a client request upstream: choose a pair (may fail over), then relay it (may not).
+
+`choose_upstream` walks the candidates in routing order and opens the request on each until one
+answers with something the client should see: a success, or an error that is the client's own
+fault. Every attempt reports exactly one `Outcome` through the `OutcomeSink` seam, classified in
+`classify_status` and at the exception handlers below, nowhere else. Once a pair is chosen,
+`relay` copies the answer to the client chunk by chunk; a failure from then on can no longer fail
+over and ends the client's stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .body import rewrite_model
+from .errors import NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from .events import ErrorInfo, Outcome, OutcomeSink
+from .redact import excerpt
+from .routing import Pair, Route
+from .runtime import Runtime
+
+__all__ = ["AccessInfo", "classify_status", "forward"]
+
+# Never forwarded upstream: hop-by-hop headers, the client's own credentials, and what aiohttp sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "content-length", "authorization", "x-api-key",
+        "x-management-key", "cookie", "accept-encoding", "expect",
+    }
+)
+# Never relayed back: hop-by-hop headers and framing that aiohttp recomputes for the client side.
+_DROP_RESPONSE = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie", "server", "date",
+    }
+)
+_ERROR_BODY_LIMIT = 64 * 1024
+_SSE = "text/event-stream"
+
+OK = Outcome("success", "ok")
+CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
+
+@dataclass(slots=True)
+class AccessInfo:
+    """What the access log line and the metrics want to know about one client request."""
+
+    #: `time.perf_counter()` when the request arrived.
+    started: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    vendor: str | None = None
+    upstream_model: str | None = None
+    attempts: int = 0
+    ttfb: float | None = None
+    bytes_out: int = 0
+    outcomes: list[str] = field(default_factory=list)
+
+
+def classify_status(status: int, count_statuses: frozenset[int]) -> Outcome | None:
+    """The outcome of an upstream HTTP status: None for 2xx/3xx (decided by the body), else failure or neutral."""
+    if status < 400:
+        return None
+    if status in count_statuses:
+        return Outcome("failure", "http_status", ErrorInfo(status, ""))
+    return Outcome("neutral", "client_error", ErrorInfo(status, ""))
+
+
+@dataclass(slots=True)
+class _Opened:
+    """An upstream answer the client will get: a success (with its first chunk when streaming) or a neutral error."""
+
+    pair: Pair
+    response: aiohttp.ClientResponse
+    first_chunk: bytes
+    neutral: Outcome | None  # set when the answer is a client error relayed unchanged
+
+
+@dataclass(slots=True)
+class _Failed:
+    """A countable failure before any byte reached the client; the next candidate may be tried."""
+
+    pair: Pair
+    outcome: Outcome
+    status: int | None = None
+    body: bytes = b""
+    headers: CIMultiDict[str] | None = None
+    timeout: bool = False
+
+
+async def forward(
+    request: web.Request,
+    runtime: Runtime,
+    route: Route,
+    body: bytes,
+    stream: bool,
+    session: aiohttp.ClientSession,
+    sink: OutcomeSink,
+    info: AccessInfo,
+) -> web.StreamResponse:
+    """Choose an upstream for the request, then relay its answer to the client."""
+    opened = await choose_upstream(request, runtime, route, body, stream, session, sink, info)
+    return await relay(request, runtime, opened, stream, sink, info)
+
+
+async def choose_upstream(
+    request: web.Request,
+    runtime: Runtime,
+    route: Route,
+    body: bytes,
+    stream: bool,
+    session: aiohttp.ClientSession,
+    sink: OutcomeSink,
+    info: AccessInfo,
+) -> _Opened:
+    """Try candidates in routing order until one gives an answer for the client (fail over on countable failures)."""
+    max_attempts = 1 + runtime.config.request_retry
+    forwarded = _forwardable_headers(request)
+    subpath = request.match_info.get("subpath") or request.path[len("/v1") :]
+    last_failure: _Failed | None = None
+    skipped = 0
+    for pair in route.ordered():
+        if not sink.is_available(pair.key):
+            skipped += 1
+            continue
+        if info.attempts >= max_attempts:
+            break
+        info.attempts += 1
+        info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
+        upstream_body = body if pair.model.name == info.model else rewrite_model(body, pair.model.name)
+        result = await _open(pair, runtime, subpath, forwarded, upstream_body, stream, session, request, sink)
+        if isinstance(result, _Opened):
+            return result
+        sink.record_outcome(pair.key, result.outcome)
+        info.outcomes.append(result.outcome.reason)
+        last_failure = result
+
+    if last_failure is not None:
+        raise _final_error(last_failure, info)
+    raise _nothing_available(route, skipped, sink)
+
+
+async def _open(
+    pair: Pair,
+    runtime: Runtime,
+    subpath: str,
+    forwarded: CIMultiDict[str],
+    body: bytes,
+    stream: bool,
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    sink: OutcomeSink,
+) -> _Opened | _Failed:
+    """Send one attempt and wait for its headers (and first chunk when streaming), within the timeouts."""
+    headers = CIMultiDict(forwarded)
+    for name, value in pair.vendor.headers:
+        headers[name] = value
+    key = pair.keys.next()
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key.api_key}"
+    proxy = (key.proxy_url if key is not None else None) or pair.proxy_url
+    timeouts = pair.timeouts
+    url = pair.base_url + subpath
+    if request.query_string:
+        url = f"{url}?{request.query_string}"
+    response: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(timeouts.first_byte):
+            response = await session.request(
+                request.method,
+                url,
+                data=body,
+                headers=headers,
+                proxy=proxy,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                allow_redirects=False,
+            )
+        verdict = classify_status(response.status, pair.auto_disable.count_statuses)
+        if verdict is not None and verdict.kind == "failure":
+            error_body = await _read_limited(response, timeouts.stream_idle)
+            response.release()
+            message = excerpt(error_body, runtime.secrets)
+            return _Failed(
+                pair,
+                Outcome("failure", "http_status", ErrorInfo(response.status, message)),
+                status=response.status,
+                body=error_body,
+                headers=CIMultiDict(response.headers),
+            )
+        first_chunk = b""
+        if stream and verdict is None:
+            # Headers go to the client only with the first chunk, so a failure up to here can still fail over.
+            async with asyncio.timeout(timeouts.stream_idle):
+                first_chunk = await response.content.readany()
+            if not first_chunk:
+                response.release()
+                return _Failed(pair, Outcome("failure", "stream_error", ErrorInfo(200, "upstream closed the stream before any data")))
+        return _Opened(pair, response, first_chunk, verdict)
+    except TimeoutError:
+        if response is not None:
+            response.close()
+        reason = "first_byte_timeout" if response is None else "stream_idle_timeout"
+        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, f"upstream {reason.replace('_', ' ')}")), timeout=True)
+    except aiohttp.ConnectionTimeoutError:
+        return _Failed(pair, Outcome("failure", "connect_timeout", ErrorInfo(None, "connect timeout")), timeout=True)
+    except (aiohttp.ClientError, OSError) as exc:
+        if response is not None:
+            response.close()
+        reason = "connect_error" if response is None else "stream_error"
+        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), runtime.secrets))))
+    except asyncio.CancelledError:
+        # The client went away while we waited: neutral for the pair, and nothing may stay open.
+        if response is not None:
+            response.close()
+        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
+        raise
+
+
+async def relay(
+    request: web.Request,
+    runtime: Runtime,
+    opened: _Opened,
+    stream: bool,
+    sink: OutcomeSink,
+    info: AccessInfo,
+) -> web.StreamResponse:
+    """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
+    upstream = opened.response
+    pair = opened.pair
+    client = web.StreamResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info))
+    if not stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
+        client.content_length = upstream.content_length
+    is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
+    idle = pair.timeouts.stream_idle
+    outcome: Outcome = opened.neutral or OK
+    try:
+        await client.prepare(request)
+        chunk = opened.first_chunk
+        if chunk:
+            info.ttfb = time.perf_counter() - info.started
+            await client.write(chunk)
+            info.bytes_out += len(chunk)
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await upstream.content.readany()
+            except TimeoutError:
+                outcome = Outcome("failure", "stream_idle_timeout", ErrorInfo(None, "upstream stream idle timeout"))
+                break
+            except (aiohttp.ClientError, OSError) as exc:
+                outcome = Outcome("failure", "stream_error", ErrorInfo(upstream.status, excerpt(_describe(exc), runtime.secrets)))
+                break
+            if not chunk:
+                break
+            if info.ttfb is None:
+                info.ttfb = time.perf_counter() - info.started
+            await client.write(chunk)
+            info.bytes_out += len(chunk)
+        if outcome.kind == "failure":
+            upstream.close()
+            if is_sse or stream:
+                await client.write(_sse_error(outcome))
+            else:
+                # A plain body cut short: the client must not take it for a whole answer.
+                if request.transport is not None:
+                    request.transport.close()
+                sink.record_outcome(pair.key, outcome)
+                info.outcomes.append(outcome.reason)
+                return client
+        else:
+            upstream.release()
+        await client.write_eof()
+    except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
+        upstream.close()
+        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
+        info.outcomes.append(CLIENT_DISCONNECT.reason)
+        raise
+    sink.record_outcome(pair.key, outcome)
+    info.outcomes.append(outcome.reason)
+    return client
+
+
+def _sse_error(outcome: Outcome) -> bytes:
+    message = "the upstream stream was interrupted"
+    if outcome.reason == "stream_idle_timeout":
+        message = "the upstream stream stalled past the idle timeout"
+    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": outcome.reason}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _forwardable_headers(request: web.Request) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
+
+
+def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, info: AccessInfo) -> CIMultiDict[str]:
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
+    _stamp(headers, pair.vendor.name, pair.model.name, info.attempts)
+    return headers
+
+
+def _stamp(headers: CIMultiDict[str] | dict[str, str], vendor: str, model: str, attempts: int) -> None:
+    """The three headers that answer "why did my request go there" without logs."""
+    headers["x-cliproxy-vendor"] = vendor
+    headers["x-cliproxy-model"] = model
+    headers["x-cliproxy-attempts"] = str(attempts)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) -> bytes:
+    """An error body, at most 64 KiB: enough to relay and excerpt, bounded against hostile upstreams."""
+    try:
+        async with asyncio.timeout(idle):
+            return await response.content.read(_ERROR_BODY_LIMIT)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
+
+
+def _describe(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+class _RelayedUpstreamError(ProxyError):
+    """The last upstream error, given back to the client as it came (status, body, content type)."""
+
+    def __init__(self, failure: _Failed, headers: dict[str, str]) -> None:
+        super().__init__(failure.outcome.error.message if failure.outcome.error else "upstream error", headers=headers)
+        self.status = failure.status or 502
+        self.raw_body = failure.body
+
+    def body(self) -> bytes:
+        return self.raw_body
+
+
+def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
+    headers: dict[str, str] = {}
+    _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts)
+    if failure.status is not None:
+        upstream_headers = failure.headers or CIMultiDict()
+        for name in ("Retry-After", "Content-Type"):
+            if name in upstream_headers:
+                headers[name] = upstream_headers[name]
+        return _RelayedUpstreamError(failure, headers)
+    error = failure.outcome.error
+    detail = f" ({error.message})" if error and error.message else ""
+    message = f"all {info.attempts} upstream attempt(s) for '{info.model}' failed; last: {failure.outcome.reason}{detail}"
+    if failure.timeout:
+        return UpstreamTimeout(message, headers=headers)
+    return UpstreamUnavailable(message, headers=headers)
+
+
+def _nothing_available(route: Route, skipped: int, sink: OutcomeSink) -> ProxyError:
+    if skipped == 0:
+        off = route.switched_off
+        return NoVendorAvailable(
+            f"no vendor is available for model '{route.name}': its {off} pair(s) are switched off in the configuration"
+        )
+    waits = [w for p in route.ordered() if (w := sink.seconds_until_available(p.key)) is not None]
+    headers = {"Retry-After": str(max(1, int(min(waits) + 0.999)))} if waits else {}
+    return NoVendorAvailable(
+        f"no vendor is available for model '{route.name}': all {skipped} pair(s) are disabled"
+        + (f"; the first comes back in {headers['Retry-After']}s" if waits else ""),
+        headers=headers,
+    )

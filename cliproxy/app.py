@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -12,8 +13,10 @@ from . import proxy_api
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import CLIENT_SESSION, OUTCOMES, RUNTIME
+from .keys import CLIENT_SESSION, CLOCK, OUTCOMES, RUNTIME, STORE, TRACKER
 from .runtime import Runtime
+from .store import SQLiteStore
+from .tracker import FailureTracker
 
 __all__ = ["create_app", "error_middleware"]
 
@@ -54,6 +57,24 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         )
 
 
+async def _persistence(app: web.Application) -> AsyncIterator[None]:
+    """Open the database (migrating it), restore disabled pairs, run the tracker; close in reverse."""
+    runtime = app[RUNTIME]
+    store = await SQLiteStore.open(runtime.config.database)
+    tracker = FailureTracker(store, runtime.table.auto_disable_settings(), clock=app[CLOCK])
+    try:
+        await tracker.start()
+    except BaseException:
+        await store.close()
+        raise
+    app[STORE] = store
+    app[TRACKER] = tracker
+    app[OUTCOMES] = tracker
+    yield
+    await tracker.close()
+    await store.close()
+
+
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     # One pool for every upstream. No connection limit: the gateway must not queue requests that
     # the upstreams could serve (1,000 open streams are 1,000 connections).
@@ -63,10 +84,13 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def create_app(config: Config, *, outcomes: OutcomeSink | None = None) -> web.Application:
+def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
     app[RUNTIME] = Runtime.build(config)
-    app[OUTCOMES] = outcomes or OutcomeSink()
+    app[CLOCK] = clock
+    app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
+    app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.add_routes(proxy_api.routes)
     return app

@@ -154,6 +154,15 @@ class Vendor:
     auto_disable: AutoDisableOverrides = AutoDisableOverrides()
     models: tuple[ModelEntry, ...] = ()
 
+    @property
+    def missing_key(self) -> bool:
+        """Key entries are configured but every one is empty (its environment variable is unset)."""
+        return bool(self.api_key_entries) and not any(e.api_key for e in self.api_key_entries)
+
+    @property
+    def routable(self) -> bool:
+        return self.enabled and not self.missing_key
+
     def __repr__(self) -> str:
         return f"Vendor(name={self.name!r}, base_url={self.base_url!r}, enabled={self.enabled})"
 

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiohttp import web
 
 from .events import OutcomeSink
 from .runtime import Runtime
+from .store import Store
+from .tracker import FailureTracker
 from .upstream import AccessInfo
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO"]
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK"]
 
 #: The current config and routing table; swapped whole on reload.
 RUNTIME = web.AppKey("runtime", Runtime)
 #: One upstream connection pool for the whole process.
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
-#: Where every attempt reports its outcome; the failure tracker when auto-disable is on.
+#: Where every attempt reports its outcome: the failure tracker (the same object as TRACKER).
 OUTCOMES = web.AppKey("outcomes", OutcomeSink)
+#: The failure tracker: per-pair state, auto and timed manual disables.
+TRACKER = web.AppKey("tracker", FailureTracker)
+#: The SQLite store behind the tracker and the audit history.
+STORE = web.AppKey("store", Store)
 #: What the access log line and metrics read about a proxied request once its handler is done.
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
+#: Wall-clock seconds; injected so tests can drive auto-disable time.
+CLOCK = web.AppKey("clock", Callable[[], float])

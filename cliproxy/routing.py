@@ -59,7 +59,8 @@ class Pair:
 
     @property
     def enabled_in_config(self) -> bool:
-        return self.vendor.enabled and self.model.enabled
+        """Switched on by the operator (vendor and model), and not waiting for an unset key."""
+        return self.vendor.routable and self.model.enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class RoutingTable:
         grouped: dict[str, list[Pair]] = {}
         switched_off: dict[str, int] = {}
         for vendor in config.vendors:
-            keys = KeyRotation(vendor.api_key_entries)
+            keys = KeyRotation(tuple(e for e in vendor.api_key_entries if e.api_key))
             timeouts = vendor.timeouts.over(config.timeouts)
             for model in vendor.models:
                 pair = Pair(
@@ -131,6 +132,10 @@ class RoutingTable:
             )
         #: What /v1/models lists: names with at least one pair switched on, sorted for stable output.
         self.public_models: tuple[str, ...] = tuple(sorted(n for n, r in self.routes.items() if r.tiers))
+
+    def auto_disable_settings(self) -> dict[PairKey, AutoDisableSettings]:
+        """Each configured pair's effective rule, for the failure tracker."""
+        return {key: pair.auto_disable for key, pair in self.pairs.items()}
 
     def route(self, name: str) -> Route | None:
         """None when no pair, switched on or off, has this name."""

@@ -199,7 +199,8 @@ def _duplicate_names(items: Any, list_key: str) -> dict[int, Any]:
 
 
 class ApiKeyEntrySchema(StrictSchema):
-    api_key = Str("api_key", required=True, validate=validate.Length(min=1))
+    # May be empty: `${OPENROUTER_API_KEY:-}` keeps a vendor off until its key is set.
+    api_key = Str("api_key", required=True)
     proxy_url = Str("proxy_url", allow_none=True)
 
     @post_load

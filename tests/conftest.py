@@ -57,11 +57,13 @@ async def upstreams() -> AsyncIterator[Callable[..., Awaitable[FakeUpstream]]]:
 
 
 @pytest.fixture
-async def gateway(aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+async def gateway(aiohttp_client: Any, tmp_path: Any) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     """Start the real gateway app on a real port for a config dict; gives an aiohttp client and an SDK client."""
     sdks: list[openai.AsyncOpenAI] = []
 
     async def start(data: dict[str, Any] | Config, *, api_key: str = "client-key", app: web.Application | None = None, **create_kwargs: Any) -> Gateway:
+        if not isinstance(data, Config):
+            data = {"database": str(tmp_path / "cliproxy.db"), **data}
         config = data if isinstance(data, Config) else make_config(data)
         application = app or create_app(config, **create_kwargs)
         client = await aiohttp_client(application)

@@ -23,7 +23,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -66,11 +66,19 @@ def _error_response(status: int, message: str, type_: str = "invalid_request_err
 
 @dataclass
 class Fault:
-    """What to do wrong for a request; the first matching, firing fault wins."""
+    """What to do wrong for one request; the first installed fault that matches and fires wins.
+
+    Applied in this order: ``stall_before_headers`` (then continue), then the
+    first set of ``reset_before_headers``, ``status``, ``malformed_json``,
+    ``html_200``, ``big_body_bytes``; otherwise a normal response shaped by
+    ``reset_after_chunks`` / ``stall_after_chunks`` / ``no_done``. "Chunks" are
+    SSE frames; for non-stream bodies those two act at half the body.
+    ``times`` counts requests the fault actually fired on.
+    """
 
     status: int | None = None
     body: Any = None  # dict/list -> JSON, str/bytes -> raw; None -> OpenAI-shaped error
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with `status` only
     reset_before_headers: bool = False
     reset_after_chunks: int | None = None
     stall_before_headers: float = 0.0
@@ -82,6 +90,21 @@ class Fault:
     big_body_bytes: int | None = None
     times: int | None = None
     probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Fail at install time (also for POST /_fake/faults) rather than mid-request.
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP status code, got {self.status!r}")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be >= 1 or None")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be within [0, 1]")
+        for name in ("reset_after_chunks", "stall_after_chunks", "big_body_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.stall_before_headers < 0 or self.stall_seconds < 0:
+            raise ValueError("stall durations must be >= 0")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fault:
@@ -130,21 +153,16 @@ def _abort_with_rst(request: web.BaseRequest) -> None:
     transport.abort()
 
 
-async def _close_after_flush(request: web.BaseRequest) -> None:
-    """Close with a FIN once everything written so far has left the process.
+def _close_gracefully(request: web.BaseRequest) -> None:
+    """Drop the connection with a FIN after flushing what was already written.
 
-    Used mid-body: an RST could make the peer's kernel discard data it already
-    received, and the point of a mid-stream drop is that the client sees the
-    partial data first and a payload error afterwards.
+    Used mid-body instead of an RST: an RST can make the peer's kernel discard
+    data it has received but not yet handed to the client, and the point of a
+    mid-stream drop is that the client sees the partial data first and then a
+    payload error (the chunked terminator / Content-Length is never satisfied).
     """
-    transport = request.transport
-    if transport is None:
-        return
-    transport.close()  # asyncio flushes its write buffer before closing the socket
-    for _ in range(100):
-        if request.transport is None or transport.get_write_buffer_size() == 0:
-            break
-        await asyncio.sleep(0.001)
+    if request.transport is not None:
+        request.transport.close()  # asyncio flushes its write buffer first
 
 
 def _int_header(request: web.Request, name: str, default: int) -> int:
@@ -291,10 +309,13 @@ class FakeUpstream:
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/responses", self._responses)
-        app.router.add_post("/v1/embeddings", self._embeddings)
+        for path, kind in (
+            ("/v1/chat/completions", "chat"),
+            ("/v1/completions", "completions"),
+            ("/v1/responses", "responses"),
+            ("/v1/embeddings", "embeddings"),
+        ):
+            app.router.add_post(path, self._api_handler(kind))
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_post("/_fake/faults", self._add_fault)
         app.router.add_delete("/_fake/faults", self._clear_faults)
@@ -479,7 +500,7 @@ class FakeUpstream:
         await resp.write(payload[:half])
         if fault.reset_after_chunks is not None:
             state.self_reset = True
-            await _close_after_flush(request)
+            _close_gracefully(request)
             raise _SelfReset
         await asyncio.sleep(fault.stall_seconds)
         await resp.write(payload[half:])
@@ -496,9 +517,13 @@ class FakeUpstream:
         fault: Fault | None,
         state: _ReqState,
     ) -> web.StreamResponse:
-        reset_at = fault.reset_after_chunks if fault is not None else None
-        stall_at = fault.stall_after_chunks if fault is not None else None
-        no_done = fault is not None and fault.no_done
+        reset_at: int | None = None
+        stall_at: int | None = None
+        stall_seconds = 0.0
+        if fault is not None:
+            reset_at, stall_at, stall_seconds = fault.reset_after_chunks, fault.stall_after_chunks, fault.stall_seconds
+        if fault is None or not fault.no_done:
+            frames = [*frames, terminator]
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         state.response = resp
         writer = await resp.prepare(request)
@@ -507,24 +532,22 @@ class FakeUpstream:
         self.streams_in_flight += 1
         for i, frame in enumerate(frames):
             if i == reset_at:
-                state.self_reset = True
-                await _close_after_flush(request)
-                raise _SelfReset
+                break
             if i == stall_at:
-                await asyncio.sleep(fault.stall_seconds if fault is not None else 0)
+                await asyncio.sleep(stall_seconds)
             elif i and delay > 0:
                 await asyncio.sleep(delay)
             # One write and drain per frame: relays must see real chunk boundaries.
             await resp.write(frame)
             await writer.drain()
-        if reset_at is not None and reset_at >= len(frames):
+        if reset_at is not None:
+            # Also when reset_at is past the last frame: the chunked terminator
+            # is still missing, so the client sees an incomplete transfer.
             state.self_reset = True
-            await _close_after_flush(request)
+            _close_gracefully(request)
             raise _SelfReset
-        if not no_done:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await resp.write(terminator)
+        if stall_at is not None and stall_at >= len(frames):
+            await asyncio.sleep(stall_seconds)
         await resp.write_eof()
         state.finished = True
         self.completed_streams += 1
@@ -628,31 +651,30 @@ class FakeUpstream:
             return self._response_frames(model, pieces, _prompt_tokens(body), created)
         if kind == "chat":
             # Static parts are formatted once per request; only the delta varies.
-            head = (
+            base = (
                 f'data: {{"id":"{self._next_id("chatcmpl")}","object":"chat.completion.chunk",'
                 f'"created":{created},"model":{model_json},"system_fingerprint":"fp_{self.name}",'
-                f'"choices":[{{"index":0,"delta":'
             )
-            frames = []
+            head = base + '"choices":[{"index":0,"delta":'
+            frames: list[bytes] = []
             for i, piece in enumerate(pieces):
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
                 finish = '"stop"' if i == last else "null"
                 frames.append(
                     f'{head}{_dumps(delta)},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
                 )
-            usage_head = head.split('"choices"')[0]
         else:
-            head = (
+            base = (
                 f'data: {{"id":"{self._next_id("cmpl")}","object":"text_completion",'
-                f'"created":{created},"model":{model_json},"choices":[{{"text":'
+                f'"created":{created},"model":{model_json},'
             )
+            head = base + '"choices":[{"text":'
             frames = []
             for i, piece in enumerate(pieces):
                 finish = '"stop"' if i == last else "null"
                 frames.append(
                     f'{head}{_dumps(piece)},"index":0,"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
                 )
-            usage_head = head.split('"choices"')[0]
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             prompt_tokens = _prompt_tokens(body)
@@ -661,7 +683,7 @@ class FakeUpstream:
                 "completion_tokens": chunks,
                 "total_tokens": prompt_tokens + chunks,
             }
-            frames.append(f'{usage_head}"choices":[],"usage":{_dumps(usage)}}}\n\n'.encode())
+            frames.append(f'{base}"choices":[],"usage":{_dumps(usage)}}}\n\n'.encode())
         return frames, _DONE
 
     def _response_frames(
@@ -724,33 +746,15 @@ class FakeUpstream:
 
     # --------------------------------------------------------------- handlers
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body, error = await self._read_body(request)
-        if error is not None:
-            return error
-        assert body is not None
-        return await self._guarded(request, body, "chat")
+    def _api_handler(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body, error = await self._read_body(request)
+            if error is not None:
+                return error
+            assert body is not None
+            return await self._guarded(request, body, kind)
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body, error = await self._read_body(request)
-        if error is not None:
-            return error
-        assert body is not None
-        return await self._guarded(request, body, "completions")
-
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
-        body, error = await self._read_body(request)
-        if error is not None:
-            return error
-        assert body is not None
-        return await self._guarded(request, body, "responses")
-
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body, error = await self._read_body(request)
-        if error is not None:
-            return error
-        assert body is not None
-        return await self._guarded(request, body, "embeddings")
+        return handler
 
     async def _list_models(self, request: web.Request) -> web.Response:
         self.request_count += 1

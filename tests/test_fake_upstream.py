@@ -150,6 +150,23 @@ class TestOtherEndpoints:
         assert fake.requests[-1].json is None
 
 
+class TestOpenAISdk:
+    """The official SDK can talk to the fake (base64 embeddings, typed streams)."""
+
+    async def test_sdk_round_trip(self, fake: FakeUpstream) -> None:
+        import openai  # imported here: only this test needs the (slow to import) SDK
+
+        async with openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0) as client:
+            chat_reply = await client.chat.completions.create(model="sdk", messages=[{"role": "user", "content": "hi"}])
+            assert chat_reply.choices[0].message.content == "hello from sdk chunk1 chunk2"
+            stream = await client.chat.completions.create(model="sdk", messages=[], stream=True)
+            assert "".join([c.choices[0].delta.content or "" async for c in stream]).startswith("hello from sdk")
+            embeddings = await client.embeddings.create(model="e", input=["a", "b"])
+            assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 8
+            response = await client.responses.create(model="r", input="hi")
+            assert response.output_text.startswith("hello from r")
+
+
 class TestFaults:
     """Every fault kind is visible to a plain HTTP client."""
 
@@ -250,6 +267,21 @@ class TestFaults:
                 await asyncio.wait_for(r.content.readuntil(b"\n\n"), 0.1)
             assert fake.streams_in_flight == 1
         await eventually(lambda: fake.disconnects == 1 and fake.streams_in_flight == 0)
+
+
+class TestFaultValidation:
+    """Nonsense faults are refused when installed, not mid-request."""
+
+    @pytest.mark.parametrize(
+        "kwargs", [{"times": 0}, {"probability": 1.5}, {"status": 42}, {"stall_seconds": -1}]
+    )
+    def test_rejects(self, kwargs: dict[str, object]) -> None:
+        with pytest.raises(ValueError):
+            Fault(**kwargs)  # type: ignore[arg-type]
+
+    def test_from_dict_rejects_unknown_fields(self) -> None:
+        with pytest.raises(ValueError, match="explode"):
+            Fault.from_dict({"explode": True})
 
 
 class TestDisconnectsAndShutdown:

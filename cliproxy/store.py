@@ -11,17 +11,23 @@ has millisecond precision round-trips exactly.
 
 Two ways in:
 
-* `SQLiteStore` (async, for the server): one connection, used from one dedicated worker thread,
-  so calls run one after another and every call is one complete transaction (`BEGIN IMMEDIATE` ...
-  `COMMIT`) executed in one go on that thread: a cancelled caller cannot leave a transaction
-  half-done. WAL journal, `synchronous=FULL` (a committed disable survives kill -9 and power loss),
-  `busy_timeout`.
+* `SQLiteStore` (async, for the server): one `aiosqlite` connection (aiosqlite runs a stdlib
+  connection on its own worker thread). An `asyncio.Lock` makes calls run one after another, and
+  every write is one transaction (`BEGIN IMMEDIATE` ... `COMMIT`, `ROLLBACK` on error). Each call
+  runs as its own task that the caller awaits through `asyncio.shield`: a caller cancelled while
+  its transaction is under way does not interrupt it (it still commits or rolls back, and the next
+  call queues behind it on the lock), and a caller cancelled while still waiting for the lock
+  withdraws its call, which then never runs. WAL journal, `synchronous=FULL` (a committed disable
+  survives kill -9 and power loss), `busy_timeout`, `foreign_keys`.
 * Synchronous functions (stdlib `sqlite3`) for start-up and the operator CLI: `apply_migrations`,
   `pending_migrations`, and the read-only `read_disabled` / `read_events`, which open the file with
   `mode=ro` and work while the server is stopped or running.
 
-Errors from SQLite propagate as `sqlite3.Error`; nothing is swallowed (except by `ping`, whose
-answer is the boolean). Nothing secret is added here: error excerpts arrive already masked.
+The SQL text, its parameters and the row <-> dataclass mapping are shared by both ways in.
+
+Errors from SQLite propagate as `sqlite3.Error` (aiosqlite raises sqlite3's own); nothing is
+swallowed (except by `ping`, whose answer is the boolean). Nothing secret is added here: error
+excerpts arrive already masked.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import aiosqlite
 
 from cliproxy.events import DisabledRecord, ErrorInfo, Event
 
@@ -249,7 +256,7 @@ def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
 
 
 # --------------------------------------------------------------------------------------------
-# SQL: the statements, and the functions that run them on a stdlib connection
+# SQL: the statements and their parameters (shared by both paths), and the stdlib runners
 # --------------------------------------------------------------------------------------------
 
 _INSERT_EVENT = (
@@ -270,14 +277,60 @@ _SELECT_DISABLED = (
     f"SELECT {', '.join(_DISABLED_COLUMNS)} FROM disabled_pairs ORDER BY vendor, model, reason"
 )
 
+# Take the write lock and read the schema, then let go: proves the file is there, readable and
+# lockable for writing, without writing anything.
+_PING = "SELECT count(*) FROM schema_migrations"
+
+#: Every connection: wait for other connections' locks instead of failing at once.
+_PRAGMAS_ALL = (f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",)
+#: Read-write connections in addition.
+_PRAGMAS_RW = (
+    "PRAGMA journal_mode = WAL",  # persistent in the file
+    "PRAGMA synchronous = FULL",  # fsync the WAL at every commit
+    "PRAGMA foreign_keys = ON",
+)
+
+
+def _events_query(
+    *,
+    vendor: str | None,
+    model: str | None,
+    kind: str | None,
+    since: float | None,
+    before_id: int | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The SELECT (and its parameters) behind `Store.events` / `read_events`."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("vendor", vendor), ("model", model), ("kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("at >= ?")
+        params.append(format_timestamp(since))
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    sql = f"SELECT id, {', '.join(_EVENT_COLUMNS)} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return sql, params
+
+
+def _upsert_disabled_params(record: DisabledRecord, event_id: int) -> dict[str, Any]:
+    return {**disabled_to_row(record), "event_id": event_id}
+
 
 def _configure(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    if not read_only:
-        conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
-        conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
-        conn.execute("PRAGMA foreign_keys = ON")
+    for pragma in _PRAGMAS_ALL if read_only else (*_PRAGMAS_ALL, *_PRAGMAS_RW):
+        conn.execute(pragma)
 
 
 def _connect_rw(path: Path) -> sqlite3.Connection:
@@ -316,65 +369,13 @@ def _in_write_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Conn
     return result
 
 
-def _record(
-    conn: sqlite3.Connection,
-    event: Event,
-    set_disabled: DisabledRecord | None,
-    clear_disabled: tuple[str, str, str] | None,
-) -> int:
-    def body(c: sqlite3.Connection) -> int:
-        event_id = c.execute(_INSERT_EVENT, event_to_row(event)).lastrowid
-        assert event_id is not None
-        if clear_disabled is not None:
-            c.execute(_DELETE_DISABLED, tuple(clear_disabled))
-        if set_disabled is not None:
-            c.execute(_UPSERT_DISABLED, {**disabled_to_row(set_disabled), "event_id": event_id})
-        return event_id
-
-    return _in_write_transaction(conn, body)
-
-
 def _select_disabled(conn: sqlite3.Connection) -> list[DisabledRecord]:
     return [row_to_disabled(row) for row in conn.execute(_SELECT_DISABLED)]
 
 
-def _select_events(
-    conn: sqlite3.Connection,
-    *,
-    vendor: str | None,
-    model: str | None,
-    kind: str | None,
-    since: float | None,
-    before_id: int | None,
-    limit: int,
-) -> list[Event]:
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (("vendor", vendor), ("model", model), ("kind", kind)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("at >= ?")
-        params.append(format_timestamp(since))
-    if before_id is not None:
-        where.append("id < ?")
-        params.append(before_id)
-    sql = f"SELECT id, {', '.join(_EVENT_COLUMNS)} FROM events"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(limit)
+def _select_events(conn: sqlite3.Connection, **filters: Any) -> list[Event]:
+    sql, params = _events_query(**filters)
     return [row_to_event(row) for row in conn.execute(sql, params)]
-
-
-def _ping(conn: sqlite3.Connection) -> bool:
-    # Take the write lock and read the schema, then let go: proves the file is there, readable
-    # and lockable for writing, without writing anything.
-    _in_write_transaction(conn, lambda c: c.execute("SELECT count(*) FROM schema_migrations").fetchone())
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,36 +664,82 @@ class Store(Protocol):
         ...
 
 
-class SQLiteStore:
-    """The SQLite implementation of `Store`: one connection on one worker thread; see the module doc."""
+async def _connect_async(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN/COMMIT ourselves
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in (*_PRAGMAS_ALL, *_PRAGMAS_RW):
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+
+async def _in_write_transaction_async(
+    conn: aiosqlite.Connection, body: Callable[[aiosqlite.Connection], Awaitable[_T]]
+) -> _T:
+    """Run `body` inside BEGIN IMMEDIATE ... COMMIT; roll back on any error and re-raise it."""
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        result = await body(conn)
+        await conn.execute("COMMIT")
+    except BaseException:
+        # Queued on aiosqlite's thread behind any statement still in flight, so it acts on the final
+        # state; "no transaction is active" (BEGIN failed, or SQLite already rolled back) is fine.
+        try:
+            await conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                raise
+        raise
+    return result
+
+
+class SQLiteStore:
+    """The SQLite implementation of `Store` on one aiosqlite connection; see the module doc."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
         """Use `await SQLiteStore.open(path)`."""
         self.path = path
-        self._conn: sqlite3.Connection | None = conn
-        self._executor = executor
+        self._conn: aiosqlite.Connection | None = conn
+        self._lock = asyncio.Lock()  # one call at a time on the connection, in call order
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references to calls in flight
 
     @classmethod
     async def open(cls, path: str | os.PathLike, *, migrations_dir: Path | None = None) -> SQLiteStore:
         """Create the parent directory if missing, apply pending migrations, open the connection."""
         db_path = Path(path)
         await asyncio.to_thread(apply_migrations, db_path, migrations_dir)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cliproxy-store")
-        try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect_rw, db_path)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(db_path, conn, executor)
+        return cls(db_path, await _connect_async(db_path))
 
-    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, body: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
         conn = self._conn
         if conn is None:
             raise RuntimeError(f"store {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        # The whole call runs on the worker thread; if our caller is cancelled it still completes
-        # (committed or rolled back), and the next call queues behind it.
-        return await loop.run_in_executor(self._executor, lambda: fn(conn, *args, **kwargs))
+        started = False
+
+        async def call() -> _T:
+            nonlocal started
+            async with self._lock:
+                started = True
+                return await body(conn)
+
+        task = self._spawn(call())
+        try:
+            # Once it holds the lock the call runs to its end (COMMIT or ROLLBACK) even if our
+            # caller is cancelled; the next call waits for it on the lock.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not started:
+                task.cancel()  # still waiting for the lock: nothing done yet, withdraw it
+            raise
 
     async def record(
         self,
@@ -701,10 +748,22 @@ class SQLiteStore:
         set_disabled: DisabledRecord | None = None,
         clear_disabled: tuple[str, str, str] | None = None,
     ) -> int:
-        return await self._run(_record, event, set_disabled, clear_disabled)
+        async def body(conn: aiosqlite.Connection) -> int:
+            event_id = (await conn.execute(_INSERT_EVENT, event_to_row(event))).lastrowid
+            assert event_id is not None
+            if clear_disabled is not None:
+                await conn.execute(_DELETE_DISABLED, tuple(clear_disabled))
+            if set_disabled is not None:
+                await conn.execute(_UPSERT_DISABLED, _upsert_disabled_params(set_disabled, event_id))
+            return event_id
+
+        return await self._run(lambda conn: _in_write_transaction_async(conn, body))
 
     async def load_disabled(self) -> list[DisabledRecord]:
-        return await self._run(_select_disabled)
+        async def body(conn: aiosqlite.Connection) -> list[DisabledRecord]:
+            return [row_to_disabled(row) for row in await conn.execute_fetchall(_SELECT_DISABLED)]
+
+        return await self._run(body)
 
     async def events(
         self,
@@ -716,13 +775,21 @@ class SQLiteStore:
         before_id: int | None = None,
         limit: int = 100,
     ) -> list[Event]:
-        return await self._run(
-            _select_events, vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
-        )
+        async def body(conn: aiosqlite.Connection) -> list[Event]:
+            sql, params = _events_query(
+                vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
+            )
+            return [row_to_event(row) for row in await conn.execute_fetchall(sql, params)]
+
+        return await self._run(body)
 
     async def ping(self) -> bool:
+        async def body(conn: aiosqlite.Connection) -> bool:
+            await conn.execute_fetchall(_PING)
+            return True
+
         try:
-            return await self._run(_ping)
+            return await self._run(lambda conn: _in_write_transaction_async(conn, body))
         except (sqlite3.Error, RuntimeError):
             return False
 
@@ -730,8 +797,9 @@ class SQLiteStore:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        finally:
-            self._executor.shutdown(wait=False)
 
+        async def call() -> None:
+            async with self._lock:  # after the calls already queued
+                await conn.close()
+
+        await asyncio.shield(self._spawn(call()))

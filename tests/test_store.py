@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import sqlite3
 import subprocess
+import threading
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -431,7 +432,8 @@ class TestPingAndClose:
             await store.load_disabled()
 
     async def test_ping_false_while_another_connection_holds_the_write_lock(self, store: SQLiteStore, db: Path):
-        await store._run(lambda conn: conn.execute("PRAGMA busy_timeout = 50"))  # fail fast, not after 5 s
+        assert store._conn is not None
+        await store._conn.execute("PRAGMA busy_timeout = 50")  # fail fast, not after 5 s
         writer = sqlite3.connect(db, isolation_level=None)
         try:
             writer.execute("BEGIN IMMEDIATE")
@@ -440,6 +442,90 @@ class TestPingAndClose:
             assert await store.ping() is True
         finally:
             writer.close()
+
+    @staticmethod
+    def pair_state(db: Path, vendor: str) -> tuple[list[int], list[int]]:
+        """Committed event ids of `vendor` and the event ids its disabled_pairs rows point at."""
+        with closing(sqlite3.connect(db)) as conn:
+            events = [r[0] for r in conn.execute("SELECT id FROM events WHERE vendor = ? ORDER BY id", (vendor,))]
+            rows = [r[0] for r in conn.execute("SELECT event_id FROM disabled_pairs WHERE vendor = ?", (vendor,))]
+        return events, rows
+
+    @staticmethod
+    async def hold_at_upsert(store: SQLiteStore) -> tuple[threading.Event, threading.Event]:
+        """Make aiosqlite's thread stop just before the disabled_pairs upsert (the event row already
+        inserted, the transaction open) until the returned `release` is set."""
+        reached, release = threading.Event(), threading.Event()
+
+        def trace(sql: str) -> None:
+            if sql.startswith("INSERT INTO disabled_pairs"):
+                reached.set()
+                release.wait(5)
+
+        assert store._conn is not None
+        await store._conn.set_trace_callback(trace)
+        return reached, release
+
+    async def test_caller_cancelled_mid_transaction_leaves_it_complete(self, store: SQLiteStore, db: Path):
+        reached, release = await self.hold_at_upsert(store)
+        try:
+            caller = asyncio.create_task(
+                store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
+            )
+            assert await asyncio.to_thread(reached.wait, 5)
+            caller.cancel()  # the event row is inserted, the upsert not yet run
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert self.pair_state(db, "a") == ([], [])  # nothing committed yet
+            nxt = asyncio.create_task(
+                store.record(disable_event("b", "m", T0 + 1), set_disabled=auto_record("b", "m", T0 + 1))
+            )
+            await asyncio.sleep(0.05)
+            assert not nxt.done()  # queued behind the cancelled caller's transaction
+        finally:
+            release.set()
+        second = await nxt  # would fail with "cannot start a transaction within a transaction" otherwise
+        events, rows = self.pair_state(db, "a")
+        assert len(events) == 1 and rows == events  # the cancelled write committed whole
+        assert self.pair_state(db, "b") == ([second], [second])
+        assert await store.load_disabled() == [auto_record("a", "m", T0), auto_record("b", "m", T0 + 1)]
+        assert await store.ping() is True
+
+    async def test_caller_cancelled_while_queued_withdraws_its_write(self, store: SQLiteStore, db: Path):
+        reached, release = await self.hold_at_upsert(store)
+        try:
+            first = asyncio.create_task(
+                store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
+            )
+            assert await asyncio.to_thread(reached.wait, 5)
+            queued = asyncio.create_task(store.record(disable_event("q", "m", T0 + 1)))
+            await asyncio.sleep(0.01)
+            queued.cancel()  # still waiting for the lock: nothing of it has run
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+        finally:
+            release.set()
+        first_id = await first
+        assert await store.record(disable_event("b", "m", T0 + 2)) > first_id
+        assert self.pair_state(db, "a") == ([first_id], [first_id])
+        assert self.pair_state(db, "q") == ([], [])
+
+    @pytest.mark.parametrize("turns", range(8))
+    async def test_caller_cancelled_at_any_point_leaves_all_or_nothing(self, store: SQLiteStore, db: Path, turns: int):
+        caller = asyncio.create_task(
+            store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
+        )
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        second = await store.record(disable_event("b", "m", T0 + 1), set_disabled=auto_record("b", "m", T0 + 1))
+        events, rows = self.pair_state(db, "a")
+        assert (events, rows) == ([], []) or (len(events) == 1 and rows == events)
+        if not caller.cancelled():
+            assert events == [caller.result()]
+        assert self.pair_state(db, "b") == ([second], [second])
+        assert await store.ping() is True
 
     async def test_cancelled_caller_does_not_break_the_transaction(self, store: SQLiteStore):
         tasks = [asyncio.create_task(store.record(disable_event("a", f"m{i}", T0 + i))) for i in range(20)]

@@ -18,6 +18,19 @@ from cliproxy.settings import parse_config
 from scripts.fake_upstream import FakeUpstream
 
 
+class FakeClock:
+    """Wall-clock seconds that move only when told to."""
+
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
 def make_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
     """A `Config` through the real loader, from a dict written as YAML."""
     return parse_config(yaml.safe_dump(data, sort_keys=False), env=env or {})

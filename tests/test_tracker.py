@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FakeClock
 from cliproxy.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
 from cliproxy.events import DisabledRecord, ErrorInfo, Event, Outcome
 from cliproxy.tracker import FailureTracker
@@ -31,19 +32,6 @@ def rule(threshold: int = 3, window: float = 60.0, duration: float = 300.0) -> A
 
 
 SETTINGS: dict[PairKey, AutoDisableSettings] = {PAIR: rule(), OTHER: rule()}
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when told to."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class MemoryStore:
@@ -130,7 +118,7 @@ MakeTracker = Callable[..., Awaitable[FailureTracker]]
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

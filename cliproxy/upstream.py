@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from .body import rewrite_model
 from .errors import NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from .events import ErrorInfo, Outcome, OutcomeSink
-from .redact import excerpt
+from .redact import excerpt, mask_secrets
 from .routing import Pair, Route
 from .runtime import Runtime
 
@@ -75,17 +75,17 @@ def classify_status(status: int, count_statuses: frozenset[int]) -> Outcome | No
 
 @dataclass(slots=True)
 class _Opened:
-    """An upstream answer the client will get: a success (with its first chunk when streaming) or a neutral error."""
+    """A successful upstream answer the client will get (with its first chunk when streaming)."""
 
     pair: Pair
     response: aiohttp.ClientResponse
     first_chunk: bytes
-    neutral: Outcome | None  # set when the answer is a client error relayed unchanged
 
 
 @dataclass(slots=True)
 class _Failed:
-    """A countable failure before any byte reached the client; the next candidate may be tried."""
+    """An upstream error before any byte reached the client. Countable ones fail over; neutral ones
+    (the client's own fault) go back to the client as they came."""
 
     pair: Pair
     outcome: Outcome
@@ -140,6 +140,8 @@ async def choose_upstream(
             return result
         sink.record_outcome(pair.key, result.outcome)
         info.outcomes.append(result.outcome.reason)
+        if result.outcome.kind != "failure":
+            raise _final_error(result, info)  # the client's fault: no failover
         last_failure = result
 
     if last_failure is not None:
@@ -183,26 +185,27 @@ async def _open(
                 allow_redirects=False,
             )
         verdict = classify_status(response.status, pair.auto_disable.count_statuses)
-        if verdict is not None and verdict.kind == "failure":
-            error_body = await _read_limited(response, timeouts.stream_idle)
+        if verdict is not None:
+            # An upstream error: read it whole (bounded) so it can be masked, excerpted and relayed.
+            error_body = _mask_body(await _read_limited(response, timeouts.stream_idle), runtime.secrets)
             response.release()
             message = excerpt(error_body, runtime.secrets)
             return _Failed(
                 pair,
-                Outcome("failure", "http_status", ErrorInfo(response.status, message)),
+                Outcome(verdict.kind, verdict.reason, ErrorInfo(response.status, message)),
                 status=response.status,
                 body=error_body,
                 headers=CIMultiDict(response.headers),
             )
         first_chunk = b""
-        if stream and verdict is None:
+        if stream:
             # Headers go to the client only with the first chunk, so a failure up to here can still fail over.
             async with asyncio.timeout(timeouts.stream_idle):
                 first_chunk = await response.content.readany()
             if not first_chunk:
                 response.release()
                 return _Failed(pair, Outcome("failure", "stream_error", ErrorInfo(200, "upstream closed the stream before any data")))
-        return _Opened(pair, response, first_chunk, verdict)
+        return _Opened(pair, response, first_chunk)
     except TimeoutError:
         if response is not None:
             response.close()
@@ -239,7 +242,7 @@ async def relay(
         client.content_length = upstream.content_length
     is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
     idle = pair.timeouts.stream_idle
-    outcome: Outcome = opened.neutral or OK
+    outcome: Outcome = OK
     try:
         await client.prepare(request)
         chunk = opened.first_chunk
@@ -319,6 +322,13 @@ async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) ->
             return await response.content.read(_ERROR_BODY_LIMIT)
     except (TimeoutError, aiohttp.ClientError, OSError):
         return b""
+
+
+def _mask_body(body: bytes, secrets: tuple[str, ...]) -> bytes:
+    """Upstreams echo keys in errors ("Incorrect API key provided: sk-..."); the client must not see them."""
+    text = body.decode("utf-8", "surrogateescape")
+    masked = mask_secrets(text, secrets)
+    return body if masked == text else masked.encode("utf-8", "surrogateescape")
 
 
 def _describe(exc: BaseException) -> str:

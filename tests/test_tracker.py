@@ -616,4 +616,5 @@ class TestCleanup:
         assert tracker.state(PAIR) is not None and not tracker.is_available(PAIR)
         clock.advance(3600.0)  # expired by the sweep, then idle for long enough
         await eventually(lambda: tracker.state(PAIR) is None)
+        assert await tracker.flush(1.0)  # the enable is queued before the record is dropped
         assert store.kinds() == ["disabled", "enabled"]

@@ -1,0 +1,465 @@
+"""What the operator CLI shows: pair states, durations, times and aligned tables.
+
+Pure: no I/O, no clock. `cliproxy.cli` reads the config and the database and passes `now` in;
+everything here turns those values into states, text and JSON-ready dicts.
+
+A configured pair's state, by precedence (the first that holds is the state; the others that
+also hold are named in the detail):
+
+    vendor-off          the vendor has `enabled: false`
+    no-key              the vendor's api-key entries are all empty (an unset ${VAR})
+    manually-disabled   the model entry has `enabled: false` (permanent), or a manual disable
+                        row in the database is in force (timed, or without an end)
+    auto-disabled       an automatic disable row is in force
+    enabled             none of the above; when a disable row exists but its `disabled_until`
+                        has passed, the human label says "enabled (expired, not yet recorded)":
+                        routing already ignores it, the server writes the `enabled` event on its
+                        next sweep (or at start-up when it is stopped)
+
+Rows in the database for pairs that are no longer configured are reported apart, as
+`not-configured`: the server keeps them and ignores them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+
+from .config import PairKey
+from .events import DisabledRecord, Event
+from .routing import RoutingTable
+
+__all__ = [
+    "DisableView",
+    "PairStatus",
+    "confirmation",
+    "event_json",
+    "format_duration",
+    "format_time",
+    "history_table",
+    "iso",
+    "management_path",
+    "pair_statuses",
+    "parse_duration",
+    "parse_iso",
+    "parse_since",
+    "render_table",
+    "status_json",
+    "status_table",
+    "summary",
+]
+
+#: Human labels of the state slugs used in JSON.
+LABELS: Mapping[str, str] = {
+    "enabled": "enabled",
+    "auto-disabled": "auto-disabled",
+    "manually-disabled": "manually disabled",
+    "vendor-off": "vendor off",
+    "no-key": "no key",
+    "not-configured": "not configured",
+}
+EXPIRED_LABEL = "enabled (expired, not yet recorded)"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# --------------------------------------------------------------------------------------------
+# Durations and times
+# --------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> `42s`, `4m12s`, `1h03m`, `2d4h` (rounded up to the whole second; negatives as 0s)."""
+    total = max(0, math.ceil(seconds - 1e-9))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    if total < 86400:
+        return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{total // 86400}d{total % 86400 // 3600}h"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhdw]))")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `10m`, `1h30m`, `2d`, `1w` -> seconds (> 0). ValueError otherwise."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    elif value and re.fullmatch(f"{_DURATION.pattern}+", value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(value))
+    else:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1h30m, 2d)")
+    if not seconds > 0:
+        raise ValueError(f"duration must be greater than zero: {text!r}")
+    return seconds
+
+
+def parse_since(text: str, now: float) -> float:
+    """`30m`, `24h`, `7d` (that long before `now`) or an ISO-8601 date/time (naive = UTC) -> epoch."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise ValueError(
+            f"not a duration or ISO-8601 time: {text!r} (use e.g. 30m, 24h, 7d, 2026-11-21, 2026-11-21T08:00:00Z)"
+        ) from None
+
+
+def parse_iso(text: str) -> float:
+    """ISO-8601 date or time (`Z`, an offset, or naive = UTC) -> epoch seconds. ValueError otherwise."""
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH).total_seconds()
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds, as the database stores it (None stays None)."""
+    if epoch is None:
+        return None
+    moment = _EPOCH + timedelta(milliseconds=round(epoch * 1000))
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds -> `2026-11-21T23:59:01Z` (UTC, whole seconds) for tables."""
+    moment = _EPOCH + timedelta(seconds=math.floor(epoch))
+    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Columns left-aligned, two spaces apart, no trailing blanks; None and "" shown as `-`."""
+    cells = [[str(h) for h in headers]]
+    for row in rows:
+        cells.append(["-" if v is None or v == "" else str(v) for v in row])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Pair states
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DisableView:
+    """One `disabled_pairs` row as seen at `now`."""
+
+    record: DisabledRecord
+    #: Seconds until it ends (0 when over); None when it has no end.
+    remaining_seconds: float | None
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining_seconds is not None and self.remaining_seconds <= 0
+
+    @property
+    def in_force(self) -> bool:
+        return not self.expired
+
+    @classmethod
+    def at(cls, record: DisabledRecord, now: float) -> DisableView:
+        until = record.disabled_until
+        return cls(record, None if until is None else max(0.0, until - now))
+
+
+@dataclass(frozen=True, slots=True)
+class PairStatus:
+    """One pair's state for `cliproxy status`."""
+
+    vendor: str
+    model: str
+    names: tuple[str, ...]
+    state: str  # a key of LABELS
+    label: str
+    detail: str
+    configured: bool
+    #: Routable now: configured, switched on in the config, and no disable in force.
+    routable: bool
+    vendor_enabled: bool | None = None
+    model_enabled: bool | None = None
+    missing_key: bool | None = None
+    disables: tuple[DisableView, ...] = ()
+
+
+def _describe(view: DisableView, *, name: bool) -> str:
+    """`4m12s left, until ..., 5 failures, last error: ...`; with `name`, prefixed by what the disable is."""
+    record = view.record
+    what = {"auto": "auto-disabled", "manual": "manually disabled"}.get(record.reason, record.reason)
+    if record.disabled_until is None:
+        parts = ["no end"]
+    elif view.expired:
+        parts = [f"ended {format_time(record.disabled_until)}"]
+    else:
+        assert view.remaining_seconds is not None
+        parts = [f"{format_duration(view.remaining_seconds)} left", f"until {format_time(record.disabled_until)}"]
+    if name or view.expired:
+        parts[0] = f"{what} {parts[0]}" if view.expired else f"{what}, {parts[0]}"
+    if record.reason == "auto" and record.failure_count:
+        parts.append(f"{record.failure_count} failures")
+    if record.actor:
+        parts.append(f"by {record.actor}")
+    if record.last_error is not None:
+        status = record.last_error.status
+        parts.append(f"last error: {status if status is not None else 'transport'} {_one_line(record.last_error.message, 60)}".rstrip())
+    return ", ".join(parts)
+
+
+def _status_of(
+    key: PairKey,
+    names: tuple[str, ...],
+    views: list[DisableView],
+    *,
+    configured: bool,
+    vendor_enabled: bool | None = None,
+    model_enabled: bool | None = None,
+    missing_key: bool | None = None,
+) -> PairStatus:
+    in_force = [v for v in views if v.in_force]
+    manual = [v for v in in_force if v.record.reason == "manual"]
+    auto = [v for v in in_force if v.record.reason != "manual"]
+    conditions: list[tuple[str, str]] = []  # (state, detail) in precedence order
+    if configured:
+        if vendor_enabled is False:
+            conditions.append(("vendor-off", "vendor enabled: false in the config"))
+        if missing_key:
+            conditions.append(("no-key", "every api-key entry of the vendor is empty (environment variable unset?)"))
+        if model_enabled is False:
+            conditions.append(("manually-disabled", "permanent: enabled: false in the config"))
+    # The first condition is the state, so its detail need not repeat what it is; the others say it.
+    # Rows of pairs that are not configured are all named: their state is `not-configured`.
+    conditions.extend(("manually-disabled", _describe(v, name=bool(conditions) or not configured)) for v in manual)
+    conditions.extend(("auto-disabled", _describe(v, name=bool(conditions) or not configured)) for v in auto)
+    expired = [v for v in views if v.expired]
+    if not configured:
+        state, label = "not-configured", LABELS["not-configured"]
+        details = [d for _, d in conditions]
+    elif conditions:
+        state = conditions[0][0]
+        label = LABELS[state]
+        details = [d for _, d in conditions]
+    else:
+        state = "enabled"
+        label = EXPIRED_LABEL if expired else LABELS["enabled"]
+        details = []
+    if expired:
+        details.extend(f"{_describe(v, name=True)} (the server records the re-enable at its next sweep or start-up)" for v in expired)
+    return PairStatus(
+        vendor=key[0],
+        model=key[1],
+        names=names,
+        state=state,
+        label=label,
+        detail="; ".join(details),
+        configured=configured,
+        routable=configured and not conditions,
+        vendor_enabled=vendor_enabled,
+        model_enabled=model_enabled,
+        missing_key=missing_key,
+        disables=tuple(views),
+    )
+
+
+def pair_statuses(
+    table: RoutingTable, disabled: Iterable[DisabledRecord], now: float
+) -> tuple[list[PairStatus], list[PairStatus]]:
+    """(every configured pair in config order, pairs with database rows that are not configured)."""
+    rows: dict[PairKey, list[DisableView]] = {}
+    for record in disabled:
+        rows.setdefault((record.vendor, record.model), []).append(DisableView.at(record, now))
+    configured = [
+        _status_of(
+            key,
+            table.names_of.get(key, (pair.model.public_name,)),
+            rows.get(key, []),
+            configured=True,
+            vendor_enabled=pair.vendor.enabled,
+            model_enabled=pair.model.enabled,
+            missing_key=pair.vendor.missing_key,
+        )
+        for key, pair in table.pairs.items()
+    ]
+    orphans = [
+        _status_of(key, (), views, configured=False)
+        for key, views in sorted(rows.items())
+        if key not in table.pairs
+    ]
+    return configured, orphans
+
+
+def status_table(statuses: Sequence[PairStatus]) -> str:
+    return render_table(
+        ("VENDOR", "MODEL", "NAMES", "STATE", "DETAIL"),
+        ((s.vendor, s.model, ", ".join(s.names), s.label, s.detail) for s in statuses),
+    )
+
+
+def summary(statuses: Sequence[PairStatus]) -> str:
+    """`5 pairs: 3 enabled, 1 auto-disabled, 1 vendor off`."""
+    counts: dict[str, int] = {}
+    for s in statuses:
+        label = LABELS[s.state]  # "enabled (expired, not yet recorded)" counts as enabled
+        counts[label] = counts.get(label, 0) + 1
+    parts = ", ".join(f"{counts[label]} {label}" for label in LABELS.values() if label in counts)
+    return f"{len(statuses)} pair{'s' if len(statuses) != 1 else ''}" + (f": {parts}" if parts else "")
+
+
+def _disable_json(view: DisableView) -> dict[str, Any]:
+    r = view.record
+    return {
+        "reason": r.reason,
+        "disabled_at": iso(r.disabled_at),
+        "disabled_until": iso(r.disabled_until),
+        "remaining_seconds": None if view.remaining_seconds is None else round(view.remaining_seconds, 3),
+        "expired": view.expired,
+        "failure_count": r.failure_count,
+        "window_started_at": iso(r.window_started_at),
+        "last_status": r.last_error.status if r.last_error else None,
+        "last_error": r.last_error.message if r.last_error else None,
+        "actor": r.actor,
+    }
+
+
+def status_json(statuses: Iterable[PairStatus]) -> list[dict[str, Any]]:
+    return [
+        {
+            "vendor": s.vendor,
+            "model": s.model,
+            "names": list(s.names),
+            "state": s.state,
+            "label": s.label,
+            "detail": s.detail,
+            "configured": s.configured,
+            "routable": s.routable,
+            "vendor_enabled": s.vendor_enabled,
+            "model_enabled": s.model_enabled,
+            "missing_key": s.missing_key,
+            "disables": [_disable_json(v) for v in s.disables],
+        }
+        for s in statuses
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# History
+# --------------------------------------------------------------------------------------------
+
+
+def _reason_cause(event: Event) -> str:
+    return "/".join(p for p in (event.reason, event.cause) if p)
+
+
+def _last_error(event: Event, width: int) -> str:
+    if event.last_error is None:
+        return ""
+    status = event.last_error.status
+    return _one_line(f"{status if status is not None else 'transport'} {event.last_error.message}", width)
+
+
+def history_table(events: Iterable[Event], *, error_width: int = 60) -> str:
+    """Events as given (newest first), one line each."""
+    return render_table(
+        ("TIME", "KIND", "VENDOR", "MODEL", "REASON/CAUSE", "FAILURES", "DISABLED UNTIL", "ACTOR", "LAST ERROR"),
+        (
+            (
+                format_time(e.at),
+                e.kind,
+                e.vendor,
+                e.model,
+                _reason_cause(e),
+                e.failure_count,
+                format_time(e.disabled_until) if e.disabled_until is not None else None,
+                e.actor,
+                _last_error(e, error_width),
+            )
+            for e in events
+        ),
+    )
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event with ISO timestamps; `disabled_seconds` is how long the disable was set to last."""
+    disabled_seconds = None
+    if event.disabled_at is not None and event.disabled_until is not None:
+        disabled_seconds = round(event.disabled_until - event.disabled_at, 3)
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "kind": event.kind,
+        "vendor": event.vendor,
+        "model": event.model,
+        "reason": event.reason,
+        "cause": event.cause,
+        "disabled_at": iso(event.disabled_at),
+        "disabled_until": iso(event.disabled_until),
+        "disabled_seconds": disabled_seconds,
+        "failure_count": event.failure_count,
+        "window_started_at": iso(event.window_started_at),
+        "settings": event.settings,
+        "last_status": event.last_error.status if event.last_error else None,
+        "last_error": event.last_error.message if event.last_error else None,
+        "actor": event.actor,
+        "detail": event.detail,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Management API
+# --------------------------------------------------------------------------------------------
+
+
+def management_path(action: str, vendor: str, model: str) -> str:
+    """`/api/models/{model}/{action}?vendor={vendor}`, the model percent-encoded whole (`/` and `:` too)."""
+    return f"/api/models/{quote(model, safe='')}/{action}?vendor={quote(vendor, safe='')}"
+
+
+def confirmation(action: str, vendor: str, model: str, duration: float | None, response: Any, now: float) -> str:
+    """The one line `enable` / `disable` print on success.
+
+    `response` is the server's decoded JSON (the model status: `{"model", "pairs": [...]}`), used
+    for the end time it reports and to name the pairs when `model` meant several (an alias pool);
+    anything else falls back to what was asked.
+    """
+    pairs = response.get("pairs") if isinstance(response, dict) else None
+    pairs = [p for p in pairs if isinstance(p, dict)] if isinstance(pairs, list) else []
+    served = [f"{p.get('vendor')}/{p.get('model')}" for p in pairs]
+    if action == "enable":
+        text = f"{vendor} {model}: enabled"
+    elif duration is None:
+        text = f"{vendor} {model}: disabled until enabled again"
+    else:
+        until = now + duration
+        for pair in pairs:
+            manual = pair.get("manual_disable")
+            if isinstance(manual, dict) and isinstance(manual.get("disabled_until"), str):
+                try:
+                    until = parse_iso(manual["disabled_until"])
+                except ValueError:
+                    pass
+                break
+        text = f"{vendor} {model}: disabled for {format_duration(duration)}, until {format_time(until)}"
+    if len(served) > 1 or (served and served[0] != f"{vendor}/{model}"):
+        text += f" ({len(served)} pair{'s' if len(served) != 1 else ''}: {', '.join(served)})"
+    return text

@@ -7,13 +7,14 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from .admin_auth import Lockout
 from .events import OutcomeSink
 from .runtime import Runtime
 from .store import Store
 from .tracker import FailureTracker
 from .upstream import AccessInfo
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK"]
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR"]
 
 #: The current config and routing table; swapped whole on reload.
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -29,3 +30,7 @@ STORE = web.AppKey("store", Store)
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.
 CLOCK = web.AppKey("clock", Callable[[], float])
+#: Failed management-key attempts per client address, and the addresses blocked for them.
+ADMIN_LOCKOUT = web.AppKey("admin_lockout", Lockout)
+#: The management client's address as decided by the auth rule; the `actor` of its changes.
+ADMIN_ACTOR = web.RequestKey("admin_actor", str)

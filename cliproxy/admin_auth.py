@@ -1,0 +1,259 @@
+"""Who may use the management API (`/api/...`): the key, the loopback rule and the lock-out.
+
+The decision is pure (`decide`, `client_address`, `Lockout`): the peer address, the headers and
+`now` are passed in, so the rules are tested as tables without sockets or sleeping. The aiohttp
+middleware at the bottom is the thin shell: it reads the live config from `app[RUNTIME]` on every
+request (a hot reload swaps it), asks `decide`, and raises the error the error middleware renders.
+
+The rules, in the order they are applied:
+
+1. No `remote-management.secret-key` set: the management API does not exist (404, the same
+   answer as any unknown path).
+2. The client address is the socket's peer. Only when the peer is listed in
+   `remote-management.trusted-proxies` is `X-Forwarded-For` believed, and then only up to the
+   last hop that is not itself a trusted proxy: entries to the left of it were written by the
+   client and may be spoofed.
+3. An address that failed the key check 5 times within 60 s is blocked for 600 s: 429 with
+   `Retry-After`, loopback included. While blocked its requests are refused before the key is
+   looked at, so a correct key does not lift the block early (and attempts during the block
+   neither count nor extend it).
+4. A client that is not loopback gets 403 unless `allow-remote: true`.
+5. The key, from `Authorization: Bearer <key>` or `X-Management-Key: <key>`, compared in
+   constant time; wrong or missing: 401, and one failure counted against the address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+
+from .config import RemoteManagement
+from .errors import Forbidden, TooManyRequests, Unauthorized
+
+__all__ = [
+    "MAX_FAILURES",
+    "FAILURE_WINDOW_SECONDS",
+    "BLOCK_SECONDS",
+    "Decision",
+    "Lockout",
+    "client_address",
+    "decide",
+    "is_loopback",
+    "management_auth_middleware",
+    "presented_key",
+]
+
+MAX_FAILURES = 5
+FAILURE_WINDOW_SECONDS = 60.0
+BLOCK_SECONDS = 600.0
+#: Addresses remembered at most; beyond it the least recently seen are forgotten first.
+LOCKOUT_CAPACITY = 10_000
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse(text: str) -> _Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[::1]:1234" or "[::1]"
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # "1.2.3.4:5678"
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not loopback."""
+    parsed = _parse(address)
+    return parsed is not None and parsed.is_loopback
+
+
+def _trusted(address: str, proxies: Iterable[str]) -> bool:
+    parsed = _parse(address)
+    for proxy in proxies:
+        proxy = proxy.strip()
+        if not proxy:
+            continue
+        try:
+            network = ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            if proxy == address:
+                return True
+            continue
+        if parsed is not None and parsed.version == network.version and parsed in network:
+            return True
+    return False
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: Iterable[str]) -> str:
+    """The address that made the request: the peer, or, when the peer is a trusted proxy, the
+    right-most `X-Forwarded-For` hop that is not itself a trusted proxy."""
+    proxies = tuple(trusted_proxies)
+    address = (peer or "").strip() or "unknown"
+    if not forwarded_for or not _trusted(address, proxies):
+        return address
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = hop[:64]  # the header is client text: keep what we remember and log short
+        if not _trusted(address, proxies):
+            break
+    return address
+
+
+@dataclass(slots=True)
+class _Entry:
+    failures: deque[float]
+    blocked_until: float | None = None
+
+
+class Lockout:
+    """Failed key checks per address, and the addresses blocked because of them; bounded in memory.
+
+    Not thread-safe and needs no lock: asyncio runs one handler step at a time and nothing here awaits.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window_seconds: float = FAILURE_WINDOW_SECONDS,
+        block_seconds: float = BLOCK_SECONDS,
+        capacity: int = LOCKOUT_CAPACITY,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self.block_seconds = block_seconds
+        self.capacity = capacity
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def blocked_for(self, address: str, now: float) -> float | None:
+        """Seconds the address stays blocked, or None when it is not blocked."""
+        entry = self._entries.get(address)
+        if entry is None or entry.blocked_until is None:
+            return None
+        if now >= entry.blocked_until:
+            del self._entries[address]  # block over: its failures are forgotten with it
+            return None
+        return entry.blocked_until - now
+
+    def record_failure(self, address: str, now: float) -> float | None:
+        """Count one failed attempt; returns the block's length when this failure starts one."""
+        entry = self._entries.get(address)
+        if entry is None:
+            entry = _Entry(deque(maxlen=self.max_failures))
+            self._entries[address] = entry
+            self._evict()
+        else:
+            self._entries.move_to_end(address)
+        entry.failures.append(now)
+        if len(entry.failures) >= self.max_failures and now - entry.failures[0] < self.window_seconds:
+            entry.blocked_until = now + self.block_seconds
+            entry.failures.clear()
+            return self.block_seconds
+        return None
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
+Status = Literal[200, 401, 403, 404, 429]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to answer: 200 lets the request through, acting as `address`."""
+
+    status: Status
+    address: str
+    message: str = ""
+    retry_after: int | None = None
+
+
+def presented_key(authorization: str | None, management_key: str | None) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-Management-Key`."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return (management_key or "").strip() or None
+
+
+def decide(
+    settings: RemoteManagement,
+    *,
+    peer: str | None,
+    forwarded_for: str | None,
+    key: str | None,
+    lockout: Lockout,
+    now: float,
+) -> Decision:
+    """Apply the rules of the module docstring, in order. Records a failure in `lockout` on a bad key."""
+    address = client_address(peer, forwarded_for, settings.trusted_proxies)
+    if not settings.secret_key:
+        return Decision(404, address, "Not Found")
+    blocked = lockout.blocked_for(address, now)
+    if blocked is not None:
+        return Decision(
+            429, address, "too many failed management key attempts from this address; try again later",
+            retry_after=max(1, math.ceil(blocked)),
+        )
+    if not settings.allow_remote and not is_loopback(address):
+        return Decision(
+            403, address, "the management API serves only loopback clients (set remote-management.allow-remote to change this)"
+        )
+    if key is None or not hmac.compare_digest(key.encode(), settings.secret_key.encode()):
+        lockout.record_failure(address, now)  # the 5th failure still gets its 401; the block applies after it
+        return Decision(
+            401, address, "invalid or missing management key: send 'Authorization: Bearer <key>' or 'X-Management-Key: <key>'"
+        )
+    return Decision(200, address)
+
+
+# The shell. Imported here, below the pure core, because keys.py imports `Lockout` from this module.
+from . import keys as _keys  # noqa: E402
+
+
+def _is_management_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+@web.middleware
+async def management_auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Guards every `/api` path (known or not); other paths pass untouched."""
+    if not _is_management_path(request.path):
+        return await handler(request)
+    settings = request.app[_keys.RUNTIME].config.remote_management
+    decision = decide(
+        settings,
+        peer=request.remote,
+        forwarded_for=request.headers.get("X-Forwarded-For"),
+        key=presented_key(request.headers.get("Authorization"), request.headers.get("X-Management-Key")),
+        lockout=request.app[_keys.ADMIN_LOCKOUT],
+        now=request.app[_keys.CLOCK](),
+    )
+    if decision.status == 404:
+        raise web.HTTPNotFound()
+    if decision.status == 429:
+        raise TooManyRequests(decision.message, headers={"Retry-After": str(decision.retry_after)})
+    if decision.status == 403:
+        raise Forbidden(decision.message)
+    if decision.status == 401:
+        raise Unauthorized(decision.message, code="invalid_management_key")
+    request[_keys.ADMIN_ACTOR] = decision.address
+    return await handler(request)

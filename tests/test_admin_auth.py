@@ -1,0 +1,146 @@
+"""Who may use the management API: the pure rules as tables, with the peer address and the clock passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from cliproxy.admin_auth import (
+    BLOCK_SECONDS,
+    Lockout,
+    client_address,
+    decide,
+    is_loopback,
+    presented_key,
+)
+from cliproxy.config import RemoteManagement
+
+KEY = "mgmt-secret-key-0123456789"
+T0 = 1_800_000_000.0
+
+LOCAL = RemoteManagement(secret_key=KEY)
+REMOTE_OK = RemoteManagement(secret_key=KEY, allow_remote=True)
+BEHIND_PROXY = RemoteManagement(secret_key=KEY, trusted_proxies=("10.0.0.5", "192.168.0.0/16"))
+
+
+def run(settings: RemoteManagement, *, peer: str = "127.0.0.1", xff: str | None = None, key: str | None = KEY,
+        lockout: Lockout | None = None, now: float = T0):
+    return decide(settings, peer=peer, forwarded_for=xff, key=key, lockout=lockout if lockout is not None else Lockout(), now=now)
+
+
+class TestClientAddress:
+    """The client is the socket peer; X-Forwarded-For counts only from a trusted proxy, up to the last untrusted hop."""
+
+    @pytest.mark.parametrize(
+        ("peer", "xff", "trusted", "expected"),
+        [
+            ("203.0.113.9", None, (), "203.0.113.9"),
+            ("203.0.113.9", "127.0.0.1", (), "203.0.113.9"),  # spoofed header from an untrusted peer: ignored
+            ("127.0.0.1", "203.0.113.9", (), "127.0.0.1"),  # no trusted proxies: the header is never believed
+            ("10.0.0.5", "203.0.113.9", ("10.0.0.5",), "203.0.113.9"),
+            ("10.0.0.5", "127.0.0.1, 203.0.113.9", ("10.0.0.5",), "203.0.113.9"),  # left of the real hop is client text
+            ("10.0.0.5", "203.0.113.9, 192.168.1.1", ("10.0.0.5", "192.168.0.0/16"), "203.0.113.9"),  # proxy chain
+            ("10.0.0.5", "192.168.1.2, 192.168.1.1", ("10.0.0.5", "192.168.0.0/16"), "192.168.1.2"),  # all trusted: leftmost
+            ("10.0.0.5", "", ("10.0.0.5",), "10.0.0.5"),
+            ("10.0.0.5", " , ", ("10.0.0.5",), "10.0.0.5"),
+            ("::ffff:10.0.0.5", "203.0.113.9", ("10.0.0.5",), "203.0.113.9"),
+            (None, None, (), "unknown"),
+        ],
+    )
+    def test_table(self, peer, xff, trusted, expected):
+        assert client_address(peer, xff, trusted) == expected
+
+    @pytest.mark.parametrize(
+        ("address", "loopback"),
+        [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True), ("[::1]:8080", True),
+         ("127.0.0.1:5555", True), ("203.0.113.9", False), ("localhost", False), ("garbage", False), ("", False)],
+    )
+    def test_loopback(self, address, loopback):
+        assert is_loopback(address) is loopback
+
+
+class TestDecide:
+    """Off is 404; remote without allow-remote is 403; a wrong or missing key is 401; the right key passes."""
+
+    def test_off_without_a_secret_key(self):
+        assert run(RemoteManagement(secret_key=None)).status == 404
+        assert run(RemoteManagement(secret_key=None), key=None, peer="203.0.113.9").status == 404
+
+    def test_loopback_with_the_key(self):
+        decision = run(LOCAL)
+        assert (decision.status, decision.address) == (200, "127.0.0.1")
+
+    @pytest.mark.parametrize("key", [None, "", "wrong", KEY + "x", KEY[:-1]])
+    def test_wrong_or_missing_key(self, key):
+        assert run(LOCAL, key=key).status == 401
+
+    def test_remote_peer_is_403_even_with_a_spoofed_loopback_header(self):
+        assert run(LOCAL, peer="203.0.113.9").status == 403
+        assert run(LOCAL, peer="203.0.113.9", xff="127.0.0.1").status == 403
+
+    def test_remote_client_behind_a_trusted_proxy_is_403(self):
+        decision = run(BEHIND_PROXY, peer="10.0.0.5", xff="203.0.113.9")
+        assert (decision.status, decision.address) == (403, "203.0.113.9")
+
+    def test_allow_remote(self):
+        decision = run(REMOTE_OK, peer="203.0.113.9")
+        assert (decision.status, decision.address) == (200, "203.0.113.9")
+        assert run(REMOTE_OK, peer="203.0.113.9", key="wrong").status == 401
+
+    @pytest.mark.parametrize(
+        ("authorization", "header", "expected"),
+        [("Bearer abc", None, "abc"), ("bearer  abc ", None, "abc"), (None, "abc", "abc"), ("Basic xyz", "abc", "abc"),
+         ("Bearer ", None, None), (None, None, None), (None, "  ", None)],
+    )
+    def test_presented_key(self, authorization, header, expected):
+        assert presented_key(authorization, header) == expected
+
+
+class TestLockout:
+    """5 failures within 60 s block an address for 600 s; the right key does not lift it; memory stays bounded."""
+
+    def test_fifth_failure_blocks_loopback_too(self):
+        lockout = Lockout()
+        for i in range(5):
+            assert run(LOCAL, key="wrong", lockout=lockout, now=T0 + i).status == 401
+        blocked = run(LOCAL, key=KEY, lockout=lockout, now=T0 + 5)
+        assert blocked.status == 429 and blocked.retry_after == 599
+        assert run(LOCAL, key=KEY, lockout=lockout, now=T0 + 4 + BLOCK_SECONDS - 0.5).status == 429
+        assert run(LOCAL, key=KEY, lockout=lockout, now=T0 + 4 + BLOCK_SECONDS).status == 200
+
+    def test_failures_spread_over_more_than_a_minute_do_not_block(self):
+        lockout = Lockout()
+        for i in range(10):
+            assert run(LOCAL, key="wrong", lockout=lockout, now=T0 + i * 15).status == 401
+        assert run(LOCAL, lockout=lockout, now=T0 + 150).status == 200
+
+    def test_attempts_during_the_block_neither_count_nor_extend_it(self):
+        lockout = Lockout()
+        for i in range(5):
+            run(LOCAL, key="wrong", lockout=lockout, now=T0)
+        for i in range(20):
+            run(LOCAL, key="wrong", lockout=lockout, now=T0 + 300 + i)
+        assert run(LOCAL, lockout=lockout, now=T0 + BLOCK_SECONDS).status == 200
+        assert run(LOCAL, key="wrong", lockout=lockout, now=T0 + BLOCK_SECONDS + 1).status == 401  # a fresh count
+
+    def test_other_addresses_are_not_blocked(self):
+        lockout = Lockout()
+        for _ in range(5):
+            run(REMOTE_OK, peer="203.0.113.9", key="wrong", lockout=lockout)
+        assert run(REMOTE_OK, peer="203.0.113.9", lockout=lockout).status == 429
+        assert run(REMOTE_OK, peer="203.0.113.10", lockout=lockout).status == 200
+        assert run(REMOTE_OK, peer="127.0.0.1", lockout=lockout).status == 200
+
+    def test_bounded_memory(self):
+        lockout = Lockout(capacity=100)
+        for i in range(1000):
+            lockout.record_failure(f"198.51.{i // 256}.{i % 256}", T0)
+        assert len(lockout) == 100
+
+    def test_blocked_entry_forgotten_once_over(self):
+        lockout = Lockout()
+        for _ in range(5):
+            lockout.record_failure("203.0.113.9", T0)
+        assert lockout.blocked_for("203.0.113.9", T0 + 1) == pytest.approx(BLOCK_SECONDS - 1)
+        assert lockout.blocked_for("203.0.113.9", T0 + BLOCK_SECONDS) is None
+        assert len(lockout) == 0
+

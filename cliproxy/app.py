@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +15,8 @@ from . import proxy_api
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import CLIENT_SESSION, CLOCK, OUTCOMES, RUNTIME, STORE, TRACKER
+from .keys import CLIENT_SESSION, CLOCK, CONFIG_MANAGER, OUTCOMES, RUNTIME, STORE, TRACKER
+from .reload import ConfigManager
 from .runtime import Runtime
 from .store import SQLiteStore
 from .tracker import FailureTracker
@@ -75,6 +78,18 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
+    """Watch the config file for edits (when there is one); stop watching and drop pending reloads at shutdown."""
+    manager = app[CONFIG_MANAGER]
+    watcher = asyncio.create_task(manager.run_watcher(), name="config-watcher") if manager.path else None
+    yield
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    await manager.close()
+
+
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     # One pool for every upstream. No connection limit: the gateway must not queue requests that
     # the upstreams could serve (1,000 open streams are 1,000 connections).
@@ -90,7 +105,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[RUNTIME] = Runtime.build(config)
     app[CLOCK] = clock
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
+    app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
     app.add_routes(proxy_api.routes)
     return app

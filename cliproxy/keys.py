@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +15,10 @@ from .store import Store
 from .tracker import FailureTracker
 from .upstream import AccessInfo
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR"]
+if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
+    from .reload import ConfigManager
+
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR", "CONFIG_MANAGER"]
 
 #: The current config and routing table; swapped whole on reload.
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -34,3 +38,5 @@ CLOCK = web.AppKey("clock", Callable[[], float])
 ADMIN_LOCKOUT = web.AppKey("admin_lockout", Lockout)
 #: The management client's address as decided by the auth rule; the `actor` of its changes.
 ADMIN_ACTOR = web.RequestKey("admin_actor", str)
+#: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.
+CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")

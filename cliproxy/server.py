@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .keys import CONFIG_MANAGER
 
 __all__ = ["serve"]
 
@@ -42,6 +43,8 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: re-read the config file (validated first; an invalid one keeps the running config).
+    loop.add_signal_handler(signal.SIGHUP, app[CONFIG_MANAGER].request_reload, "SIGHUP")
     await stop.wait()
     log.info("shutting down: letting requests in flight finish for up to %ss", config.shutdown_grace_seconds)
     await runner.cleanup()

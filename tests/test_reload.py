@@ -1,0 +1,384 @@
+"""Hot reload and write-back through the real app: real config files, fake upstreams, the SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cliproxy.app import create_app
+from cliproxy.errors import InvalidRequest, NotFound
+from cliproxy.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
+from cliproxy.reload import ConfigManager, ConfigRejected, NoConfigFile
+from cliproxy.settings import load_config
+from cliproxy.writeback import model_path, vendor_enabled_edits
+from scripts.fake_upstream import Fault
+from tests.conftest import Gateway, vendor
+from tests.test_writeback import changed_lines
+
+PAIR = ("v", "m")
+NO_WATCHER = 3600.0  # a poll interval that keeps the watcher out of tests that reload by hand
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+class Files:
+    """The config file of one test, written from dicts."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "config.yaml"
+        self.database = str(tmp_path / "cliproxy.db")
+
+    def write(self, data: dict[str, Any]) -> None:
+        write_yaml(self.path, {"database": self.database, **data})
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    return Files(tmp_path)
+
+
+@pytest.fixture
+def start(gateway: Callable[..., Awaitable[Gateway]], files: Files) -> Callable[..., Awaitable[Gateway]]:
+    """Write the config file, load it like `cliproxy serve` does, start the real app on it."""
+
+    async def start_(data: dict[str, Any], *, poll_interval: float = NO_WATCHER, **kwargs: Any) -> Gateway:
+        files.write(data)
+        app = create_app(load_config(files.path))
+        app[CONFIG_MANAGER].poll_interval = poll_interval
+        return await gateway(app[RUNTIME].config, app=app, **kwargs)
+
+    return start_
+
+
+def manager(gw: Gateway) -> ConfigManager:
+    return gw.app[CONFIG_MANAGER]
+
+
+async def chat(gw: Gateway, model: str = "m", key: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    resp = await gw.client.post(
+        "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, headers=headers
+    )
+    await resp.read()
+    return resp.status
+
+
+async def events(gw: Gateway, kind: str) -> list[Any]:
+    return await gw.app[STORE].events(kind=kind)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> float:
+    """Poll `condition` until it holds; returns the seconds it took. Fails after `seconds`."""
+    began = time.monotonic()
+    while not await condition():
+        if time.monotonic() - began > seconds:
+            raise AssertionError(f"condition not met within {seconds}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - began
+
+
+class TestFileWatching:
+    """Edits to the file take effect within 2 seconds, with the default poll interval."""
+
+    async def test_edit_on_disk_routes_by_the_new_config(self, start, files, upstreams):
+        first, second = await upstreams(), await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]}, poll_interval=0.5)
+        assert await chat(gw) == 200 and first.request_count == 1
+        files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
+
+        async def on_second() -> bool:
+            return await chat(gw) == 200 and second.request_count > 0
+
+        assert await until(on_second) < 2.0
+        reloaded = await events(gw, "config-reloaded")
+        assert len(reloaded) == 1 and reloaded[0].detail["reason"] == "file-changed"
+
+    async def test_invalid_edit_on_disk_is_rejected_and_old_config_serves(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]}, poll_interval=0.05)
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"], priorty=1)]})
+
+        async def rejected() -> bool:
+            return bool(await events(gw, "config-rejected"))
+
+        await until(rejected)
+        assert manager(gw).last_error == ["openai-compatibility[0].priorty: unknown key; did you mean 'priority'?"]
+        assert await chat(gw) == 200
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"], priority=1)]})
+
+        async def recovered() -> bool:
+            return manager(gw).last_error is None
+
+        await until(recovered)
+        assert gw.app[RUNTIME].config.vendors[0].priority == 1
+
+    async def test_touching_the_file_is_not_a_reload(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]}, poll_interval=0.02)
+        before = gw.app[RUNTIME]
+        os.utime(files.path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        await asyncio.sleep(0.1)
+        assert gw.app[RUNTIME] is before
+        assert await events(gw, "config-reloaded") == []
+
+    async def test_own_edits_do_not_trigger_a_second_reload(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m", "n"])]}, poll_interval=0.02)
+        mgr = manager(gw)
+        text = mgr.read_text()
+        await mgr.apply_edits([((*model_path(text, "v", "n"), "enabled"), False)], actor="127.0.0.1", kind="model-changed")
+        await asyncio.sleep(0.1)  # five polls
+        assert await events(gw, "config-reloaded") == []
+        assert len(await events(gw, "model-changed")) == 1
+
+
+class TestReload:
+    """A reload validates first, swaps the whole runtime, and records what happened."""
+
+    async def test_invalid_file_keeps_running_config_and_records_every_problem(self, start, files, upstreams, caplog):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        running = gw.app[RUNTIME]
+        files.write({"port": "eighty", "openai-compatibility": [vendor("v", "ftp://x", ["m"])]})
+        with caplog.at_level(logging.WARNING, logger="cliproxy.reload"):
+            assert await manager(gw).reload(reason="test") is False
+        problems = ["port: Not a valid integer.", "openai-compatibility[0].base-url: must be an http:// or https:// URL"]
+        assert sorted(manager(gw).last_error or []) == sorted(problems)
+        assert gw.app[RUNTIME] is running
+        assert await chat(gw) == 200
+        [event] = await events(gw, "config-rejected")
+        assert event.detail == {"problems": manager(gw).last_error, "reason": "test"}
+        logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert all(problem in logged for problem in problems)
+
+    async def test_yaml_syntax_error_and_missing_file_are_rejected(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.path.write_text("openai-compatibility: [\n")
+        assert await manager(gw).reload(reason="test") is False
+        assert "YAML syntax error" in (manager(gw).last_error or [""])[0]
+        files.path.unlink()
+        assert await manager(gw).reload(reason="test") is False
+        assert "cannot read" in (manager(gw).last_error or [""])[0]
+        assert await chat(gw) == 200
+
+    async def test_unchanged_content_is_a_no_op(self, start, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        running = gw.app[RUNTIME]
+        assert await manager(gw).reload(reason="test") is True
+        assert gw.app[RUNTIME] is running
+        assert await events(gw, "config-reloaded") == []
+
+    async def test_secrets_never_reach_the_problems(self, start, files, upstreams, monkeypatch, caplog):
+        secret = "live-upstream-secret-0123456789"
+        monkeypatch.setenv("UP_KEY", secret)
+        up = await upstreams()
+        keyed = {**vendor("v", up.url, ["m"]), "api-key-entries": [{"api-key": "${UP_KEY}"}]}
+        gw = await start({"openai-compatibility": [keyed]})
+        # A mistake that makes the loader quote the expanded value back.
+        files.write({"auto-disable": {"count-statuses": ["${UP_KEY}"]}, "openai-compatibility": [keyed]})
+        with caplog.at_level(logging.DEBUG):
+            assert await manager(gw).reload(reason="test") is False
+        assert manager(gw).last_error == ["auto-disable.count-statuses: '***' is not an HTTP status or class like '5xx'"]
+        [event] = await events(gw, "config-rejected")
+        assert secret not in repr(event) and secret not in caplog.text
+
+    async def test_host_port_database_changes_say_they_need_a_restart(self, start, files, upstreams, caplog):
+        up = await upstreams()
+        gw = await start({"port": 8317, "openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write({"port": 8318, "openai-compatibility": [vendor("v", up.url, ["m"])]})
+        with caplog.at_level(logging.WARNING, logger="cliproxy.reload"):
+            assert await manager(gw).reload(reason="test") is True
+        [event] = await events(gw, "config-reloaded")
+        assert event.detail == {"reason": "test", "vendors": 1, "pairs": 1, "restart_required": ["port"]}
+        assert manager(gw).restart_required == ["port"]
+        assert "port take effect only after a restart" in caplog.text
+
+    async def test_a_failing_store_does_not_break_a_reload(self, start, files, upstreams, caplog):
+        first, second = await upstreams(), await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]})
+        await gw.app[STORE].close()
+        files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
+        with caplog.at_level(logging.ERROR, logger="cliproxy.reload"):
+            assert await manager(gw).reload(reason="test") is True
+        assert "could not record the config-reloaded event" in caplog.text
+        assert await chat(gw) == 200 and second.request_count == 1
+
+    async def test_requests_in_flight_finish_on_their_config(self, start, files, upstreams):
+        up = await upstreams(chunks=4, chunk_delay=0.05)
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        stream = await gw.sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        pieces = [await stream.__anext__()]
+        files.write({"openai-compatibility": [vendor("v", up.url, ["other"])]})
+        assert await manager(gw).reload(reason="test") is True
+        pieces += [chunk async for chunk in stream]
+        assert sum(1 for c in pieces if c.choices and c.choices[0].delta.content) == 4
+        assert await chat(gw, "m") == 404
+        assert await chat(gw, "other") == 200
+
+
+class TestSighup:
+    """SIGHUP runs the same reload; the signal handler is `request_reload`."""
+
+    async def test_sighup_handler_reloads(self, start, files, upstreams):
+        first, second = await upstreams(), await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]})
+        files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
+        assert await manager(gw).request_reload("SIGHUP") is True
+        assert await chat(gw) == 200 and second.request_count == 1
+        [event] = await events(gw, "config-reloaded")
+        assert event.detail["reason"] == "SIGHUP"
+
+    async def test_sighup_without_a_file_does_nothing(self, gateway, upstreams):
+        up = await upstreams()
+        gw = await gateway({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        assert manager(gw).path is None
+        assert await manager(gw).request_reload("SIGHUP") is False
+        with pytest.raises(NoConfigFile):
+            await manager(gw).apply_edits([(("port",), 1)], actor="x", kind="vendor-changed")
+        with pytest.raises(NoConfigFile):
+            manager(gw).read_text()
+
+
+class TestStateAcrossReloads:
+    """Failure counts and disables survive a reload; new thresholds apply from the next failure."""
+
+    async def test_counts_survive_and_new_threshold_applies_from_next_failure(self, start, files, upstreams):
+        up = await upstreams()
+        up.fail("m", Fault(status=503))
+        data = {"request-retry": 0, "auto-disable": {"failure-threshold": 3}, "openai-compatibility": [vendor("v", up.url, ["m"])]}
+        gw = await start(data)
+        tracker = gw.app[TRACKER]
+        assert [await chat(gw), await chat(gw)] == [503, 503]
+        assert tracker.state(PAIR).failure_count == 2
+        files.write({**data, "auto-disable": {"failure-threshold": 2}})
+        assert await manager(gw).reload(reason="test") is True
+        assert tracker.settings_for(PAIR).failure_threshold == 2
+        assert tracker.state(PAIR).failure_count == 2 and tracker.is_available(PAIR)
+        await chat(gw)
+        assert not tracker.is_available(PAIR)
+
+    async def test_disabled_pair_stays_disabled(self, start, files, upstreams):
+        up = await upstreams()
+        up.fail("m", Fault(status=503))
+        data = {"request-retry": 0, "auto-disable": {"failure-threshold": 1}, "openai-compatibility": [vendor("v", up.url, ["m"])]}
+        gw = await start(data)
+        await chat(gw)
+        tracker = gw.app[TRACKER]
+        disabled_until = tracker.state(PAIR).disabled_until
+        assert disabled_until is not None
+        files.write({**data, "openai-compatibility": [vendor("v", up.url, ["m", "n"])]})
+        assert await manager(gw).reload(reason="test") is True
+        assert not tracker.is_available(PAIR) and tracker.state(PAIR).disabled_until == disabled_until
+        assert up.request_count == 1
+        assert await chat(gw) == 503 and up.request_count == 1  # not tried: still disabled
+
+    async def test_removed_client_key_is_refused(self, start, files, upstreams):
+        up = await upstreams()
+        data = {"api-keys": ["key-one", "key-two"], "openai-compatibility": [vendor("v", up.url, ["m"])]}
+        gw = await start(data)
+        assert await chat(gw, key="key-two") == 200
+        files.write({**data, "api-keys": ["key-one"]})
+        assert await manager(gw).reload(reason="test") is True
+        assert await chat(gw, key="key-two") == 401
+        assert await chat(gw, key="key-one") == 200
+
+
+class TestApplyEdits:
+    """Management changes are written to the file (only the changed line), swapped in, recorded once."""
+
+    async def test_vendor_switched_off(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        mgr = manager(gw)
+        before = files.path.read_text()
+        config = await mgr.apply_edits(
+            vendor_enabled_edits(before, "v", False), actor="127.0.0.1", kind="vendor-changed", vendor="v", detail={"enabled": False}
+        )
+        assert changed_lines(before, files.path.read_text()) == ([], ["  enabled: false"])
+        assert config.vendors[0].enabled is False and gw.app[RUNTIME].config is config
+        assert await chat(gw) == 503
+        [event] = await events(gw, "vendor-changed")
+        assert (event.actor, event.vendor, event.model, event.detail) == ("127.0.0.1", "v", None, {"enabled": False})
+        assert await events(gw, "config-reloaded") == []
+
+    async def test_invalid_result_is_refused_and_nothing_written(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        before = files.path.read_text()
+        running = gw.app[RUNTIME]
+        with pytest.raises(ConfigRejected) as caught:
+            await manager(gw).apply_edits(
+                [(("openai-compatibility", 0, "base-url"), "nope"), (("port",), 0)], actor="127.0.0.1", kind="vendor-changed"
+            )
+        assert isinstance(caught.value, InvalidRequest) and caught.value.status == 400
+        assert sorted(caught.value.problems) == [
+            "openai-compatibility[0].base-url: must be an http:// or https:// URL",
+            "port: Must be greater than or equal to 1 and less than or equal to 65535.",
+        ]
+        assert files.path.read_text() == before and gw.app[RUNTIME] is running
+        assert await events(gw, "vendor-changed") == []
+
+    async def test_path_not_in_file_is_not_found(self, start, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        with pytest.raises(NotFound):
+            await manager(gw).apply_edits([(("openai-compatibility", 3, "enabled"), False)], actor="x", kind="vendor-changed")
+
+    async def test_edit_that_changes_nothing_writes_nothing_but_is_recorded(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=True)]})
+        stat_before = files.path.stat()
+        await manager(gw).apply_edits([(("openai-compatibility", 0, "enabled"), True)], actor="x", kind="manual-enable", vendor="v", model="m")
+        assert files.path.stat().st_mtime_ns == stat_before.st_mtime_ns
+        [event] = await events(gw, "manual-enable")
+        assert event.detail == {"config_changed": False} and event.model == "m"
+
+    async def test_concurrent_edits_are_serialised(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["a", "b", "c", "d"])]})
+        mgr = manager(gw)
+        await asyncio.gather(
+            *(
+                mgr.apply_edits([(("openai-compatibility", 0, "models", i, "enabled"), False)], actor="x", kind="model-changed")
+                for i in range(4)
+            )
+        )
+        assert [m.enabled for m in load_config(files.path).vendors[0].models] == [False] * 4
+        assert [m.enabled for m in gw.app[RUNTIME].config.vendors[0].models] == [False] * 4
+
+
+class TestReplaceText:
+    """PUT of the whole file: validated first, then written, swapped and recorded with the caller."""
+
+    async def test_valid_text_replaces_the_file(self, start, files, upstreams):
+        first, second = await upstreams(), await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]})
+        text = f"# new\ndatabase: {files.database}\nopenai-compatibility:\n  - name: w\n    base-url: {second.url}\n    models: [{{name: m}}]\n"
+        config = await manager(gw).replace_text(text, actor="127.0.0.1")
+        assert files.path.read_text() == text and config.vendors[0].name == "w"
+        assert await chat(gw) == 200 and second.request_count == 1
+        [event] = await events(gw, "config-reloaded")
+        assert event.actor == "127.0.0.1"
+        assert event.detail == {"reason": "api", "vendors": 1, "pairs": 1, "vendors_added": ["w"], "vendors_removed": ["v"]}
+
+    async def test_invalid_text_is_refused_with_every_problem(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        before = files.path.read_text()
+        with pytest.raises(ConfigRejected) as caught:
+            await manager(gw).replace_text("port: x\nhots: 1\n", actor="127.0.0.1")
+        assert len(caught.value.problems) == 2
+        assert files.path.read_text() == before
+        assert await events(gw, "config-reloaded") == []

@@ -177,17 +177,18 @@ class ConfigManager:
         """Poll the file until cancelled; reload once a change has held for one poll."""
         if self.path is None:
             return
-        pending: _StatKey | None | bool = False  # False: nothing pending (None is "file missing")
+        nothing = object()  # no change pending (a stat of None means "file missing")
+        pending: object = nothing
         while True:
             await asyncio.sleep(self.poll_interval)
             current = self._stat()
             if current == self._seen_stat:
-                pending = False
+                pending = nothing
                 continue
             if current != pending:
                 pending = current  # changed since the last look: let the writer finish first
                 continue
-            pending = False
+            pending = nothing
             await self._reload_logged("file-changed")
 
     async def close(self) -> None:
@@ -203,7 +204,7 @@ class ConfigManager:
 
     async def apply_edits(
         self,
-        edits: Sequence[tuple[Path, Any]],
+        edits: Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]],
         *,
         actor: str,
         kind: str,
@@ -215,14 +216,18 @@ class ConfigManager:
 
         Raises `ConfigRejected` (400) when the result would be invalid, `NotFound` (404) when an
         edit's path does not exist in the file, `NoConfigFile` (503) without a file; nothing is
-        written then. An edit that changes nothing writes nothing and still records its event
+        written then.
+
+        `edits` may also be a function of the current file text returning the edits, called under
+        the lock: paths found with `vendor_path`/`model_path` then cannot go stale between reading
+        the file and writing it (a `MissingPath` it raises becomes NotFound too). An edit that changes nothing writes nothing and still records its event
         (with `config_changed: false` in the detail): the operator's action is history either way.
         """
         path = self._require_path()
         async with self._lock:
             text = self._read_for_change(path)
             try:
-                new_text = edit_yaml(text, edits)
+                new_text = edit_yaml(text, edits(text) if callable(edits) else edits)
             except MissingPath as error:
                 raise NotFound(str(error), code="not_in_config_file") from None
             except WritebackError as error:

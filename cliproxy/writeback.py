@@ -134,6 +134,19 @@ def _after_line(text: str, index: int) -> int:
     return len(text) if newline == -1 else newline + 1
 
 
+def _line_content_end(text: str, index: int) -> int:
+    """The end of the line that holds `index`, before its line break (`\n` or `\r\n`)."""
+    end = text.find("\n", index)
+    if end == -1:
+        return len(text)
+    return end - 1 if end > index and text[end - 1] == "\r" else end
+
+
+def _newline(text: str) -> str:
+    """The file's own line break, for the lines we add."""
+    return "\r\n" if "\r\n" in text else "\n"
+
+
 def _content_end(text: str, node: Node) -> int:
     """Where a node's own text ends: block collections and block scalars without trailing blank or comment lines."""
     if isinstance(node, ScalarNode):
@@ -194,8 +207,8 @@ def _edit(text: str, path: Path, value: Any) -> str:
             raise MissingPath(f"{_show(path)} does not exist")
         if value is None:
             return text
-        sep = "" if not text or text.endswith("\n") else "\n"
-        return text + sep + _block_lines(str(path[0]), _nest(path[1:], value), 0)
+        sep = "" if not text or text.endswith("\n") else _newline(text)
+        return text + sep + _block_lines(str(path[0]), _nest(path[1:], value), 0).replace("\n", _newline(text))
     node: Node = root
     key_node: ScalarNode | None = None
     parent: Node | None = None
@@ -259,13 +272,9 @@ def _replace(text: str, node: Node, key_node: ScalarNode | None, new: str) -> st
     if isinstance(node, (MappingNode, SequenceNode)) and not node.flow_style:
         # A block below the key: the new value goes after the colon (keeping the key line's comment)
         # and the block's lines go, their comments with them.
-        key_line_end = text.find("\n", colon)
-        if key_line_end == -1:  # pragma: no cover - a block always starts on a later line
-            key_line_end = len(text)
+        key_line_end = _line_content_end(text, colon)
         tail = text[colon + 1 : key_line_end]
-        block_end = _after_line(text, _content_end(text, node))
-        if block_end > key_line_end + 1 and text[block_end - 1] == "\n":
-            block_end -= 1
+        block_end = _line_content_end(text, _content_end(text, node))
         return _splice(text, colon + 1, block_end, " " + new + (tail if tail.strip() else ""))
     return _splice(text, node.start_mark.index, _content_end(text, node), new)
 
@@ -280,8 +289,9 @@ def _insert(text: str, mapping: MappingNode, key: str, value: Any) -> str:
         return _splice(text, position, position, f"{dump_scalar(key)}: {dump_scalar(value)}")
     indent = mapping.value[0][0].start_mark.column
     position = _after_line(text, _content_end(text, mapping.value[-1][1]))
-    lead = "" if position == 0 or text[position - 1] == "\n" else "\n"
-    return _splice(text, position, position, lead + _block_lines(key, value, indent))
+    newline = _newline(text)
+    lead = "" if position == 0 or text[position - 1] == "\n" else newline
+    return _splice(text, position, position, lead + _block_lines(key, value, indent).replace("\n", newline))
 
 
 def _remove(text: str, slot: _Slot) -> str:

@@ -336,6 +336,18 @@ class TestApplyEdits:
         with pytest.raises(NotFound):
             await manager(gw).apply_edits([(("openai-compatibility", 3, "enabled"), False)], actor="x", kind="vendor-changed")
 
+    async def test_edits_computed_from_the_current_text_under_the_lock(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"]), vendor("w", up.url, ["n"])]})
+        config = await manager(gw).apply_edits(
+            lambda text: vendor_enabled_edits(text, "w", False), actor="x", kind="vendor-changed", vendor="w"
+        )
+        assert [v.enabled for v in config.vendors] == [True, False]
+        with pytest.raises(NotFound):
+            await manager(gw).apply_edits(
+                lambda text: vendor_enabled_edits(text, "gone", False), actor="x", kind="vendor-changed"
+            )
+
     async def test_edit_that_changes_nothing_writes_nothing_but_is_recorded(self, start, files, upstreams):
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=True)]})

@@ -199,6 +199,26 @@ class TestInsert:
         out = edit_yaml(text, [(("openai-compatibility", 0, "auto-disable", "failure-threshold"), 2)])
         assert changed_lines(text, out) == (["    auto-disable:"], ["    auto-disable: {failure-threshold: 2}"])
 
+    def test_crlf_file_keeps_its_line_breaks(self):
+        text = CONFIG.replace("\n", "\r\n")
+        out = edit_yaml(
+            text,
+            [
+                (("openai-compatibility", 0, "models", 0, "enabled"), False),
+                (("api-keys",), []),
+                (("openai-compatibility", 0, "models", 1, "auto-disable", "failure-threshold"), None),
+            ],
+        )
+        assert "\n" not in out.replace("\r\n", "")
+        assert out.replace("\r\n", "\n") == edit_yaml(
+            CONFIG,
+            [
+                (("openai-compatibility", 0, "models", 0, "enabled"), False),
+                (("api-keys",), []),
+                (("openai-compatibility", 0, "models", 1, "auto-disable", "failure-threshold"), None),
+            ],
+        )
+
     def test_file_without_final_newline(self):
         text = "port: 1"
         assert edit_yaml(text, [(("host",), "h")]) == "port: 1\nhost: h\n"

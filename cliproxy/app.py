@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from . import proxy_api
+from . import admin_api, proxy_api
+from .admin_auth import Lockout, management_auth_middleware
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import CLIENT_SESSION, CLOCK, CONFIG_MANAGER, OUTCOMES, RUNTIME, STORE, TRACKER
+from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, OUTCOMES, RUNTIME, STORE, TRACKER
 from .reload import ConfigManager
 from .runtime import Runtime
 from .store import SQLiteStore
@@ -101,13 +102,15 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
+    app = web.Application(middlewares=[error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
     app[RUNTIME] = Runtime.build(config)
     app[CLOCK] = clock
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
+    app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
     app.add_routes(proxy_api.routes)
+    app.add_routes(admin_api.routes)  # every /api route is behind management_auth_middleware
     return app

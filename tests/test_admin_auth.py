@@ -144,3 +144,113 @@ class TestLockout:
         assert lockout.blocked_for("203.0.113.9", T0 + BLOCK_SECONDS) is None
         assert len(lockout) == 0
 
+
+# ---------------------------------------------------------------------------------------------
+# End to end through the real app (the aiohttp test client connects from 127.0.0.1)
+# ---------------------------------------------------------------------------------------------
+
+from tests.conftest import FakeClock, vendor  # noqa: E402
+from cliproxy.admin_api import ENDPOINTS  # noqa: E402
+from cliproxy.openapi import openapi_path  # noqa: E402
+from tests.test_admin_api import MGMT_KEY, admin  # noqa: E402,F401  (admin is a fixture)
+
+
+def _concrete(template: str) -> str:
+    return openapi_path(template).replace("{model}", "m").replace("{name}", "a")
+
+
+def _config(url: str, **remote: object) -> dict:
+    return {
+        "remote-management": {"secret-key": MGMT_KEY, **remote},
+        "openai-compatibility": [vendor("a", url, ["m"])],
+    }
+
+
+class TestMiddlewareEndToEnd:
+    """The middleware guards every /api path, reads the live config per request and leaves /v1 alone."""
+
+    async def test_off_means_every_api_path_is_404(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"remote-management": {"secret-key": ""}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        for path in ("/api/models/disabled", "/api/openapi.json", "/api/nope", "/api"):
+            reply = await a.get(path)
+            assert reply.status == 404 and reply.json["error"]["code"] == "not_found"
+        assert (await a.gw.client.get("/v1/models")).status == 200
+
+    async def test_every_endpoint_needs_the_key_and_is_off_without_one(self, admin, upstreams, gateway, tmp_path):
+        up = await upstreams()
+        clock = FakeClock()
+        a = await admin(_config(up.url), clock=clock)
+        for ep in ENDPOINTS:
+            for key in (None, "wrong"):
+                reply = await a.call(ep.method, _concrete(ep.path), key=key)
+                assert reply.status == 401, (ep.method, ep.path)
+            clock.advance(61)  # stay under the lock-out's 5 failures a minute
+        from tests.conftest import make_config
+        from tests.test_admin_api import Admin
+
+        off = Admin(await gateway(make_config({"database": str(tmp_path / "off.db"), "openai-compatibility": [vendor("a", up.url, ["m"])]})), None)
+        for ep in ENDPOINTS:
+            assert (await off.call(ep.method, _concrete(ep.path))).status == 404, (ep.method, ep.path)
+
+    async def test_key_in_either_header(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin(_config(up.url))
+        assert (await a.get("/api/vendors")).status == 200
+        assert (await a.get("/api/vendors", key=None, headers={"X-Management-Key": MGMT_KEY})).status == 200
+        for key in (None, "wrong"):
+            reply = await a.get("/api/vendors", key=key)
+            assert reply.status == 401 and reply.json["error"]["type"] == "authentication_error"
+            assert MGMT_KEY not in reply.text
+
+    async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin(_config(up.url))
+        reply = await a.post("/api/models/m/disable", json={"duration_seconds": 5}, headers={"X-Forwarded-For": "203.0.113.9"})
+        assert reply.status == 200
+        [event] = await a.events(kind="manual-disable")
+        assert event.actor == "127.0.0.1"
+
+    async def test_remote_client_behind_a_trusted_proxy_is_403_without_allow_remote(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin(_config(up.url, **{"trusted-proxies": ["127.0.0.1"]}))
+        reply = await a.get("/api/vendors", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert reply.status == 403 and reply.json["error"]["type"] == "permission_error"
+        assert (await a.get("/api/vendors", headers={"X-Forwarded-For": "127.0.0.1"})).status == 200
+
+    async def test_allow_remote_serves_it_and_records_the_real_client_as_actor(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin(_config(up.url, **{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
+        reply = await a.post("/api/models/m/disable", json={"duration_seconds": 5}, headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"})
+        assert reply.status == 200
+        assert reply.json["pairs"][0]["manual_disable"]["actor"] == "203.0.113.9"
+        [event] = await a.events(kind="manual-disable")
+        assert event.actor == "203.0.113.9"
+
+    async def test_lockout_with_an_injected_clock(self, admin, upstreams):
+        up = await upstreams()
+        clock = FakeClock()
+        a = await admin(_config(up.url), clock=clock)
+        for _ in range(5):
+            assert (await a.get("/api/vendors", key="wrong")).status == 401
+        reply = await a.get("/api/vendors")  # the right key does not lift the block
+        assert reply.status == 429 and reply.headers["Retry-After"] == "600"
+        assert reply.json["error"]["code"] == "rate_limit_exceeded"
+        assert (await a.gw.client.get("/v1/models")).status == 200  # the client API is not affected
+        clock.advance(599)
+        assert (await a.get("/api/vendors")).status == 429
+        clock.advance(1)
+        assert (await a.get("/api/vendors")).status == 200
+
+    async def test_key_change_by_reload_applies_to_the_next_request(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin(_config(up.url))
+        new = a.file().replace(MGMT_KEY, "the-new-management-key-42")
+        reply = await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})
+        assert reply.status == 200
+        assert (await a.get("/api/vendors")).status == 401
+        a.key = "the-new-management-key-42"
+        assert (await a.get("/api/vendors")).status == 200
+        off = a.file().replace("secret-key: the-new-management-key-42", "secret-key: ''")
+        assert (await a.call("PUT", "/api/config.yaml", data=off.encode(), headers={"Content-Type": "application/yaml"})).status == 200
+        assert (await a.get("/api/vendors")).status == 404

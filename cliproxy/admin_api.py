@@ -46,9 +46,8 @@ from .redact import mask_key, mask_secrets
 from .routing import Pair
 from .runtime import Runtime
 from .store import format_timestamp
-from .reload import ConfigManager
 from .tracker import FailureTracker
-from .writeback import WritebackError, model_index, vendor_enabled_edits, vendor_index
+from .writeback import model_path, vendor_enabled_edits, vendor_path
 
 __all__ = ["COMMIT_TIMEOUT_SECONDS", "ENDPOINTS", "Endpoint", "routes"]
 
@@ -132,11 +131,6 @@ def _ts(description: str, *, nullable: bool = True) -> fields.String:
     return fields.String(
         required=True, allow_none=nullable, metadata={"format": "date-time", "description": description + " (ISO-8601 UTC)"}
     )
-
-
-def _req(field_: fields.Field) -> fields.Field:
-    field_.required = True
-    return field_
 
 
 class ErrorDetailSchema(Schema):
@@ -834,13 +828,9 @@ def _vendor_named(runtime: Runtime, name: str) -> Vendor:
     raise NotFound(f"no vendor named '{name}'", param="vendor")
 
 
-def _model_path(manager: ConfigManager, vendor: str, model: str) -> tuple[str | int, ...]:
-    """Where the model entry is in the file as it is now (it may differ from the running config)."""
-    text = manager.read_text()
-    try:
-        return ("openai-compatibility", vendor_index(text, vendor), "models", model_index(text, vendor, model))
-    except WritebackError as error:
-        raise NotFound(f"{error} (it changed since it was loaded?)", code="not_in_config_file") from None
+def _set_enabled(pair: Pair, enabled: bool) -> Callable[[str], list[tuple[tuple[str | int, ...], Any]]]:
+    """The edit of the model entry's `enabled`, its path found in the file as it is when the edit is made."""
+    return lambda text: [((*model_path(text, pair.vendor.name, pair.model.name), "enabled"), enabled)]
 
 
 def _edits(prefix: tuple[str | int, ...], schema: Schema, data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
@@ -903,7 +893,7 @@ async def enable_model(request: web.Request) -> web.Response:
         if pair.model.enabled:
             continue
         await manager.apply_edits(
-            [((*_model_path(manager, pair.vendor.name, pair.model.name), "enabled"), True)],
+            _set_enabled(pair, True),
             actor=actor, kind="manual-enable", vendor=pair.vendor.name, model=pair.model.name,
         )
     await _committed(request, after_change=True)
@@ -931,7 +921,7 @@ async def disable_model(request: web.Request) -> web.Response:
             if not pair.model.enabled:
                 continue  # already off in the file
             await manager.apply_edits(
-                [((*_model_path(manager, pair.vendor.name, pair.model.name), "enabled"), False)],
+                _set_enabled(pair, False),
                 actor=actor, kind="manual-disable", vendor=pair.vendor.name, model=pair.model.name,
             )
     await _committed(request, after_change=True)
@@ -961,16 +951,16 @@ async def patch_vendor(request: web.Request) -> web.Response:
         raise InvalidRequest("the body sets no field")
     await _committed(request)
     detail = _raw(raw, schema, data)
-    manager = request.app[CONFIG_MANAGER]
-    text = manager.read_text()
-    try:
-        vi = vendor_index(text, name)
+    enabled = data.pop("enabled", None)
+
+    def edits(text: str) -> list[tuple[tuple[str | int, ...], Any]]:
         # `enabled` in the spelling the file uses (CLIProxyAPI's inverse `disabled:` is kept)
-        edits = vendor_enabled_edits(text, name, data.pop("enabled")) if "enabled" in data else []
-    except WritebackError as error:
-        raise NotFound(f"{error} (it changed since it was loaded?)", code="not_in_config_file") from None
-    edits += _edits(("openai-compatibility", vi), schema, data)
-    await manager.apply_edits(edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail)
+        switch = vendor_enabled_edits(text, name, enabled) if enabled is not None else []
+        return switch + _edits(vendor_path(text, name), schema, data)
+
+    await request.app[CONFIG_MANAGER].apply_edits(
+        edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail
+    )
     await _committed(request, after_change=True)
     runtime = request.app[RUNTIME]
     return _json(VendorViewSchema, _vendor_view(_vendor_named(runtime, name), runtime, request.app[TRACKER], request.app[CLOCK]()))
@@ -997,10 +987,8 @@ async def patch_model(request: web.Request) -> web.Response:
     if not data:
         raise InvalidRequest("the body sets no field")
     await _committed(request)
-    manager = request.app[CONFIG_MANAGER]
-    edits = _edits(_model_path(manager, name, entry.name), schema, data)
-    await manager.apply_edits(
-        edits, actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=_raw(raw, schema, data)
+    await request.app[CONFIG_MANAGER].apply_edits(
+        lambda text: _edits(model_path(text, name, entry.name), schema, data), actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=_raw(raw, schema, data)
     )
     await _committed(request, after_change=True)
     runtime = request.app[RUNTIME]

@@ -22,7 +22,7 @@ from yarl import URL
 from cliproxy import admin_api
 from cliproxy.admin_api import ENDPOINTS, parse_since
 from cliproxy.config import Config
-from cliproxy.keys import STORE, TRACKER
+from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
 from scripts.fake_upstream import Fault
@@ -156,9 +156,8 @@ class Admin:
         return self.config_path.read_text(encoding="utf-8")
 
 
-@pytest.fixture
-def admin(gateway, tmp_path):
-    """Start the gateway on a config file written from a dict (or text); returns an `Admin`."""
+def admin_starter(gateway: Any, tmp_path: Path) -> Any:
+    """What the `admin` fixture gives: start the gateway on a config file written from a dict (or text)."""
 
     async def start(data: dict[str, Any] | str, **create_kwargs: Any) -> Admin:
         config = write_config(tmp_path, data)
@@ -166,6 +165,12 @@ def admin(gateway, tmp_path):
         return Admin(gw, Path(config.path) if config.path else None)
 
     return start
+
+
+@pytest.fixture
+def admin(gateway, tmp_path):
+    """Start the gateway on a config file written from a dict (or text); returns an `Admin`."""
+    return admin_starter(gateway, tmp_path)
 
 
 def two_vendors(bad_url: str, good_url: str, **extra: Any) -> dict[str, Any]:
@@ -256,6 +261,16 @@ class TestDisabledList:
         assert row["remaining_seconds"] == pytest.approx(20.0)
         assert row["disabled_at"].endswith("Z") and row["disabled_until"].endswith("Z")
         assert row["last_error"]["status"] == 500
+
+    async def test_a_pair_removed_from_the_config_is_listed_as_not_in_config(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m", "gone"])]})
+        await a.post("/api/models/gone/disable", json={"duration_seconds": 60})
+        new = a.file().replace("  - name: gone\n", "")
+        assert (await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})).status == 200
+        [row] = (await a.get("/api/models/disabled")).json["disabled"]
+        assert (row["model"], row["alias"], row["in_config"], row["source"]) == ("gone", None, False, "timed")
+        assert (await a.get("/api/models/gone/status")).status == 404
 
     async def test_config_disables_are_listed_without_an_end(self, admin, upstreams):
         up = await upstreams()
@@ -613,6 +628,15 @@ class TestVendors:
         assert reply.status == 400 and reply.json["error"]["param"] == param
         assert a.file() == before
 
+    async def test_patch_enabled_keeps_cliproxyapis_disabled_spelling(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"], disabled=True)]})
+        assert (await a.get("/api/vendors")).json["vendors"][0]["enabled"] is False
+        reply = await a.patch("/api/vendors/a", json={"enabled": True})
+        assert reply.status == 200 and reply.json["enabled"] is True
+        assert "disabled: false" in a.file() and "enabled:" not in a.file()
+        assert (await a.chat()).status == 200
+
     async def test_patch_unknown_vendor_or_model_is_404_and_empty_body_400(self, admin, upstreams):
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
@@ -703,6 +727,23 @@ class TestConfigEndpoints:
         assert moved["restart_required"] == ["port"] and moved["config"]["port"] == 9999
         events = await a.events(kind="config-reloaded")
         assert len(events) == 2 and all(e.actor == "127.0.0.1" for e in events)
+
+    async def test_rejected_reload_is_shown_until_a_good_file_loads(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        good = a.file()
+        a.config_path.write_text(good + "log-level: LOUD\nbogus-key: 1\n", encoding="utf-8")
+        manager = a.app[CONFIG_MANAGER]
+        assert await manager.reload(reason="test") is False
+        reply = await a.get("/api/config")
+        errors = reply.json["last_reload_error"]
+        assert any("log-level" in e for e in errors) and any("bogus-key" in e for e in errors)
+        assert reply.json["config"]["log-level"] == "INFO"  # the running config stays
+        a.config_path.write_text(good.replace("name: m", "name: m2"), encoding="utf-8")
+        assert await manager.reload(reason="test") is True
+        reply = await a.get("/api/config")
+        assert reply.json["last_reload_error"] is None
+        assert reply.json["config"]["openai-compatibility"][0]["models"][0]["name"] == "m2"
 
     async def test_non_utf8_put_is_400(self, admin, upstreams):
         up = await upstreams()

@@ -1,9 +1,10 @@
-"""Who may use the management API: the pure rules as tables, with the peer address and the clock passed in."""
+"""Who may use the management API: the pure rules as tables (peer address and clock passed in), then end to end."""
 
 from __future__ import annotations
 
 import pytest
 
+from cliproxy.admin_api import ENDPOINTS
 from cliproxy.admin_auth import (
     BLOCK_SECONDS,
     Lockout,
@@ -13,6 +14,9 @@ from cliproxy.admin_auth import (
     presented_key,
 )
 from cliproxy.config import RemoteManagement
+from cliproxy.openapi import openapi_path
+from tests.conftest import FakeClock, make_config, vendor
+from tests.test_admin_api import MGMT_KEY, Admin, admin_starter
 
 KEY = "mgmt-secret-key-0123456789"
 T0 = 1_800_000_000.0
@@ -149,10 +153,10 @@ class TestLockout:
 # End to end through the real app (the aiohttp test client connects from 127.0.0.1)
 # ---------------------------------------------------------------------------------------------
 
-from tests.conftest import FakeClock, vendor  # noqa: E402
-from cliproxy.admin_api import ENDPOINTS  # noqa: E402
-from cliproxy.openapi import openapi_path  # noqa: E402
-from tests.test_admin_api import MGMT_KEY, admin  # noqa: E402,F401  (admin is a fixture)
+@pytest.fixture
+def admin(gateway, tmp_path):
+    """The gateway on a config file, with a management client (see tests.test_admin_api.Admin)."""
+    return admin_starter(gateway, tmp_path)
 
 
 def _concrete(template: str) -> str:
@@ -186,9 +190,6 @@ class TestMiddlewareEndToEnd:
                 reply = await a.call(ep.method, _concrete(ep.path), key=key)
                 assert reply.status == 401, (ep.method, ep.path)
             clock.advance(61)  # stay under the lock-out's 5 failures a minute
-        from tests.conftest import make_config
-        from tests.test_admin_api import Admin
-
         off = Admin(await gateway(make_config({"database": str(tmp_path / "off.db"), "openai-compatibility": [vendor("a", up.url, ["m"])]})), None)
         for ep in ENDPOINTS:
             assert (await off.call(ep.method, _concrete(ep.path))).status == 404, (ep.method, ep.path)

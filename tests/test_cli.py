@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -29,8 +28,6 @@ from cliproxy.store import SQLiteStore, apply_migrations, format_timestamp
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parent.parent
-#: The management API is being written alongside; its tests run once it is there.
-HAS_ADMIN_API = importlib.util.find_spec("cliproxy.admin_api") is not None
 SECRET = "mgmt-key-Zq8w1-never-printed"
 
 # --------------------------------------------------------------------------------------------
@@ -673,7 +670,6 @@ class TestManagementCalls:
         assert SECRET not in result.stderr
 
 
-@pytest.mark.skipif(not HAS_ADMIN_API, reason="the management API (cliproxy/admin_api.py) is not there yet")
 class TestThroughTheRealGateway:
     """enable / disable reach the real management API; status and history then show what it did."""
 

@@ -237,11 +237,12 @@ async def relay(
     """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
     upstream = opened.response
     pair = opened.pair
-    client = web.StreamResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info))
+    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info))
     if not stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
         client.content_length = upstream.content_length
     is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
     idle = pair.timeouts.stream_idle
+    content = upstream.content
     outcome: Outcome = OK
     try:
         await client.prepare(request)
@@ -252,8 +253,11 @@ async def relay(
             info.bytes_out += len(chunk)
         while True:
             try:
-                async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
+                # What has already arrived is taken at once; only a real wait arms the idle timer.
+                chunk = content.read_nowait()
+                if not chunk and not content.at_eof():
+                    async with asyncio.timeout(idle):
+                        chunk = await content.readany()
             except TimeoutError:
                 outcome = Outcome("failure", "stream_idle_timeout", ErrorInfo(None, "upstream stream idle timeout"))
                 break
@@ -288,6 +292,16 @@ async def relay(
     sink.record_outcome(pair.key, outcome)
     info.outcomes.append(outcome.reason)
     return client
+
+
+class _ClientResponse(web.StreamResponse):
+    """The client's answer; its headers leave with the first body bytes, in one send instead of two.
+
+    `relay` prepares it only once it holds the first chunk of a stream, so holding the headers
+    back delays nothing (aiohttp's `web.Response` does the same with its body).
+    """
+
+    _send_headers_immediately = False
 
 
 def _sse_error(outcome: Outcome) -> bytes:

@@ -1,0 +1,89 @@
+"""The benchmark cannot rot: `scripts/bench.py --quick --json` runs every scenario and reports every row.
+
+Only the shape of the results is checked, never a figure: performance targets are checked by
+running the benchmark itself (see scripts/BENCH_RESULTS.md), not by timed assertions here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_ROWS = {
+    *(f"s1.c{c}.{m}" for c in (1, 16, 64, 256) for m in ("rps", "p50", "p99", "cpu_us", "added_p50")),
+    "s1.c1.added_p99",
+    *(f"s2.c{c}.{m}" for c in (1, 64) for m in ("rps", "ttfb_p50", "ttlb_p50", "cpu_us", "added_ttfb_p50")),
+    "s2.paced.frames_per_read",
+    "s2.paced.lag",
+    *(f"s3.{size}mb.{m}" for size in (1, 10) for m in ("p50", "added_p50")),
+    "s4.rss_idle",
+    "s4.rss_peak",
+    "s4.max_open",
+    "s5.rps",
+    "s5.p99",
+    "s5.cpu_us",
+    "s6.rps",
+    "s6.p99",
+    "s6.attempts",
+    "s6.cpu_attempt",
+    "s6.errors",
+    "s6.disables",
+}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """One quick run for the whole module; generous timeout for a loaded CI box (it takes ~15 s)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+class TestQuickRun:
+    """A quick run produces every row of every scenario, as valid JSON with numbers where numbers belong."""
+
+    def test_every_row_is_reported_once(self, results: dict) -> None:
+        ids = [row["id"] for row in results["rows"]]
+        assert sorted(ids) == sorted(set(ids))
+        assert set(ids) == EXPECTED_ROWS
+
+    def test_the_measured_values_are_finite_numbers(self, results: dict) -> None:
+        for row in results["rows"]:
+            if row["id"] == "s6.disables":
+                continue  # a count that may legitimately be unknown when /metrics is not served
+            for column in row["columns"]:
+                value = row["values"][column]
+                if column == "direct" and value is None:
+                    continue  # "added over direct" and RSS rows have no direct value
+                assert isinstance(value, (int, float)) and math.isfinite(value), (row["id"], column, value)
+
+    def test_every_load_run_got_answers(self, results: dict) -> None:
+        for run in results["runs"]:
+            assert run["requests"] >= 1, run
+            assert run["ok"] >= 1, run
+
+    def test_the_machine_and_command_are_recorded(self, results: dict) -> None:
+        assert results["machine"]["nproc"] >= 1
+        assert results["machine"]["python"]
+        assert results["command"].startswith("python scripts/bench.py")
+
+    def test_the_table_renders_every_row(self, results: dict) -> None:
+        table = bench.render_table(results)
+        for row in results["rows"]:
+            assert row["metric"] in table

@@ -5,6 +5,11 @@ body (long contexts, base64 images) costs more than the whole proxy hop, so the 
 the new value into the original bytes: a scanner that jumps from string to string finds
 each top-level `"model"` key (every one of them: with duplicate keys, upstream parsers disagree
 on which one wins, so all are rewritten).
+
+Large bodies (`_ONE_PASS_FROM` and up) are parsed one top-level value at a time with the json
+module's own C scanner, which validates exactly as `json.loads` does and yields the spans of the
+`model` values on the way, so the rewrite needs no second pass over the bytes. Anything unusual
+(non-ASCII, not an object, any error) falls back to `json.loads` and the byte scanner.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import re
 from dataclasses import dataclass
 from collections.abc import Iterator
+from json.decoder import scanstring
+from json.scanner import make_scanner
 from typing import Any
 
 from .errors import InvalidRequest
@@ -20,23 +27,37 @@ from .errors import InvalidRequest
 __all__ = ["ClientRequest", "parse_client_body", "rewrite_model"]
 
 _COLON = re.compile(rb"\s*:\s*")
+_WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as json.decoder has it
+_scan_value = make_scanner(json.JSONDecoder())  # json.loads' own value scanner (C when available)
+#: From this size on, one pass that also finds the `model` spans beats `json.loads` plus a rescan.
+_ONE_PASS_FROM = 64 * 1024
+
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
     model: str
     stream: bool
+    #: Byte spans of every top-level `model` string value, when the parse found them on the way.
+    model_spans: tuple[Span, ...] | None = None
 
 
 def parse_client_body(body: bytes) -> ClientRequest:
     """Validate narrowly: a JSON object with a string `model`; everything else passes through."""
     if not body:
         raise InvalidRequest("the request body is empty; expected a JSON object with a 'model'", code="invalid_json")
-    try:
-        payload: Any = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
-        raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+    one_pass = _parse_object_once(body) if len(body) >= _ONE_PASS_FROM else None
+    payload: Any
+    spans: tuple[Span, ...] | None = None
+    if one_pass is not None:
+        payload, spans = one_pass
+    else:
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+            raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     model = payload.get("model")
@@ -47,12 +68,61 @@ def parse_client_body(body: bytes) -> ClientRequest:
     stream = payload.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
-    return ClientRequest(model=model, stream=bool(stream))
+    return ClientRequest(model=model, stream=bool(stream), model_spans=spans)
 
 
-def rewrite_model(body: bytes, new_model: str) -> bytes:
-    """`body` with every top-level `"model"` value replaced by `new_model` (the body is valid JSON)."""
-    spans = list(_top_level_model_values(body))
+def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...]] | None:
+    """The top-level `model` and `stream` (last one wins, as in `json.loads`) and the spans of the
+    `model` string values, validating every value with json's scanner; None to fall back.
+
+    ASCII only, so that string indices are byte offsets. Every error returns None: the caller's
+    `json.loads` then raises exactly what it always raised.
+    """
+    if not body.isascii():
+        return None
+    text = body.decode("ascii")
+    wanted: dict[str, Any] = {}
+    spans: list[Span] = []
+    try:
+        index = _WS.match(text, 0).end()  # type: ignore[union-attr]
+        if text[index : index + 1] != "{":
+            return None
+        index = _WS.match(text, index + 1).end()  # type: ignore[union-attr]
+        if text[index : index + 1] != "}":
+            while True:
+                if text[index : index + 1] != '"':
+                    return None
+                key, index = scanstring(text, index + 1, True)
+                index = _WS.match(text, index).end()  # type: ignore[union-attr]
+                if text[index : index + 1] != ":":
+                    return None
+                start = _WS.match(text, index + 1).end()  # type: ignore[union-attr]
+                value, index = _scan_value(text, start)
+                if key == "model" or key == "stream":
+                    wanted[key] = value
+                    if key == "model" and isinstance(value, str):
+                        spans.append((start, index))
+                index = _WS.match(text, index).end()  # type: ignore[union-attr]
+                if text[index : index + 1] == ",":
+                    index = _WS.match(text, index + 1).end()  # type: ignore[union-attr]
+                    continue
+                if text[index : index + 1] != "}":
+                    return None
+                break
+        if _WS.match(text, index + 1).end() != len(text):  # type: ignore[union-attr]
+            return None
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    return wanted, tuple(spans)
+
+
+def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = None) -> bytes:
+    """`body` with every top-level `"model"` value replaced by `new_model` (the body is valid JSON).
+
+    `spans` are those `parse_client_body` found for this very body, when it did; else they are scanned for.
+    """
+    if spans is None:
+        spans = tuple(_top_level_model_values(body))
     if not spans:
         return body
     replacement = json.dumps(new_model).encode()

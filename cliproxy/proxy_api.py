@@ -59,7 +59,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if route is None:
         raise ModelNotFound(f"the model '{parsed.model}' does not exist", param="model")
     return await forward(
-        request, runtime, route, body, parsed.stream, request.app[CLIENT_SESSION], request.app[OUTCOMES], info
+        request, runtime, route, body, parsed.stream, request.app[CLIENT_SESSION], request.app[OUTCOMES], info,
+        model_spans=parsed.model_spans,
     )
 
 

@@ -104,9 +104,14 @@ async def forward(
     session: aiohttp.ClientSession,
     sink: OutcomeSink,
     info: AccessInfo,
+    *,
+    model_spans: tuple[tuple[int, int], ...] | None = None,
 ) -> web.StreamResponse:
-    """Choose an upstream for the request, then relay its answer to the client."""
-    opened = await choose_upstream(request, runtime, route, body, stream, session, sink, info)
+    """Choose an upstream for the request, then relay its answer to the client.
+
+    `model_spans`: where the body's top-level `model` values are, when parsing found them (saves a rescan).
+    """
+    opened = await choose_upstream(request, runtime, route, body, stream, session, sink, info, model_spans=model_spans)
     return await relay(request, runtime, opened, stream, sink, info)
 
 
@@ -119,6 +124,8 @@ async def choose_upstream(
     session: aiohttp.ClientSession,
     sink: OutcomeSink,
     info: AccessInfo,
+    *,
+    model_spans: tuple[tuple[int, int], ...] | None = None,
 ) -> _Opened:
     """Try candidates in routing order until one gives an answer for the client (fail over on countable failures)."""
     max_attempts = 1 + runtime.config.request_retry
@@ -134,7 +141,7 @@ async def choose_upstream(
             break
         info.attempts += 1
         info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
-        upstream_body = body if pair.model.name == info.model else rewrite_model(body, pair.model.name)
+        upstream_body = body if pair.model.name == info.model else rewrite_model(body, pair.model.name, model_spans)
         result = await _open(pair, runtime, subpath, forwarded, upstream_body, stream, session, request, sink)
         if isinstance(result, _Opened):
             return result

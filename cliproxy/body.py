@@ -54,10 +54,16 @@ def parse_client_body(body: bytes) -> ClientRequest:
         payload, spans = one_pass
     else:
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
-            raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+            # Strict UTF-8: json.loads(bytes) would also take UTF-16/32, which the model rewrite cannot scan.
+            payload = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})", code="invalid_json") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc.msg}", code="invalid_json") from None
+        except RecursionError:
+            raise InvalidRequest("the request body is not valid JSON: too deeply nested", code="invalid_json") from None
+        except ValueError as exc:  # an integer longer than Python's limit of 4300 digits
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     model = payload.get("model")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler  # aiohttp's own 100-continue
 
 from .body import parse_client_body
-from .errors import ModelNotFound, PayloadTooLarge, Unauthorized
+from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized, error_body
 from .keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
 from .runtime import Runtime
 from .upstream import AccessInfo, forward
@@ -39,11 +40,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:
+        # A body aiohttp cannot decode (a bad `Content-Encoding: gzip`, a broken chunk): the client's fault.
+        raise InvalidRequest(f"the request body could not be read: {exc.__cause__ or exc}", code="invalid_body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -64,8 +69,20 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp answers an `Expect` other than 100-continue with a plain-text 417 before any middleware runs."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() == "100-continue":
+        return await _default_expect_handler(request)
+    return web.Response(
+        status=417,
+        body=error_body(f"unsupported Expect: {expect[:100]!r}; only 100-continue is", "invalid_request_error", "expectation_failed"),
+        content_type="application/json",
+    )
+
+
 for _path in PROXIED_PATHS:
-    routes.post(_path)(proxy)
+    routes.post(_path, expect_handler=expect_handler)(proxy)
 
 
 def _model_object(name: str, created: int) -> dict[str, object]:

@@ -45,7 +45,8 @@ class Runtime:
 
     def client_key_valid(self, presented: str) -> bool:
         """Constant-time comparison against every configured client key."""
-        candidate = presented.encode()
+        # Header values arrive decoded with surrogateescape (any byte is possible): compare the bytes as sent.
+        candidate = presented.encode("utf-8", "surrogateescape")
         valid = False
         for key in self._client_keys:
             valid |= hmac.compare_digest(candidate, key)

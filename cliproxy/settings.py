@@ -62,6 +62,11 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     """Expand `${VAR}` in every string of a parsed YAML tree; unset variables without a default are problems."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            problems.append(f"{path or '<root>'}: {value[exc.start]!r} is a lone surrogate, not text")
+            return value
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -75,7 +80,14 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
         expanded = ENV_PATTERN.sub(substitute, value)
         if expanded != value and ENV_PATTERN.fullmatch(value):
             # A whole-value placeholder may stand for a number or a boolean: `port: ${PORT:-8317}`.
-            return yaml.safe_load(expanded) if expanded.strip() else ""
+            # Anything else (`*abc`, `@x`, `[`, `a: b`) stays the text it is.
+            if not expanded.strip():
+                return ""
+            try:
+                typed = yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                return expanded
+            return typed if typed is None or isinstance(typed, (bool, int, float)) else expanded
         return expanded
     if isinstance(value, dict):
         return {k: expand_env(v, env, _join(path, str(k)), problems) for k, v in value.items()}
@@ -356,16 +368,21 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<root>"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: YAML syntax error: {problem}"], source) from None
+    except RecursionError:
+        raise ConfigError(["<root>: the document is nested too deeply"], source) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: the configuration must be a mapping of keys"], source)
     problems: list[str] = []
-    expanded = expand_env(raw, os.environ if env is None else env, "", problems)
     try:
+        expanded = expand_env(raw, os.environ if env is None else env, "", problems)
         config = ConfigSchema().load(expanded)
     except ValidationError as exc:
         problems.extend(_flatten(exc.messages))
+        config = None
+    except RecursionError:
+        problems = ["<root>: the document is nested too deeply, or an alias (*name) refers to itself"]
         config = None
     if problems or config is None:
         raise ConfigError(sorted(set(problems), key=problems.index), source)
@@ -378,5 +395,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"], str(path)) from None
     config = parse_config(text, env=env, source=str(path))
     return replace(config, path=str(path))

@@ -53,20 +53,13 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--upstream", required=True, help="scheme://host:port of the upstream; paths pass unchanged")
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (bench.py matches cliproxy's loop)")
     args = parser.parse_args()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[UPSTREAM] = args.upstream.rstrip("/")
     app.cleanup_ctx.append(_session)
     app.router.add_route("*", "/{tail:.*}", forward)
-    loop = None
-    if args.uvloop:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
     web.run_app(
-        app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True,
-        shutdown_timeout=1.0, loop=loop,
+        app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True, shutdown_timeout=1.0
     )
     return 0
 

@@ -14,6 +14,9 @@ median of the per-round ratios (each taken from runs made seconds apart).
 
 The load generator shares the machine's cores with the servers, so absolute figures say as much
 about the machine as about cliproxy; the ratios cliproxy / forwarder are what the targets are about.
+"CPU µs/req" is the user + system CPU time of the serving process (the fake upstream for "direct")
+during a run, divided by the requests it answered: on a shared or noisy machine it is far steadier
+than requests per second, and it is where work proportional to the configuration shows first.
 
 Scenarios (see issue 6):
   1. non-streaming chat at concurrency 1, 16, 64, 256: req/s, p50/p99 latency, latency added over direct;
@@ -446,7 +449,6 @@ class Settings:
     streams: int
     hold: float
     big_pairs: int
-    uvloop: bool
     scenarios: frozenset[int]
     #: Scenario 4 on processes of its own, so their peak RSS is the streams' and nothing else's.
     fresh_s4: bool = True
@@ -481,6 +483,8 @@ def _sub(a: float | None, b: float | None) -> float | None:
 
 
 class Bench:
+    """The processes of one benchmark run, its load runs, and the rows they add up to."""
+
     def __init__(self, settings: Settings, workdir: Path, log: Callable[[str], None]) -> None:
         self.s = settings
         self.workdir = workdir
@@ -504,8 +508,6 @@ class Bench:
         self.pids["direct"] = p.start("fake", [*fake, "--port", str(ports["fast"])], ports["fast"]).pid
         p.start("fake-flaky", [*fake, "--port", str(ports["flaky"]), "--fail-rate", "0.2", "--fail-status", "500", "--seed", "1"], ports["flaky"])
         forwarder = [str(SCRIPTS / "bare_forwarder.py"), "--upstream", f"http://127.0.0.1:{ports['fast']}"]
-        if s.uvloop:
-            forwarder.append("--uvloop")
         configs = {"cliproxy": 10, "cliproxy_big": s.big_pairs, "cliproxy_s4": 10}
         for name, pairs in configs.items():
             if name not in ports:
@@ -866,8 +868,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, help="scenario 4: seconds each stream stays open (default 10; --quick 0.5)")
     parser.add_argument("--big-pairs", type=int, help="scenario 5: pairs in the large config (default 10000; --quick 1000)")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset to run (default all)")
-    parser.add_argument("--uvloop", choices=("auto", "yes", "no"), default="auto",
-                        help="run the forwarder on uvloop too (auto: when cliproxy does, i.e. when uvloop is installed)")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -891,7 +891,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     duration = pick(args.duration, 1.2, 0.05)
-    use_uvloop = _uvloop_available() if args.uvloop == "auto" else args.uvloop == "yes"
     settings = Settings(
         duration=duration,
         warmup=min(0.3, max(0.02, duration / 4)),
@@ -899,7 +898,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         streams=pick(args.streams, 1000, 20),
         hold=pick(args.hold, 10.0, 0.5),
         big_pairs=max(10, pick(args.big_pairs, 10_000, 1_000)),
-        uvloop=use_uvloop,
         scenarios=frozenset(int(x) for x in args.scenarios.split(",") if x.strip()),
         fresh_s4=not quick,
     )
@@ -934,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(render_table(data))
         print(f"\n{info['nproc']} cores, {info['cpu']}, Python {info['python']}, aiohttp {info['aiohttp']}; "
-              f"forwarder loop: {'uvloop' if settings.uvloop else 'asyncio'}; {seconds:.0f} s")
+              f"{seconds:.0f} s")
     return 0
 
 

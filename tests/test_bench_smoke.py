@@ -33,6 +33,7 @@ EXPECTED_ROWS = {
     "s5.cpu_us",
     "s6.rps",
     "s6.p99",
+    "s6.answers",
     "s6.attempts",
     "s6.cpu_attempt",
     "s6.errors",

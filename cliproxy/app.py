@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from . import admin_api, proxy_api
+from . import admin_api, health, proxy_api
 from .admin_auth import Lockout, management_auth_middleware
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, OUTCOMES, RUNTIME, STORE, TRACKER
+from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS, OUTCOMES, RUNTIME, STORE, TRACKER
+from .logs import access_middleware, stamp_response
+from .metrics import Metrics
 from .reload import ConfigManager
 from .runtime import Runtime
 from .store import SQLiteStore
@@ -66,6 +68,7 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     store = await SQLiteStore.open(runtime.config.database)
     tracker = FailureTracker(store, runtime.table.auto_disable_settings(), clock=app[CLOCK])
+    app[METRICS].attach(tracker)  # before start: re-enables of disables that expired while down count too
     try:
         await tracker.start()
     except BaseException:
@@ -102,15 +105,18 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
-    app = web.Application(middlewares=[error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
+    app = web.Application(middlewares=[access_middleware, error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
     app[RUNTIME] = Runtime.build(config)
     app[CLOCK] = clock
+    app[METRICS] = Metrics()
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
+    app.on_response_prepare.append(stamp_response)  # x-request-id on every answer, streams counted
     app.add_routes(proxy_api.routes)
+    app.add_routes(health.routes)
     app.add_routes(admin_api.routes)  # every /api route is behind management_auth_middleware
     return app

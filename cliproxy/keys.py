@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .admin_auth import Lockout
 from .events import OutcomeSink
+from .metrics import Metrics
 from .runtime import Runtime
 from .store import Store
 from .tracker import FailureTracker
@@ -18,7 +19,8 @@ from .upstream import AccessInfo
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from .reload import ConfigManager
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR", "CONFIG_MANAGER"]
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
+           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER"]
 
 #: The current config and routing table; swapped whole on reload.
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -38,5 +40,11 @@ CLOCK = web.AppKey("clock", Callable[[], float])
 ADMIN_LOCKOUT = web.AppKey("admin_lockout", Lockout)
 #: The management client's address as decided by the auth rule; the `actor` of its changes.
 ADMIN_ACTOR = web.RequestKey("admin_actor", str)
+#: This app's Prometheus registry and the label children it caches.
+METRICS = web.AppKey("metrics", Metrics)
+#: The request's id: the client's sane `x-request-id`, else a new one; echoed in the response.
+REQUEST_ID = web.RequestKey("request_id", str)
+#: Set when the request's SSE answer was counted in the streams-in-flight gauge (to count it out).
+STREAM_COUNTED = web.RequestKey("stream_counted", bool)
 #: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.
 CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")

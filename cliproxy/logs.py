@@ -1,0 +1,323 @@
+"""Logging: one stderr handler (text or JSON lines), the access line, and secret masking.
+
+Global state, confined here: logging is process-wide, so `configure_logging` replaces the one
+handler it installed on the root logger (calling it again, on reload, swaps format and level).
+
+- **The access shell.** `access_middleware` (outermost) gives each request an id (a sane
+  `x-request-id` from the client, else a new one), and after the handler writes one access line
+  and feeds the metrics from the request's `AccessInfo`. `stamp_response` (an
+  `on_response_prepare` hook) puts the id on the response before its headers leave, streams
+  included, and counts the streams in flight. When the access logger is filtered out by the level,
+  no line is built at all.
+- **What is logged.** Method, path, status, model, vendor, upstream model, attempts, latency,
+  time to first byte, bytes, outcome and request id. Never headers, bodies, prompts or completions.
+- **Last line of defence.** Both formatters mask every configured secret (upstream, client and
+  management keys, read live from the app so a reload is covered) and anything shaped like a
+  credential from the final text, tracebacks included, before it is written.
+- **Transitions.** The failure tracker logs its own events (`cliproxy.tracker`, with the event's
+  fields in `extra["cliproxy_event"]`); `log_event` logs other events (config reloaded or
+  rejected) the same way. The JSON formatter turns those fields into keys of the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import aiohttp
+from aiohttp import web
+
+from .config import LoggingSettings
+from .events import Event
+from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
+from .redact import mask_secrets
+
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "access_middleware",
+    "configure_logging",
+    "event_fields",
+    "log_event",
+    "stamp_response",
+]
+
+access_log = logging.getLogger("cliproxy.access")
+
+#: Probes and scrapes: logged at DEBUG so they do not drown the access log.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: A client's request id is kept only when it is short and plain (it goes into logs and headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_SSE = "text/event-stream"
+_FIELD_LIMIT = 200  # client-controlled text (path, model) is cut to this many characters
+
+SecretSource = Callable[[], Iterable[str]]
+
+
+def _no_secrets() -> tuple[str, ...]:
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatters
+# ---------------------------------------------------------------------------------------------
+
+
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _iso(created: float) -> str:
+    """`2025-01-01T12:00:00.123Z`; the seconds part is formatted once per second."""
+    second = int(created)
+    if _second[0] != second:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
+
+
+# What the credential-shape pattern of `cliproxy.redact` needs to find anything; text (lowercased)
+# with none of these skips that (comparatively slow) regex.
+_CREDENTIAL_MARKERS = ("bearer", "sk-", "pk-", "rk-", "xai-", "key-")
+
+
+def _mask(text: str, secrets: Iterable[str]) -> str:
+    """`redact.mask_secrets`, with a fast path for the common line that holds nothing to mask."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    lowered = text.lower()
+    if any(marker in lowered for marker in _CREDENTIAL_MARKERS):
+        text = mask_secrets(text)
+    return text
+
+
+def render_fields(fields: dict[str, Any]) -> str:
+    """`key='text' key=number ...`, None values left out: the text format of structured fields."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items() if v is not None)
+
+
+class TextFormatter(logging.Formatter):
+    """`2025-01-01T12:00:00.000Z INFO cliproxy.access message`, masked."""
+
+    def __init__(self, secrets: SecretSource = _no_secrets) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._secrets = secrets
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return _iso(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _mask(super().format(record), self._secrets())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the structured fields as keys; masked."""
+
+    def __init__(self, secrets: SecretSource = _no_secrets) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname, "logger": record.name}
+        access = getattr(record, "cliproxy_access", None)
+        event = getattr(record, "cliproxy_event", None)
+        if access is not None:
+            line["message"] = "access"
+            line.update(access)
+        elif event is not None:
+            line["message"] = str(event.get("event"))
+            line.update({k: v for k, v in event.items() if v is not None})
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return _mask(json.dumps(line, default=str, ensure_ascii=False), self._secrets())
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure_logging` owns (and replaces on a second call)."""
+
+
+def configure_logging(
+    settings: LoggingSettings, *, secrets: SecretSource = _no_secrets, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Log to stderr (or `stream`) in `settings.format` at `settings.level`, masking `secrets()`.
+
+    Replaces the handler of an earlier call and leaves any other handler alone (pytest's caplog).
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter(secrets) if settings.format == "json" else TextFormatter(secrets))
+    root.addHandler(handler)
+    level = logging.getLevelName(settings.level.upper())
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    # aiosqlite narrates every call at DEBUG; that is never what an operator wants to read.
+    logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))
+    return handler
+
+
+# ---------------------------------------------------------------------------------------------
+# Transition events
+# ---------------------------------------------------------------------------------------------
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The fields of an event as the tracker logs them (times in ISO 8601 UTC)."""
+
+    def iso(t: float | None) -> str | None:
+        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+    fields: dict[str, Any] = {
+        "event": event.kind,
+        "vendor": event.vendor,
+        "model": event.model,
+        "reason": event.reason,
+        "cause": event.cause,
+        "failure_count": event.failure_count,
+        "window_started_at": iso(event.window_started_at),
+        "disabled_at": iso(event.disabled_at),
+        "disabled_until": iso(event.disabled_until),
+        "actor": event.actor,
+    }
+    if event.last_error is not None:
+        fields["last_error_status"] = event.last_error.status
+        fields["last_error"] = event.last_error.message
+    if event.detail:
+        fields["detail"] = event.detail
+    return fields
+
+
+def log_event(event: Event, logger: logging.Logger, level: int | None = None) -> None:
+    """Log a state transition the way the tracker logs its own (for config reloaded / rejected).
+
+    WARNING for disables and rejected configs, INFO otherwise, unless `level` says.
+    """
+    if level is None:
+        level = logging.WARNING if event.kind in ("disabled", "manual-disable", "config-rejected") else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    fields = event_fields(event)
+    logger.log(level, "%s %s", event.kind, render_fields({k: v for k, v in fields.items() if k != "event"}),
+               extra={"cliproxy_event": fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# The access shell
+# ---------------------------------------------------------------------------------------------
+
+
+class _AccessLine:
+    """The message of an access record, rendered only if a text formatter asks for it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v!r}" if v.__class__ is str else f"{k}={v}" for k, v in self.fields.items() if v is not None)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(8).hex()
+
+
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the request id goes out with the headers; a starting SSE stream is counted."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id
+    if ACCESS_INFO in request and response.headers.get("Content-Type", "").startswith(_SSE):
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.stream_started()
+            request[STREAM_COUNTED] = True
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id in, then one access line and the metrics once the handler is done."""
+    started = time.perf_counter()
+    request[REQUEST_ID] = _request_id(request)
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects and the like pass the error middleware as exceptions
+        status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
+        status = 499  # the client went away (nginx's number for it)
+        raise
+    finally:
+        _after(request, response, status, time.perf_counter() - started)
+
+
+def _after(request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float) -> None:
+    info = request.get(ACCESS_INFO)
+    if info is not None:
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            if request.get(STREAM_COUNTED):
+                metrics.stream_ended()
+            metrics.observe_request(info, status, elapsed, request.app[RUNTIME].table.routes)
+    level = logging.DEBUG if request.path in _QUIET_PATHS else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    model = None
+    if info is not None:
+        size: int | None = info.bytes_out or _body_size(response)  # an error answer is not relayed
+        ttfb = None if info.ttfb is None else round(info.ttfb * 1000, 1)
+        model = info.model
+        runtime = request.app[RUNTIME]
+        if model is not None and model not in runtime.table.routes:
+            model = mask_secrets(model[:_FIELD_LIMIT], runtime.secrets)  # client text: it may hold anything
+    else:
+        size, ttfb = _body_size(response), None
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path[:_FIELD_LIMIT],
+        "status": status,
+        "model": model,
+        "vendor": None if info is None else info.vendor,
+        "upstream_model": None if info is None else info.upstream_model,
+        "attempts": None if info is None else info.attempts,
+        "latency_ms": round(elapsed * 1000, 1),
+        "ttfb_ms": ttfb,
+        "bytes": size,
+        "outcome": info.outcomes[-1] if info is not None and info.outcomes else None,
+        "request_id": request[REQUEST_ID],
+    }
+    # makeRecord + handle: what `log()` does, minus the stack walk that finds the caller's line.
+    access_log.handle(
+        access_log.makeRecord(access_log.name, level, __file__, 0, "%s", (_AccessLine(fields),), None, None, {"cliproxy_access": fields})
+    )
+
+
+def _body_size(response: web.StreamResponse | None) -> int | None:
+    if response is None:
+        return None
+    body = getattr(response, "body", None)
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    return response.body_length or None

@@ -1,0 +1,526 @@
+"""Security through the real app: a `cliproxy serve` subprocess on loopback, raw HTTP where it matters.
+
+What `test_admin_auth.py` proves as tables and in-process, checked here on the real process and
+its real sockets, plus what only shows there:
+
+- the management API refuses a non-loopback client without `allow-remote`, however its
+  `X-Forwarded-For` is dressed up (the client address comes from a trusted proxy);
+- `X-Forwarded-For` from an untrusted peer is ignored, for access, for the lock-out and for `actor`;
+- brute force locks an address out, the right key included, and nothing else;
+- path tricks in `{model}` and `{name}` are 400 or 404, never 500, and write nothing;
+- a client key removed by a hot reload (file edit, `PUT /api/config.yaml`) is refused from the next
+  request on, on a kept-alive connection too, and after a restart; a rejected reload that would have
+  brought it back changes nothing;
+- no secret (upstream, client, management keys, a proxy password; recognisable values that no
+  credential pattern would mask) in any response, log line or event row after traffic, failures,
+  management calls and rejected reloads.
+
+Only loopback is used. A real non-loopback peer would need a second address on this machine (or a
+network namespace), which a test cannot count on; the peer-is-remote case is reached through
+`trusted-proxies`, the same code path (`admin_auth.client_address`) a remote peer takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from cliproxy.admin_api import ENDPOINTS
+from cliproxy.openapi import openapi_path
+from cliproxy.settings import load_config
+from scripts.fake_upstream import FakeUpstream, Fault
+from tests.conftest import vendor
+from tests.processes import GatewayProcess
+
+MGMT_KEY = "MgmtKeyQ7rT2wX9zL4v"
+AUTH = {"Authorization": f"Bearer {MGMT_KEY}"}
+REMOTE = "203.0.113.9"  # TEST-NET-3: only ever written into headers, never connected to
+OTHER_REMOTE = "198.51.100.7"
+DEAD = "http://127.0.0.1:9/v1"
+
+
+@pytest.fixture
+def processes() -> Any:
+    started: list[GatewayProcess] = []
+    yield started
+    for proc in started:
+        proc.stop(timeout=10)
+
+
+def _start(processes: list[GatewayProcess], tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayProcess:
+    gw = GatewayProcess(tmp_path, config, env=env)
+    processes.append(gw.start())
+    return gw
+
+
+def _management(**remote: Any) -> dict[str, Any]:
+    return {"remote-management": {"secret-key": MGMT_KEY, **remote}, "openai-compatibility": [vendor("a", DEAD, ["m", "org/m2"])]}
+
+
+def _concrete(template: str) -> str:
+    return openapi_path(template).replace("{model}", "m").replace("{name}", "a")
+
+
+async def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One request as raw bytes on a new connection; (status, headers, body) of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)  # the request says Connection: close
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def http(method: str, path: str | bytes, headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> bytes:
+    """A request as bytes, exactly as given: no normalisation, no encoding of the path, repeated headers kept."""
+    raw_path = path if isinstance(path, bytes) else path.encode()
+    lines = [method.encode() + b" " + raw_path + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
+    lines.append(f"Content-Length: {len(body)}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def api(session: aiohttp.ClientSession, gw: GatewayProcess, method: str, path: str, **kw: Any) -> tuple[int, Any, str]:
+    headers = {**AUTH, **kw.pop("headers", {})}
+    async with session.request(method, gw.url + path, headers=headers, **kw) as resp:
+        text = await resp.text()
+        return resp.status, (json.loads(text) if resp.content_type == "application/json" else None), text
+
+
+def _event_rows(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute("SELECT * FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+# =============================================================================================
+# Who may manage
+# =============================================================================================
+
+
+class TestRemoteClientWithoutAllowRemote:
+    """Behind a trusted proxy, a remote client is 403 on every endpoint with the right key, whatever else it claims."""
+
+    SPOOFS: tuple[list[tuple[str, str]], ...] = (
+        [("X-Forwarded-For", REMOTE)],
+        [("X-Forwarded-For", f"127.0.0.1, {REMOTE}")],  # a loopback hop written by the client, then the proxy's
+        [("X-Forwarded-For", f"::1, {REMOTE}")],
+        [("X-Forwarded-For", f"{REMOTE}, 127.0.0.1")],  # a chain of trusted proxies: the client is the first untrusted hop
+        [("X-Forwarded-For", f"localhost, {REMOTE}")],
+        [("X-Forwarded-For", REMOTE), ("Forwarded", "for=127.0.0.1"), ("X-Real-IP", "127.0.0.1"), ("X-Client-IP", "::1")],
+        [("X-Forwarded-For", "not-an-address")],  # unparsable: not loopback
+        [("X-Forwarded-For", "x" * 5000)],
+    )
+
+    async def test_every_endpoint_every_spoof(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1", "::1"]}))
+        before = gw.config_path.read_bytes()
+        tried = 0
+        for spoof in self.SPOOFS:
+            for ep in ENDPOINTS:
+                body = b'{"enabled": false}' if ep.method == "PATCH" else b""
+                status, _, text = await raw_request(
+                    gw.port, http(ep.method, _concrete(ep.path), [*AUTH.items(), *spoof, ("Content-Type", "application/json")], body)
+                )
+                tried += 1
+                assert status == 403, (ep.method, ep.path, spoof, status, text[:300])
+                assert json.loads(text)["error"]["type"] == "permission_error"
+        assert tried == len(self.SPOOFS) * len(ENDPOINTS)
+        assert gw.config_path.read_bytes() == before
+        assert [row for row in _event_rows(tmp_path / "cliproxy.db")] == []  # nothing was changed, nothing recorded
+        # The proxy's own loopback traffic (no forwarded client) is served.
+        status, _, _ = await raw_request(gw.port, http("GET", "/api/vendors", list(AUTH.items())))
+        assert status == 200
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="BUG: only the first X-Forwarded-For line is read (headers.get); a proxy that adds its own line "
+        "(HAProxy `option forwardfor`) lets a remote client pass as loopback by sending its own first line",
+    )
+    async def test_client_line_before_the_proxys_own_line(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1"]}))
+        # Two header lines are one list (RFC 9110 5.3): "127.0.0.1, 203.0.113.9"; the client is 203.0.113.9.
+        status, _, text = await raw_request(
+            gw.port, http("GET", "/api/vendors", [*AUTH.items(), ("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", REMOTE)])
+        )
+        assert status == 403, text[:300]
+
+
+class TestForwardedForFromAnUntrustedPeer:
+    """Without trusted proxies X-Forwarded-For is ignored: loopback is served, `actor` is the peer, the lock-out keys on the peer."""
+
+    async def test_ignored_for_access_actor_and_lockout(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management())
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await api(session, gw, "POST", "/api/models/m/disable", json={"duration_seconds": 60},
+                                        headers={"X-Forwarded-For": REMOTE})
+            assert status == 200
+            assert body["pairs"][0]["manual_disable"]["actor"] == "127.0.0.1"
+            status, body, _ = await api(session, gw, "GET", "/api/events?kind=manual-disable")
+            assert [e["actor"] for e in body["events"]] == ["127.0.0.1"]
+            # Rotating the header does not spread wrong keys over many "addresses".
+            for n in range(5):
+                status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"198.51.100.{n}"})
+                assert status == 401
+            status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": "198.51.100.99"})
+            assert status == 429
+
+
+class TestBruteForce:
+    """Five wrong keys block the address for 10 minutes, the right key included; other clients and /v1 are untouched."""
+
+    WRONG: tuple[tuple[str, str], ...] = (
+        ("Authorization", "Bearer wrong"),
+        ("Authorization", f"Bearer {MGMT_KEY[:-1]}"),  # one character short
+        ("X-Management-Key", MGMT_KEY.lower()),  # case matters
+        ("Authorization", f"Basic {MGMT_KEY}"),  # the key, but not as a bearer token: no key presented
+        ("X-Management-Key", f"{MGMT_KEY}x"),
+    )
+
+    async def test_lockout_on_the_real_process(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management())
+        async with aiohttp.ClientSession() as session:
+            for name, value in self.WRONG:
+                status, body, _ = await api(session, gw, "GET", "/api/vendors", headers={"Authorization": "", name: value})
+                assert status == 401, (name, value, body)
+            for headers in (AUTH, {"X-Management-Key": MGMT_KEY}):
+                async with session.get(gw.url + "/api/models/disabled", headers=headers) as resp:
+                    assert resp.status == 429
+                    assert 590 <= int(resp.headers["Retry-After"]) <= 600
+                    assert (await resp.json())["error"]["code"] == "rate_limit_exceeded"
+            async with session.get(gw.url + "/v1/models") as resp:
+                assert resp.status == 200
+        assert MGMT_KEY not in gw.log()
+
+    async def test_lockout_is_per_client_behind_a_proxy(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": REMOTE})
+                assert status == 401
+            assert (await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": REMOTE}))[0] == 429
+            assert (await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": OTHER_REMOTE}))[0] == 200
+            assert (await api(session, gw, "GET", "/api/vendors"))[0] == 200  # the proxy itself
+
+
+# =============================================================================================
+# Path tricks
+# =============================================================================================
+
+
+TEMPLATES = [
+    ("GET", "/api/models/{}/status"),
+    ("POST", "/api/models/{}/enable"),
+    ("POST", "/api/models/{}/disable"),  # no body: a permanent disable, written to config.yaml if a pair matched
+    ("PATCH", "/api/vendors/{}"),
+    ("PATCH", "/api/vendors/a/models/{}"),
+    ("PATCH", "/api/vendors/{}/models/m"),
+]
+# As they go on the wire (percent-encoding kept): none of them names a configured vendor or model.
+TRICKS = [
+    "..", ".", "%2e%2e", "%2E%2E", "%2e", "..%2F..", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%2F..%2Fconfig.yaml",
+    "m%2F..%2F..%2Fconfig.yaml", "org%2F..%2Fm2", "org%2F.%2Fm2", "%2F", "%2F%2F", "%2Fm", "m%2F",
+    "%00", "m%00", "m%00.yaml", "%00..", "%2500", "%252F", "..%252F..%252F",
+    "%C0%AE%C0%AE", "%C0%AF", "%FF%FE", "%EF%BC%8E%EF%BC%8E", "%E2%80%AE%6D", "%F0%9F%92%A9", "m%CC%81",
+    "%5C..%5C..%5Cconfig.yaml", "m%3Fvendor%3Da", "m%23x", "m;vendor=a", "m%0D%0AX-Injected:%201", "%09", "%20m",
+    "~", "*", "%25", "config.yaml", "cliproxy.db", "a" * 4000, "%41" * 2000,
+]
+# Not even valid HTTP (raw bytes in the request line), or too long for the parser: refused before cliproxy.
+RAW_TRICKS = [b"m\x00", b"\x00", b"m\xff\xfe", "modèle".encode(), "模型".encode(), b"m\r", b"a" * 9000]
+
+
+class TestPathTricks:
+    """Dot segments, encoded slashes, NUL, overlong and invalid UTF-8, very long and unicode names: 400/404, never 500, nothing written."""
+
+    async def test_model_and_name_tricks(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management())
+        before = gw.config_path.read_bytes()
+        files_before = sorted(p.name for p in tmp_path.iterdir())
+        seen: dict[int, int] = {}
+        for method, template in TEMPLATES:
+            for trick in TRICKS:
+                body = b'{"enabled": false}' if method == "PATCH" else b""
+                status, _, text = await raw_request(
+                    gw.port, http(method, template.format(trick), [*AUTH.items(), ("Content-Type", "application/json")], body)
+                )
+                seen[status] = seen.get(status, 0) + 1
+                assert status in (400, 404), (method, template.format(trick)[:120], status, text[:300])
+                error = json.loads(text)["error"]  # cliproxy's own answer, in the OpenAI shape
+                assert error["code"] and error["message"]
+            for trick in RAW_TRICKS:
+                raw = template.encode().replace(b"{}", trick)
+                status, _, text = await raw_request(gw.port, http(method, raw, list(AUTH.items())))
+                seen[status] = seen.get(status, 0) + 1
+                assert status in (400, 404), (method, raw[:120], status, text[:300])
+        assert seen.get(500, 0) == 0
+        assert gw.config_path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == files_before
+        assert _event_rows(tmp_path / "cliproxy.db") == []
+        log = gw.log()
+        assert "unhandled error" not in log, log[-3000:]
+        # The requests that are not valid HTTP are refused by aiohttp's parser, which logs each one
+        # as an ERROR with a traceback (noise an anonymous client can cause); nothing else may.
+        records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", log)
+        parser_errors = [r for r in records if "Traceback" in r]
+        assert all("aiohttp.server Error handling request" in r and "aiohttp.http_exceptions." in r for r in parser_errors), log[-3000:]
+        assert len(parser_errors) <= len(TEMPLATES) * len(RAW_TRICKS)
+        async with aiohttp.ClientSession() as session:  # still serving
+            status, body, _ = await api(session, gw, "GET", "/api/models/org%2Fm2/status")
+            assert status == 200 and body["pairs"][0]["model"] == "org/m2"
+        print(f"\npath tricks: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}, "
+              f"{len(parser_errors)} parser errors logged with a traceback by aiohttp")
+
+
+# =============================================================================================
+# Client keys removed by a reload
+# =============================================================================================
+
+
+OLD_KEY, KEPT_KEY, NEW_KEY = "OldClientKeyP3mZ8", "KeptClientKeyR5nV1", "NewClientKeyT9kW4"
+
+
+def _client_config(up: FakeUpstream, keys: list[str]) -> dict[str, Any]:
+    return {"api-keys": keys, **_management(), "openai-compatibility": [vendor("a", up.url, ["m"])]}
+
+
+async def _client_status(session: aiohttp.ClientSession, gw: GatewayProcess, method: str, path: str, headers: dict[str, str], body: Any = None) -> int:
+    async with session.request(method, gw.url + path, headers=headers, json=body) as resp:
+        await resp.read()
+        return resp.status
+
+
+CLIENT_CALLS: list[tuple[str, str, Any]] = [
+    ("POST", "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/chat/completions", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/completions", {"model": "m", "prompt": "hi"}),
+    ("POST", "/v1/embeddings", {"model": "m", "input": "hi"}),
+    ("POST", "/v1/responses", {"model": "m", "input": "hi"}),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/m", None),
+]
+
+
+def _presentations(key: str) -> list[dict[str, str]]:
+    return [{"Authorization": f"Bearer {key}"}, {"Authorization": f"bearer {key}"}, {"x-api-key": key}]
+
+
+class TestRemovedClientKeys:
+    """A key removed by a reload is 401 from the next request on, on a kept-alive connection and after a restart."""
+
+    async def test_file_edit_put_rejected_reload_and_restart(self, upstreams, tmp_path, processes) -> None:
+        up = await upstreams()
+        gw = _start(processes, tmp_path, _client_config(up, [OLD_KEY, KEPT_KEY]))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:  # one kept-alive pool throughout
+            for method, path, body in CLIENT_CALLS:
+                assert await _client_status(session, gw, method, path, {"Authorization": f"Bearer {OLD_KEY}"}, body) == 200
+            # A stream that started with the old key finishes on the config it started with.
+            slow = {"Authorization": f"Bearer {OLD_KEY}", "x-fake-chunks": "10", "x-fake-chunk-delay": "0.15"}
+            stream = asyncio.ensure_future(_client_status(session, gw, *CLIENT_CALLS[1][:2], slow, CLIENT_CALLS[1][2]))
+            await asyncio.sleep(0.2)
+
+            # 1. An edit of the file on disk, written in place as an editor would.
+            text = gw.config_path.read_text()
+            gw.config_path.write_text(text.replace(f"- {OLD_KEY}\n", ""))
+            deadline = time.monotonic() + 5
+            while await _client_status(session, gw, "GET", "/v1/models", {"Authorization": f"Bearer {OLD_KEY}"}) != 401:
+                assert time.monotonic() < deadline, "the edit was not picked up"
+                await asyncio.sleep(0.1)
+            assert await stream == 200
+            await self._old_refused_kept_served(session, gw)
+
+            # 2. A reload that would bring the key back but is invalid: rejected, nothing changes.
+            gw.config_path.write_text(text.replace("remote-management:", "request-retry: many\nremote-management:"))
+            deadline = time.monotonic() + 5
+            while (await api(session, gw, "GET", "/api/config"))[1]["last_reload_error"] is None:
+                assert time.monotonic() < deadline, "the bad file was not looked at"
+                await asyncio.sleep(0.1)
+            await self._old_refused_kept_served(session, gw)
+
+            # 3. PUT /api/config.yaml with a new key and the old one still gone.
+            good = yaml.safe_load(text)
+            good["api-keys"] = [KEPT_KEY, NEW_KEY]
+            status, _, body = await api(session, gw, "PUT", "/api/config.yaml", data=yaml.safe_dump(good, sort_keys=False),
+                                        headers={"Content-Type": "application/yaml"})
+            assert status == 200, body
+            await self._old_refused_kept_served(session, gw)
+            assert await _client_status(session, gw, "GET", "/v1/models", {"x-api-key": NEW_KEY}) == 200
+
+        # 4. After kill -9 and a restart, the file decides.
+        gw.kill9()
+        gw.start()
+        async with aiohttp.ClientSession() as session:
+            await self._old_refused_kept_served(session, gw)
+        log = gw.log()
+        for key in (OLD_KEY, KEPT_KEY, NEW_KEY):
+            assert key not in log
+
+    @staticmethod
+    async def _old_refused_kept_served(session: aiohttp.ClientSession, gw: GatewayProcess) -> None:
+        for method, path, body in CLIENT_CALLS:
+            for headers in _presentations(OLD_KEY):
+                async with session.request(method, gw.url + path, headers=headers, json=body) as resp:
+                    assert resp.status == 401, (method, path, headers)
+                    assert (await resp.json())["error"]["code"] == "invalid_api_key"
+            assert await _client_status(session, gw, method, path, {"Authorization": f"Bearer {KEPT_KEY}"}, body) == 200
+
+
+# =============================================================================================
+# No secret anywhere
+# =============================================================================================
+
+# Shaped unlike any credential pattern, so that only real masking hides them.
+UPSTREAM_SECRET = "UpstreamSecretJ4qL8s"
+CLIENT_SECRET = "ClientSecretB6wN2d"
+PROXY_PASSWORD = "ProxyPasswordK1xC7f"
+NEW_UPSTREAM_SECRET = "NewUpstreamSecretH3pY5"  # typed into files that are rejected
+NEW_CLIENT_SECRET = "NewClientSecretM8tG6"
+ENV = {"UP_KEY": UPSTREAM_SECRET, "CLIENT_KEY": CLIENT_SECRET, "MGMT_KEY": MGMT_KEY, "PROXY_PASSWORD": PROXY_PASSWORD}
+RUNNING_SECRETS = (UPSTREAM_SECRET, CLIENT_SECRET, MGMT_KEY, PROXY_PASSWORD)
+NEW_SECRETS = (NEW_UPSTREAM_SECRET, NEW_CLIENT_SECRET)
+
+
+def _secret_config(bad: FakeUpstream, good: FakeUpstream) -> dict[str, Any]:
+    def entry(name: str, url: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "base-url": url, "api-key-entries": [{"api-key": "${UP_KEY}", **extra}], "models": [{"name": "m"}]}
+
+    return {
+        "api-keys": ["${CLIENT_KEY}"],
+        "remote-management": {"secret-key": "${MGMT_KEY}"},
+        "auto-disable": {"failure-threshold": 2, "disable-duration-seconds": 600},
+        "openai-compatibility": [
+            {**entry("bad", bad.url), "priority": 2},
+            {**entry("proxied", good.url, **{"proxy-url": "http://user:${PROXY_PASSWORD}@127.0.0.1:9"}), "priority": 1},
+            entry("good", good.url),
+        ],
+    }
+
+
+class TestNoSecretAnywhere:
+    """After traffic, failures, management calls and rejected reloads: no key or proxy password in responses, stderr or events."""
+
+    async def test_rejected_reloads_and_changes(self, upstreams, tmp_path, processes) -> None:
+        good, bad = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500, body={"error": {"message": f"invalid key {UPSTREAM_SECRET} for user x"}}))
+        gw = _start(processes, tmp_path, {"log-level": "DEBUG", **_secret_config(bad, good)}, env=ENV)
+        good_text = gw.config_path.read_text()
+        seen: list[str] = []
+        client = {"Authorization": f"Bearer {CLIENT_SECRET}"}
+
+        async with aiohttp.ClientSession() as session:
+
+            async def call(method: str, path: str, headers: dict[str, str], **kw: Any) -> int:
+                async with session.request(method, gw.url + path, headers=headers, **kw) as resp:
+                    text = await resp.text(errors="replace")
+                    seen.append(f"{method} {path} -> {resp.status} {dict(resp.headers)}\n{text}")
+                    return resp.status
+
+            chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(3):  # bad fails (echoing the key), proxied fails (dead proxy), good answers
+                assert await call("POST", "/v1/chat/completions", client, json=chat) == 200
+            assert await call("POST", "/v1/chat/completions", client, json={**chat, "stream": True}) == 200
+            for path in ("/api/models/disabled", "/api/models/m/status", "/api/vendors", "/api/config", "/api/events?limit=1000", "/metrics"):
+                assert await call("GET", path, AUTH) == 200, path
+            assert await call("PATCH", "/api/vendors/good", AUTH, json={"priority": 3, "headers": {"X-Trace": "on"}}) == 200
+            assert await call("POST", "/api/models/m/disable?vendor=good", AUTH, json={"duration_seconds": 30}) == 200
+            assert await call("POST", "/api/models/m/enable?vendor=good", AUTH) == 200
+            assert await call("GET", "/api/vendors", {"Authorization": f"Bearer {UPSTREAM_SECRET}"}) == 401  # a wrong kind of key
+
+            # Rejected reloads with new secrets typed literally into the file: a YAML error on a
+            # secret's line, a wrong type beside one, and the running secrets written out literally.
+            rejected = [
+                good_text.replace("api-keys:", f'api-keys:\n- "{NEW_CLIENT_SECRET}\n- oops:'),
+                good_text.replace("${UP_KEY}", NEW_UPSTREAM_SECRET, 1).replace("priority: 2", "priority: high")
+                .replace("${CLIENT_KEY}", CLIENT_SECRET).replace("${UP_KEY}", UPSTREAM_SECRET).replace("priority: 1", "priority: [1]"),
+            ]
+
+            async def reload_error(want: bool) -> None:
+                deadline = time.monotonic() + 5
+                while True:
+                    async with session.get(gw.url + "/api/config", headers=AUTH) as resp:
+                        problems = (await resp.json())["last_reload_error"]
+                        seen.append(json.dumps(problems))
+                    if bool(problems) == want:
+                        return
+                    assert time.monotonic() < deadline, "the file was not looked at"
+                    await asyncio.sleep(0.1)
+
+            for text in rejected:  # through the file watcher (logged, recorded, shown in /api/config) ...
+                gw.config_path.write_text(text)
+                await reload_error(True)
+                gw.config_path.write_text(good_text)
+                await reload_error(False)
+            for text in rejected:  # ... and through PUT /api/config.yaml
+                assert await call("PUT", "/api/config.yaml", {**AUTH, "Content-Type": "application/yaml"}, data=text.encode()) == 400
+            assert await call("GET", "/api/config.yaml", AUTH) == 200  # the good file: ${VAR} placeholders only
+            assert await call("GET", "/api/events?limit=1000", AUTH) == 200
+            send_sighup(gw)
+            await asyncio.sleep(0.5)
+
+        assert gw.stop() == 0
+        rows = _event_rows(tmp_path / "cliproxy.db")
+        assert any("config-rejected" in row for row in rows)
+        assert any("disabled" in row and "proxied" in row for row in rows)
+        log = gw.log()
+        assert "config reload" in log and "rejected" in log
+        for secret in (*RUNNING_SECRETS, *NEW_SECRETS):
+            for text in seen:
+                assert secret not in text, f"a response holds {secret}:\n{text[:2000]}"
+            assert secret not in log, f"stderr holds {secret}"
+            assert secret not in repr(rows), f"the events table holds {secret}"
+        assert not any(secret in good_text for secret in RUNNING_SECRETS)
+        load_config(gw.config_path, env=ENV)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="BUG: a vendor header set by PATCH (e.g. Azure's `api-key`) is masked in /api/vendors and /api/config, "
+        "but its `vendor-changed` event stores and serves the PATCH body as sent",
+    )
+    async def test_secret_header_set_by_patch(self, upstreams, tmp_path, processes) -> None:
+        good = await upstreams()
+        gw = _start(processes, tmp_path, _management() | {"openai-compatibility": [vendor("azure", good.url, ["m"])]})
+        header_secret = "AzureHeaderSecretZ2vQ9"
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await api(session, gw, "PATCH", "/api/vendors/azure", json={"headers": {"api-key": header_secret}})
+            assert status == 200 and body["headers"]["api-key"] != header_secret  # masked in the vendor view
+            _, _, events_text = await api(session, gw, "GET", "/api/events")
+        rows = _event_rows(tmp_path / "cliproxy.db")
+        assert header_secret not in events_text
+        assert header_secret not in repr(rows)
+
+
+def send_sighup(gw: GatewayProcess) -> None:
+    """SIGHUP: one more reload (of the good file: a no-op) through the signal path."""
+    assert gw.process is not None
+    gw.process.send_signal(signal.SIGHUP)
+
+
+def test_the_config_written_by_the_tests_loads() -> None:
+    """The helpers' configs are valid (a typo here would make the security tests pass for the wrong reason)."""
+    from cliproxy.settings import parse_config
+
+    parse_config(yaml.safe_dump(_management()), env={})
+    parse_config(yaml.safe_dump(_management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True})), env={})
+    dummy = FakeUpstream()
+    dummy.url = "http://127.0.0.1:9/v1"
+    parse_config(yaml.safe_dump(_secret_config(dummy, dummy)), env=ENV)
+    parse_config(yaml.safe_dump(_client_config(dummy, [OLD_KEY, KEPT_KEY])), env={})

@@ -599,7 +599,9 @@ class Bench:
         values: dict[str, float | None] = {"direct": None}
         for t in ("forwarder", "cliproxy"):
             values[t] = _median([_sub(r[t][key], r["direct"][key]) for r in rounds])
-        ratio = _div(values["cliproxy"], values["forwarder"])
+        forwarder = values["forwarder"]
+        # A ratio of added latencies means nothing when the forwarder added nothing measurable (noise).
+        ratio = _div(values["cliproxy"], forwarder) if forwarder is not None and forwarder > 0.05 else None
         row = Row(row_id, scenario, metric, values, ratio, target)
         if check is not None:
             row.met = check(ratio, values)

@@ -98,7 +98,9 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     # One pool for every upstream. No connection limit: the gateway must not queue requests that
     # the upstreams could serve (1,000 open streams are 1,000 connections).
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
+    # No cookie jar: cookies one upstream sets on one client's request must not ride along on the
+    # requests of every other client.
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[CLIENT_SESSION] = session
         yield
 

@@ -92,6 +92,11 @@ def _mask(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
+    return _mask_shapes(text)
+
+
+def _mask_shapes(text: str) -> str:
+    """Only the credential-shape check: cost independent of how many keys are configured."""
     lowered = text.lower()
     if any(marker in lowered for marker in _CREDENTIAL_MARKERS):
         text = mask_secrets(text)
@@ -114,6 +119,10 @@ class TextFormatter(logging.Formatter):
         return _iso(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "cliproxy_access", None) is not None:
+            # Access fields were masked when the line was built (`_after`); scanning the line for
+            # every configured key again would make each request cost O(keys).
+            return _mask_shapes(super().format(record))
         return _mask(super().format(record), self._secrets())
 
 
@@ -140,7 +149,8 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return _mask(json.dumps(line, default=str, ensure_ascii=False), self._secrets())
+        text = json.dumps(line, default=str, ensure_ascii=False)
+        return _mask_shapes(text) if access is not None else _mask(text, self._secrets())
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -294,9 +304,14 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
             model = mask_secrets(model[:_FIELD_LIMIT], runtime.secrets)  # client text: it may hold anything
     else:
         size, ttfb = _body_size(response), None
+    path = request.path[:_FIELD_LIMIT]
+    resource = request.match_info.route.resource
+    if resource is None or resource.canonical != request.path:
+        # Client text that no static route vouches for (a 404, `/v1/models/{model}`): mask it.
+        path = _mask(path, request.app[RUNTIME].secrets)
     fields: dict[str, Any] = {
         "method": request.method,
-        "path": request.path[:_FIELD_LIMIT],
+        "path": path,
         "status": status,
         "model": model,
         "vendor": None if info is None else info.vendor,

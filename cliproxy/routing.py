@@ -52,6 +52,9 @@ class Pair:
     #: `base-url` without a trailing slash; the client's path after /v1 is appended.
     base_url: str
     proxy_url: str | None
+    #: The vendor's keys: the only secrets an upstream can echo back (it never sees client or
+    #: management keys), so masking its errors costs O(this vendor's keys), not O(all keys).
+    secrets: tuple[str, ...] = ()
 
     @property
     def key(self) -> PairKey:
@@ -99,6 +102,7 @@ class RoutingTable:
         for vendor in config.vendors:
             keys = KeyRotation(tuple(e for e in vendor.api_key_entries if e.api_key))
             timeouts = vendor.timeouts.over(config.timeouts)
+            vendor_secrets = tuple(sorted({e.api_key for e in vendor.api_key_entries if e.api_key}, key=len, reverse=True))
             for model in vendor.models:
                 pair = Pair(
                     vendor=vendor,
@@ -108,6 +112,7 @@ class RoutingTable:
                     keys=keys,
                     base_url=vendor.base_url.rstrip("/"),
                     proxy_url=config.proxy_url,
+                    secrets=vendor_secrets,
                 )
                 self.pairs[pair.key] = pair
                 names = [model.public_name]

@@ -34,6 +34,7 @@ _DROP_REQUEST = frozenset(
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
         "transfer-encoding", "upgrade", "host", "content-length", "authorization", "x-api-key",
         "x-management-key", "cookie", "accept-encoding", "expect",
+        "content-encoding",  # aiohttp has decoded the body: the header no longer describes the bytes we send
     }
 )
 # Never relayed back: hop-by-hop headers and framing that aiohttp recomputes for the client side.
@@ -194,9 +195,9 @@ async def _open(
         verdict = classify_status(response.status, pair.auto_disable.count_statuses)
         if verdict is not None:
             # An upstream error: read it whole (bounded) so it can be masked, excerpted and relayed.
-            error_body = _mask_body(await _read_limited(response, timeouts.stream_idle), runtime.secrets)
+            error_body = _mask_body(await _read_limited(response, timeouts.stream_idle), pair.secrets)
             response.release()
-            message = excerpt(error_body, runtime.secrets)
+            message = excerpt(error_body, pair.secrets)
             return _Failed(
                 pair,
                 Outcome(verdict.kind, verdict.reason, ErrorInfo(response.status, message)),
@@ -224,7 +225,7 @@ async def _open(
         if response is not None:
             response.close()
         reason = "connect_error" if response is None else "stream_error"
-        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), runtime.secrets))))
+        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), pair.secrets))))
     except asyncio.CancelledError:
         # The client went away while we waited: neutral for the pair, and nothing may stay open.
         if response is not None:
@@ -269,7 +270,7 @@ async def relay(
                 outcome = Outcome("failure", "stream_idle_timeout", ErrorInfo(None, "upstream stream idle timeout"))
                 break
             except (aiohttp.ClientError, OSError) as exc:
-                outcome = Outcome("failure", "stream_error", ErrorInfo(upstream.status, excerpt(_describe(exc), runtime.secrets)))
+                outcome = Outcome("failure", "stream_error", ErrorInfo(upstream.status, excerpt(_describe(exc), pair.secrets)))
                 break
             if not chunk:
                 break
@@ -279,7 +280,7 @@ async def relay(
             info.bytes_out += len(chunk)
         if outcome.kind == "failure":
             upstream.close()
-            if is_sse or stream:
+            if is_sse:
                 await client.write(_sse_error(outcome))
             else:
                 # A plain body cut short: the client must not take it for a whole answer.

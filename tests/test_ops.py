@@ -386,11 +386,13 @@ class TestFormatters:
 
     def test_json_access_line(self):
         formatter = logs.JsonFormatter(lambda: self.SECRETS)
-        fields = {"method": "GET", "path": "/x/client-key-abcdef123", "status": 200, "request_id": "r"}
+        # Access fields are masked against the configured keys when the line is built (per request,
+        # only where client text could hold one); the formatter adds the credential-shape check.
+        fields = {"method": "GET", "path": "/x/Bearer abcdefghijkl", "status": 200, "request_id": "r"}
         line = json.loads(formatter.format(_record("%s", "ignored", name="cliproxy.access", cliproxy_access=fields)))
         assert line["message"] == "access"
         assert line["logger"] == "cliproxy.access" and line["level"] == "INFO"
-        assert (line["method"], line["path"], line["status"], line["request_id"]) == ("GET", "/x/***", 200, "r")
+        assert (line["method"], line["path"], line["status"], line["request_id"]) == ("GET", "/x/Bearer ***", 200, "r")
         assert line["time"].endswith("Z")
 
     def test_json_event_line_has_the_event_fields(self):

@@ -78,6 +78,10 @@ async def drive(base: str) -> list[str]:
         # its own); the log must still not keep it.
         async with session.post(base + "/v1/chat/completions", headers=client, json={**chat, "model": CLIENT_KEY}) as resp:
             assert resp.status == 404
+        # Secrets in paths: a dynamic route and an unknown one; the access line must mask both.
+        for path in (f"/v1/models/{CLIENT_KEY}", f"/no-such-route/{MANAGEMENT_KEY}"):
+            async with session.get(base + path, headers=client) as resp:
+                assert resp.status == 404
     return seen
 
 

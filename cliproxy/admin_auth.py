@@ -242,7 +242,8 @@ async def management_auth_middleware(
     decision = decide(
         settings,
         peer=request.remote,
-        forwarded_for=request.headers.get("X-Forwarded-For"),
+        # Every X-Forwarded-For line: a proxy may add its own line instead of appending to the client's.
+        forwarded_for=", ".join(request.headers.getall("X-Forwarded-For", ())) or None,
         key=presented_key(request.headers.get("Authorization"), request.headers.get("X-Management-Key")),
         lockout=request.app[_keys.ADMIN_LOCKOUT],
         now=request.app[_keys.CLOCK](),

@@ -59,7 +59,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         op["parameters"].append({"in": "query", "schema": ep.query})
     if ep.body is not None:
         op["requestBody"] = {"required": ep.body_required, "content": {ep.body_content: {"schema": ep.body}}}
-    elif ep.method in ("PUT", "POST", "PATCH"):
+    elif ep.body_content != "application/json":  # raw bodies (PUT /api/config.yaml); bodiless POSTs have none
         op["requestBody"] = {"required": ep.body_required, "content": {ep.body_content: {"schema": {"type": "string"}}}}
     if ep.response is not None:
         ok_schema: Any = ep.response

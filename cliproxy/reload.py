@@ -37,7 +37,7 @@ from aiohttp import web
 from .config import Config
 from .errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from .events import Event
-from .keys import RUNTIME, STORE, TRACKER
+from .keys import RUNTIME, TRACKER
 from .redact import mask_secrets
 from .runtime import Runtime
 from .settings import ConfigError, parse_config
@@ -359,14 +359,11 @@ class ConfigManager:
         )
 
     async def _record(self, event: Event) -> None:
-        """Append to the audit history; the in-memory config is authoritative, so a failing store is only logged."""
-        store = self._app.get(STORE)
-        if store is None:
-            return
-        try:
-            await store.record(event)
-        except Exception:
-            log.exception("could not record the %s event in the store", event.kind)
+        """Append to the audit history through the tracker's ordered, retrying writer (never blocks
+        on a slow or failing database; the in-memory config is authoritative)."""
+        tracker = self._app.get(TRACKER)
+        if tracker is not None:
+            tracker.record_event(event)
 
     async def _reload_logged(self, reason: str) -> bool:
         try:

@@ -458,6 +458,16 @@ class FailureTracker(OutcomeSink):
             )
             self._emit(event, _Write(event, clear_disabled=(vendor, model, _AUTO)))
 
+    def record_event(self, event: Event) -> None:
+        """Queue an audit event that is not a pair transition (config reloads, operator edits).
+
+        It goes through the same ordered, retrying writer as the transitions, so an event that
+        happens while the database is failing is written once it is back, in order.
+        """
+        self._pending.append(_Write(event))
+        self._enqueued += 1
+        self._wakeup.set()
+
     def _emit(self, event: Event, write: _Write) -> None:
         """Log, tell the listeners, queue the write. Memory has already been updated."""
         self._log_event(event)

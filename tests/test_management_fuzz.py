@@ -222,11 +222,6 @@ def document_operations(document: dict[str, Any]) -> list[tuple[str, str]]:
 class TestDocument:
     """What the fuzzing showed about the document itself."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG (document): an endpoint without a body schema (POST /api/models/{model}/enable) is documented "
-        "with a *required* JSON body of type string; it takes no body (cliproxy/openapi.py, the `elif` branch)",
-    )
     def test_enable_documents_no_request_body(self) -> None:
         operation = build_document()["paths"]["/api/models/{model}/enable"]["post"]
         assert "requestBody" not in operation or not operation["requestBody"]["required"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -74,6 +75,7 @@ async def chat(gw: Gateway, model: str = "m", key: str | None = None) -> int:
 
 
 async def events(gw: Gateway, kind: str) -> list[Any]:
+    await gw.app[TRACKER].flush(timeout=5)  # audit events are queued on the tracker's writer
     return await gw.app[STORE].events(kind=kind)
 
 
@@ -205,15 +207,20 @@ class TestReload:
         assert manager(gw).restart_required == ["port"]
         assert "port take effect only after a restart" in caplog.text
 
-    async def test_a_failing_store_does_not_break_a_reload(self, start, files, upstreams, caplog):
+    async def test_a_locked_store_does_not_block_a_reload(self, start, files, upstreams):
         first, second = await upstreams(), await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]})
-        await gw.app[STORE].close()
-        files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
-        with caplog.at_level(logging.ERROR, logger="cliproxy.reload"):
-            assert await manager(gw).reload(reason="test") is True
-        assert "could not record the config-reloaded event" in caplog.text
-        assert await chat(gw) == 200 and second.request_count == 1
+        lock = sqlite3.connect(gw.app[RUNTIME].config.database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        try:
+            files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
+            assert await asyncio.wait_for(manager(gw).reload(reason="test"), 1.0) is True
+            assert await chat(gw) == 200 and second.request_count == 1
+            assert gw.app[TRACKER].pending_writes == 1  # the event waits in the queue
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert len(await events(gw, "config-reloaded")) == 1  # and lands once the database is free
 
     async def test_requests_in_flight_finish_on_their_config(self, start, files, upstreams):
         up = await upstreams(chunks=4, chunk_delay=0.05)

@@ -784,7 +784,7 @@ def _config_view(runtime: Runtime) -> dict[str, Any]:
 
 
 def _config_response(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     manager = request.app[CONFIG_MANAGER]
     data = {
         "path": manager.path,
@@ -814,7 +814,7 @@ def _pairs_for(request: web.Request, runtime: Runtime) -> tuple[str, list[Pair]]
 
 
 def _status_response(request: web.Request, name: str, keys: Sequence[PairKey]) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     tracker = request.app[TRACKER]
     now = request.app[CLOCK]()
     pairs = [runtime.table.pairs[k] for k in keys if k in runtime.table.pairs]
@@ -862,7 +862,7 @@ async def list_disabled(request: web.Request) -> web.Response:
     """Every disable in force: automatic and timed manual ones (from the tracker) and `enabled: false`
     in config.yaml (model or vendor). A pair under two disables appears once per disable."""
     await _committed(request)
-    return _json(DisabledListSchema, {"disabled": _disabled_list(request.app[RUNTIME], request.app[TRACKER], request.app[CLOCK]())})
+    return _json(DisabledListSchema, {"disabled": _disabled_list(request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]())})
 
 
 @endpoint("GET", "/api/models/{model:.+}/status", summary="Status of the pairs serving a model", response=ModelStatusSchema,
@@ -870,7 +870,7 @@ async def list_disabled(request: web.Request) -> web.Response:
 async def model_status(request: web.Request) -> web.Response:
     """Every pair `{model}` names (an alias, an upstream name or `prefix/alias`; `/` and `:` allowed,
     URL-encoded or not), with both axes of its state and its effective auto-disable settings."""
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     name, pairs = _pairs_for(request, runtime)
     await _committed(request)
     return _status_response(request, name, [p.key for p in pairs])
@@ -881,7 +881,7 @@ async def model_status(request: web.Request) -> web.Response:
 async def enable_model(request: web.Request) -> web.Response:
     """Clears the automatic and the timed manual disable and resets the failure count (tracker), and
     writes `enabled: false` on the model entry back to true (config.yaml). Does not touch the vendor's `enabled`."""
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     name, pairs = _pairs_for(request, runtime)
     await _committed(request)
     actor = request[ADMIN_ACTOR]
@@ -905,7 +905,7 @@ async def enable_model(request: web.Request) -> web.Response:
 async def disable_model(request: web.Request) -> web.Response:
     """With `duration_seconds`: a timed manual disable, kept in SQLite (survives restarts; an automatic
     re-enable never ends it). Without: permanent, written as `enabled: false` on the model entry of config.yaml."""
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     name, pairs = _pairs_for(request, runtime)
     body = _load(DisableBodySchema(), await _json_body(request, optional=True))
     duration = body.get("duration_seconds")
@@ -933,7 +933,7 @@ async def disable_model(request: web.Request) -> web.Response:
 async def list_vendors(request: web.Request) -> web.Response:
     """Vendors as configured (keys masked), each model with `enabled` (routable now) and `config_enabled`."""
     await _committed(request)
-    runtime, tracker, now = request.app[RUNTIME], request.app[TRACKER], request.app[CLOCK]()
+    runtime, tracker, now = request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]()
     return _json(VendorListSchema, {"vendors": [_vendor_view(v, runtime, tracker, now) for v in runtime.config.vendors]})
 
 
@@ -943,7 +943,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
     """Writes each key of the body into the vendor's entry of config.yaml (comments and `${VAR}` kept),
     reloads, and records one `vendor-changed` event. `enabled: false` removes every pair of the vendor from routing."""
     name = _path_name(request, "name")
-    _vendor_named(request.app[RUNTIME], name)
+    _vendor_named(request.app[RUNTIME].current, name)
     raw = await _json_body(request)
     schema = VendorPatchSchema()
     data = _load(schema, raw)
@@ -952,7 +952,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
     await _committed(request)
     detail = _raw(raw, schema, data)
     if isinstance(detail.get("headers"), Mapping):  # the audit row shows them as GET /api/vendors does
-        detail["headers"] = _mask_headers(list(detail["headers"].items()), request.app[RUNTIME])
+        detail["headers"] = _mask_headers(list(detail["headers"].items()), request.app[RUNTIME].current)
     enabled = data.pop("enabled", None)
 
     def edits(text: str) -> list[tuple[tuple[str | int, ...], Any]]:
@@ -964,7 +964,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
         edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail
     )
     await _committed(request, after_change=True)
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     return _json(VendorViewSchema, _vendor_view(_vendor_named(runtime, name), runtime, request.app[TRACKER], request.app[CLOCK]()))
 
 
@@ -976,7 +976,7 @@ async def patch_model(request: web.Request) -> web.Response:
     tracker's disables: `POST /api/models/{model}/enable` does."""
     name = _path_name(request, "name")
     model_name = _path_name(request, "model")
-    vendor = _vendor_named(request.app[RUNTIME], name)
+    vendor = _vendor_named(request.app[RUNTIME].current, name)
     entry = next((m for m in vendor.models if m.name == model_name), None)
     if entry is None:
         by_alias = [m for m in vendor.models if m.alias == model_name]
@@ -993,7 +993,7 @@ async def patch_model(request: web.Request) -> web.Response:
         lambda text: _edits(model_path(text, name, entry.name), schema, data), actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=_raw(raw, schema, data)
     )
     await _committed(request, after_change=True)
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     view = _vendor_view(_vendor_named(runtime, name), runtime, request.app[TRACKER], request.app[CLOCK]())
     [model_view] = [m for m in view["models"] if m["name"] == entry.name]
     return _json(VendorModelViewSchema, model_view)
@@ -1065,7 +1065,7 @@ async def list_events(request: web.Request) -> web.Response:
         vendor=query.get("vendor"), model=query.get("model"), kind=query.get("kind"),
         since=since, before_id=query.get("before_id"), limit=limit,
     )
-    secrets = request.app[RUNTIME].secrets
+    secrets = request.app[RUNTIME].current.secrets
     out = []
     for event in events:
         detail = None if event.detail is None else _masked(event.detail, secrets)

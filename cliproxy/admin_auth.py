@@ -2,7 +2,7 @@
 
 The decision is pure (`decide`, `client_address`, `Lockout`): the peer address, the headers and
 `now` are passed in, so the rules are tested as tables without sockets or sleeping. The aiohttp
-middleware at the bottom is the thin shell: it reads the live config from `app[RUNTIME]` on every
+middleware at the bottom is the thin shell: it reads the live config from `app[RUNTIME].current` on every
 request (a hot reload swaps it), asks `decide`, and raises the error the error middleware renders.
 
 The rules, in the order they are applied:
@@ -238,7 +238,7 @@ async def management_auth_middleware(
     """Guards every `/api` path (known or not); other paths pass untouched."""
     if not _is_management_path(request.path):
         return await handler(request)
-    settings = request.app[_keys.RUNTIME].config.remote_management
+    settings = request.app[_keys.RUNTIME].current.config.remote_management
     decision = decide(
         settings,
         peer=request.remote,

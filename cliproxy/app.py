@@ -20,7 +20,7 @@ from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS,
 from .logs import access_middleware, stamp_response
 from .metrics import Metrics
 from .reload import ConfigManager
-from .runtime import Runtime
+from .runtime import LiveRuntime, Runtime
 from .store import SQLiteStore
 from .tracker import FailureTracker
 
@@ -65,7 +65,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 async def _persistence(app: web.Application) -> AsyncIterator[None]:
     """Open the database (migrating it), restore disabled pairs, run the tracker; close in reverse."""
-    runtime = app[RUNTIME]
+    runtime = app[RUNTIME].current
     store = await SQLiteStore.open(runtime.config.database)
     tracker = FailureTracker(store, runtime.table.auto_disable_settings(), clock=app[CLOCK])
     app[METRICS].attach(tracker)  # before start: re-enables of disables that expired while down count too
@@ -108,7 +108,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
     app = web.Application(middlewares=[access_middleware, error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
-    app[RUNTIME] = Runtime.build(config)
+    app[RUNTIME] = LiveRuntime(Runtime.build(config))
     app[CLOCK] = clock
     app[METRICS] = Metrics()
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open

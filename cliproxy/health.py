@@ -70,7 +70,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def _check_metrics_access(request: web.Request) -> None:
-    settings = request.app[RUNTIME].config.remote_management
+    settings = request.app[RUNTIME].current.config.remote_management
     if not settings.secret_key:
         raise Forbidden(
             "metrics.require-auth is on but remote-management.secret-key is not set: /metrics is closed",
@@ -95,7 +95,7 @@ def _check_metrics_access(request: web.Request) -> None:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    if request.app[RUNTIME].config.metrics.require_auth:
+    if request.app[RUNTIME].current.config.metrics.require_auth:
         _check_metrics_access(request)
     body = request.app[METRICS].render()
     response = web.Response(body=body)

@@ -11,7 +11,7 @@ from aiohttp import web
 from .admin_auth import Lockout
 from .events import OutcomeSink
 from .metrics import Metrics
-from .runtime import Runtime
+from .runtime import LiveRuntime
 from .store import Store
 from .tracker import FailureTracker
 from .upstream import AccessInfo
@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER"]
 
-#: The current config and routing table; swapped whole on reload.
-RUNTIME = web.AppKey("runtime", Runtime)
+#: The live cell holding the current config and routing table (`.current`); a reload swaps it.
+RUNTIME = web.AppKey("runtime", LiveRuntime)
 #: One upstream connection pool for the whole process.
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 #: Where every attempt reports its outcome: the failure tracker (the same object as TRACKER).

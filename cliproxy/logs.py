@@ -293,7 +293,7 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
         if metrics is not None:
             if request.get(STREAM_COUNTED):
                 metrics.stream_ended()
-            metrics.observe_request(info, status, elapsed, request.app[RUNTIME].table.routes)
+            metrics.observe_request(info, status, elapsed, request.app[RUNTIME].current.table.routes)
     level = logging.DEBUG if request.path in _QUIET_PATHS else logging.INFO
     if not access_log.isEnabledFor(level):
         return
@@ -302,7 +302,7 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
         size: int | None = info.bytes_out or _body_size(response)  # an error answer is not relayed
         ttfb = None if info.ttfb is None else round(info.ttfb * 1000, 1)
         model = info.model
-        runtime = request.app[RUNTIME]
+        runtime = request.app[RUNTIME].current
         if model is not None and model not in runtime.table.routes:
             model = mask_secrets(model[:_FIELD_LIMIT], runtime.secrets)  # client text: it may hold anything
     else:
@@ -311,7 +311,7 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
     resource = request.match_info.route.resource
     if resource is None or resource.canonical != request.path:
         # Client text that no static route vouches for (a 404, `/v1/models/{model}`): mask it.
-        path = _mask(path, request.app[RUNTIME].secrets)
+        path = _mask(path, request.app[RUNTIME].current.secrets)
     fields: dict[str, Any] = {
         "method": request.method,
         "path": path,

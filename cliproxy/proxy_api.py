@@ -53,7 +53,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]  # taken once: the request finishes on the config it started with
+    runtime = request.app[RUNTIME].current  # taken once: the request finishes on the config it started with
     info = AccessInfo()
     request[ACCESS_INFO] = info
     check_client_key(request, runtime)
@@ -91,7 +91,7 @@ def _model_object(name: str, created: int) -> dict[str, object]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     check_client_key(request, runtime)
     created = int(runtime.config_loaded_at)
     return web.json_response(
@@ -101,7 +101,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 @routes.get("/v1/models/{model:.+}")
 async def get_model(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current
     check_client_key(request, runtime)
     name = request.match_info["model"]
     route = runtime.table.route(name)

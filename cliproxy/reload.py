@@ -1,7 +1,7 @@
 """The live configuration: hot reload from the file, and changes written back to it.
 
 `ConfigManager` is the one place that changes the running config. Every path ends the same way:
-validate the whole file with the real loader, build a new `Runtime` and swap `app[RUNTIME]` as one
+validate the whole file with the real loader, build a new `Runtime` and swap `app[RUNTIME].current` as one
 reference (a request takes the runtime once, so requests in flight finish on the config they started
 with), hand the new auto-disable rules to the tracker (its states and counts stay), and record one
 event in the audit history. A file that does not validate never replaces the running config.
@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path as FilePath
@@ -80,17 +79,8 @@ class NoConfigFile(ServiceUnavailable):
 
 
 def swap_runtime(app: web.Application, runtime: Runtime) -> None:
-    """Make `runtime` the one new requests take.
-
-    aiohttp freezes an application once it has started and warns (DeprecationWarning) about every
-    later `app[key] = ...`. RUNTIME is the one key designed to change after start-up: replacing one
-    reference is atomic for the request path. The warning is silenced for this assignment only.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Changing state of started or joined application", category=DeprecationWarning
-        )
-        app[RUNTIME] = runtime
+    """Make `runtime` the one new requests take; requests in flight keep theirs."""
+    app[RUNTIME].current = runtime
 
 
 class ConfigManager:
@@ -115,7 +105,7 @@ class ConfigManager:
         self.last_loaded_at: float = clock()
         self._lock = asyncio.Lock()
         #: The config the process started with: sockets and database come from it until a restart.
-        self._started: Config = app[RUNTIME].config
+        self._started: Config = app[RUNTIME].current.config
         self._seen_stat: _StatKey | None = self._stat()
         #: The file text the running config was built from (None: unknown, the next reload loads).
         self._loaded_text: str | None = None
@@ -129,7 +119,7 @@ class ConfigManager:
     @property
     def restart_required(self) -> list[str]:
         """Settings of the running config that differ from those the process started with."""
-        return self._restart_fields(self._app[RUNTIME].config)
+        return self._restart_fields(self._app[RUNTIME].current.config)
 
     def read_text(self) -> str:
         """The config file as it is on disk now (for GET /api/config.yaml)."""
@@ -244,7 +234,7 @@ class ConfigManager:
             await self._record(
                 Event(kind=kind, at=self._clock(), vendor=vendor, model=model, actor=actor, detail=detail or None)
             )
-            return self._app[RUNTIME].config
+            return self._app[RUNTIME].current.config
 
     async def replace_text(self, text: str, *, actor: str) -> Config:
         """Replace the whole file (PUT /api/config.yaml): validate first, then write, swap, record `config-reloaded`."""
@@ -276,7 +266,7 @@ class ConfigManager:
         return replace(parse_config(text, source=self.path), path=self.path)
 
     def _mask(self, problems: Sequence[str]) -> list[str]:
-        secrets = self._app[RUNTIME].secrets
+        secrets = self._app[RUNTIME].current.secrets
         return [mask_secrets(problem, secrets) for problem in problems]
 
     def _validate(self, text: str) -> Config:
@@ -301,7 +291,7 @@ class ConfigManager:
 
     def _install(self, config: Config, text: str) -> Config:
         """Swap in `config`; returns the config it replaced."""
-        previous = self._app[RUNTIME].config
+        previous = self._app[RUNTIME].current.config
         runtime = Runtime.build(config)
         swap_runtime(self._app, runtime)
         tracker = self._app.get(TRACKER)

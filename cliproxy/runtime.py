@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .routing import RoutingTable
 
-__all__ = ["Runtime"]
+__all__ = ["LiveRuntime", "Runtime"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -51,3 +51,16 @@ class Runtime:
         for key in self._client_keys:
             valid |= hmac.compare_digest(candidate, key)
         return valid
+
+
+class LiveRuntime:
+    """The app's one mutable cell: the `Runtime` that new requests take.
+
+    A reload replaces `current` (one reference assignment, atomic for the event loop); a request
+    reads it once and keeps its `Runtime`, so it finishes on the config it started with.
+    """
+
+    __slots__ = ("current",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime

@@ -56,7 +56,7 @@ def start(gateway: Callable[..., Awaitable[Gateway]], files: Files) -> Callable[
         files.write(data)
         app = create_app(load_config(files.path))
         app[CONFIG_MANAGER].poll_interval = poll_interval
-        return await gateway(app[RUNTIME].config, app=app, **kwargs)
+        return await gateway(app[RUNTIME].current.config, app=app, **kwargs)
 
     return start_
 
@@ -122,15 +122,15 @@ class TestFileWatching:
             return manager(gw).last_error is None
 
         await until(recovered)
-        assert gw.app[RUNTIME].config.vendors[0].priority == 1
+        assert gw.app[RUNTIME].current.config.vendors[0].priority == 1
 
     async def test_touching_the_file_is_not_a_reload(self, start, files, upstreams):
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]}, poll_interval=0.02)
-        before = gw.app[RUNTIME]
+        before = gw.app[RUNTIME].current
         os.utime(files.path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
         await asyncio.sleep(0.1)
-        assert gw.app[RUNTIME] is before
+        assert gw.app[RUNTIME].current is before
         assert await events(gw, "config-reloaded") == []
 
     async def test_own_edits_do_not_trigger_a_second_reload(self, start, files, upstreams):
@@ -150,13 +150,13 @@ class TestReload:
     async def test_invalid_file_keeps_running_config_and_records_every_problem(self, start, files, upstreams, caplog):
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
-        running = gw.app[RUNTIME]
+        running = gw.app[RUNTIME].current
         files.write({"port": "eighty", "openai-compatibility": [vendor("v", "ftp://x", ["m"])]})
         with caplog.at_level(logging.WARNING, logger="cliproxy.reload"):
             assert await manager(gw).reload(reason="test") is False
         problems = ["port: Not a valid integer.", "openai-compatibility[0].base-url: must be an http:// or https:// URL"]
         assert sorted(manager(gw).last_error or []) == sorted(problems)
-        assert gw.app[RUNTIME] is running
+        assert gw.app[RUNTIME].current is running
         assert await chat(gw) == 200
         [event] = await events(gw, "config-rejected")
         assert event.detail == {"problems": manager(gw).last_error, "reason": "test"}
@@ -177,9 +177,9 @@ class TestReload:
     async def test_unchanged_content_is_a_no_op(self, start, upstreams):
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
-        running = gw.app[RUNTIME]
+        running = gw.app[RUNTIME].current
         assert await manager(gw).reload(reason="test") is True
-        assert gw.app[RUNTIME] is running
+        assert gw.app[RUNTIME].current is running
         assert await events(gw, "config-reloaded") == []
 
     async def test_secrets_never_reach_the_problems(self, start, files, upstreams, monkeypatch, caplog):
@@ -210,7 +210,7 @@ class TestReload:
     async def test_a_locked_store_does_not_block_a_reload(self, start, files, upstreams):
         first, second = await upstreams(), await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", first.url, ["m"])]})
-        lock = sqlite3.connect(gw.app[RUNTIME].config.database, isolation_level=None)
+        lock = sqlite3.connect(gw.app[RUNTIME].current.config.database, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # another process holds the database
         try:
             files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
@@ -314,7 +314,7 @@ class TestApplyEdits:
             vendor_enabled_edits(before, "v", False), actor="127.0.0.1", kind="vendor-changed", vendor="v", detail={"enabled": False}
         )
         assert changed_lines(before, files.path.read_text()) == ([], ["  enabled: false"])
-        assert config.vendors[0].enabled is False and gw.app[RUNTIME].config is config
+        assert config.vendors[0].enabled is False and gw.app[RUNTIME].current.config is config
         assert await chat(gw) == 503
         [event] = await events(gw, "vendor-changed")
         assert (event.actor, event.vendor, event.model, event.detail) == ("127.0.0.1", "v", None, {"enabled": False})
@@ -324,7 +324,7 @@ class TestApplyEdits:
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
         before = files.path.read_text()
-        running = gw.app[RUNTIME]
+        running = gw.app[RUNTIME].current
         with pytest.raises(ConfigRejected) as caught:
             await manager(gw).apply_edits(
                 [(("openai-compatibility", 0, "base-url"), "nope"), (("port",), 0)], actor="127.0.0.1", kind="vendor-changed"
@@ -334,7 +334,7 @@ class TestApplyEdits:
             "openai-compatibility[0].base-url: must be an http:// or https:// URL",
             "port: Must be greater than or equal to 1 and less than or equal to 65535.",
         ]
-        assert files.path.read_text() == before and gw.app[RUNTIME] is running
+        assert files.path.read_text() == before and gw.app[RUNTIME].current is running
         assert await events(gw, "vendor-changed") == []
 
     async def test_path_not_in_file_is_not_found(self, start, upstreams):
@@ -375,7 +375,7 @@ class TestApplyEdits:
             )
         )
         assert [m.enabled for m in load_config(files.path).vendors[0].models] == [False] * 4
-        assert [m.enabled for m in gw.app[RUNTIME].config.vendors[0].models] == [False] * 4
+        assert [m.enabled for m in gw.app[RUNTIME].current.config.vendors[0].models] == [False] * 4
 
 
 class TestReplaceText:

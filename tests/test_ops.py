@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import socket
 import subprocess
 import uuid
@@ -496,6 +497,7 @@ class TestServiceFiles:
         assert unit["ExecStart"][0].endswith("cliproxy serve --config /etc/cliproxy/config.yaml")
         assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
         assert unit["Restart"] == ["on-failure"]
+        assert unit["RestartPreventExitStatus"] == ["2"]  # `cliproxy serve` exits 2 on an invalid config
         assert unit["StateDirectory"] == ["cliproxy"]
         assert unit["User"] == ["cliproxy"] and unit["Group"] == ["cliproxy"]
         assert unit["NoNewPrivileges"] == ["yes"] and unit["PrivateTmp"] == ["yes"]
@@ -504,6 +506,14 @@ class TestServiceFiles:
         assert "/var/lib/cliproxy" in writable and "/etc/cliproxy" in writable
         stop = int(unit["TimeoutStopSec"][0])
         assert stop > 30 + 5  # shutdown-grace-seconds (default 30) plus the tracker's final flush
+
+    @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+    def test_systemd_accepts_the_unit(self, tmp_path):
+        unit = (ROOT / "scripts" / "cliproxy.service").read_text()
+        unit = re.sub(r"(?m)^ExecStart=\S+", "ExecStart=/bin/true", unit)  # verify wants an existing binary
+        (tmp_path / "cliproxy.service").write_text(unit)
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "cliproxy.service")], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
 
     def test_installer_parses_and_is_strict(self):
         script = ROOT / "scripts" / "install-service.sh"

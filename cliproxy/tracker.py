@@ -462,8 +462,10 @@ class FailureTracker(OutcomeSink):
         """Queue an audit event that is not a pair transition (config reloads, operator edits).
 
         It goes through the same ordered, retrying writer as the transitions, so an event that
-        happens while the database is failing is written once it is back, in order.
+        happens while the database is failing is written once it is back, in order. Listeners
+        (metrics) see it too; the caller logs it.
         """
+        self._notify_listeners(event)
         self._pending.append(_Write(event))
         self._enqueued += 1
         self._wakeup.set()
@@ -471,14 +473,17 @@ class FailureTracker(OutcomeSink):
     def _emit(self, event: Event, write: _Write) -> None:
         """Log, tell the listeners, queue the write. Memory has already been updated."""
         self._log_event(event)
+        self._notify_listeners(event)
+        self._pending.append(write)
+        self._enqueued += 1
+        self._wakeup.set()
+
+    def _notify_listeners(self, event: Event) -> None:
         for listener in list(self.listeners):
             try:
                 listener(event)
             except Exception:
                 self._log.exception("failure-tracker listener %r failed on %s", listener, event.kind)
-        self._pending.append(write)
-        self._enqueued += 1
-        self._wakeup.set()
 
     def _log_event(self, event: Event) -> None:
         fields = {

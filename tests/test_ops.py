@@ -19,13 +19,15 @@ from typing import Any
 
 import prometheus_client
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cliproxy import logs
 from cliproxy.app import create_app
 from cliproxy.config import LoggingSettings
 from cliproxy.events import ErrorInfo, Event
-from cliproxy.keys import METRICS, STORE, TRACKER
+from cliproxy.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
+from cliproxy.settings import load_config
 from cliproxy.sdnotify import notify
 from scripts.fake_upstream import Fault
 from tests.conftest import FakeClock, make_config, vendor
@@ -121,6 +123,21 @@ class TestMetrics:
         assert value(samples, "cliproxy_upstream_latency_seconds_count", model="m", vendor="a") == 2
         assert value(samples, "cliproxy_upstream_ttfb_seconds_count", model="m", vendor="a") == 2
         assert value(samples, "cliproxy_streams_in_flight") == 0
+
+    async def test_config_reloads_by_result(self, upstreams, gateway, tmp_path):
+        up = await upstreams()
+        path = tmp_path / "config.yaml"
+        config = {"database": str(tmp_path / "c.db"), "openai-compatibility": [vendor("a", up.url, ["m"])]}
+        path.write_text(yaml.safe_dump(config))
+        gw = await gateway(load_config(path, env={}))
+        manager = gw.app[CONFIG_MANAGER]
+        path.write_text(yaml.safe_dump({**config, "request-retry": 1}))
+        assert await manager.reload(reason="test") is True
+        path.write_text("port: -1\n")
+        assert await manager.reload(reason="test") is False
+        samples = await scrape(gw)
+        assert value(samples, "cliproxy_config_reloads_total", result="reloaded") == 1
+        assert value(samples, "cliproxy_config_reloads_total", result="rejected") == 1
 
     async def test_unknown_model_names_share_one_label(self, upstreams, gateway):
         up = await upstreams()

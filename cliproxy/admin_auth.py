@@ -231,13 +231,12 @@ def _is_management_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
-@web.middleware
-async def management_auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Guards every `/api` path (known or not); other paths pass untouched."""
-    if not _is_management_path(request.path):
-        return await handler(request)
+def authorize(request: web.Request) -> str:
+    """Apply the management access rule to `request`; the caller's address, or raise the refusal.
+
+    The one shell over `decide` for every guarded route (the management API and, when configured,
+    /metrics).
+    """
     settings = request.app[_keys.RUNTIME].current.config.remote_management
     decision = decide(
         settings,
@@ -256,5 +255,15 @@ async def management_auth_middleware(
         raise Forbidden(decision.message)
     if decision.status == 401:
         raise Unauthorized(decision.message, code="invalid_management_key")
-    request[_keys.ADMIN_ACTOR] = decision.address
+    return decision.address
+
+
+@web.middleware
+async def management_auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Guards every `/api` path (known or not); other paths pass untouched."""
+    if not _is_management_path(request.path):
+        return await handler(request)
+    request[_keys.ADMIN_ACTOR] = authorize(request)
     return await handler(request)

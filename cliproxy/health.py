@@ -15,9 +15,9 @@ import asyncio
 
 from aiohttp import web
 
-from .admin_auth import decide, presented_key
-from .errors import Forbidden, TooManyRequests, Unauthorized
-from .keys import ADMIN_LOCKOUT, CLOCK, METRICS, RUNTIME, STORE, TRACKER
+from .admin_auth import authorize
+from .errors import Forbidden
+from .keys import METRICS, RUNTIME, STORE, TRACKER
 from .metrics import CONTENT_TYPE
 
 __all__ = ["routes", "readiness_problems"]
@@ -76,21 +76,7 @@ def _check_metrics_access(request: web.Request) -> None:
             "metrics.require-auth is on but remote-management.secret-key is not set: /metrics is closed",
             code="metrics_auth_unconfigured",
         )
-    decision = decide(
-        settings,
-        peer=request.remote,
-        # Every X-Forwarded-For line: a proxy may add its own line instead of appending to the client's.
-        forwarded_for=", ".join(request.headers.getall("X-Forwarded-For", ())) or None,
-        key=presented_key(request.headers.get("Authorization"), request.headers.get("X-Management-Key")),
-        lockout=request.app[ADMIN_LOCKOUT],
-        now=request.app[CLOCK](),
-    )
-    if decision.status == 429:
-        raise TooManyRequests(decision.message, headers={"Retry-After": str(decision.retry_after)})
-    if decision.status == 403:
-        raise Forbidden(decision.message)
-    if decision.status == 401:
-        raise Unauthorized(decision.message, code="invalid_management_key")
+    authorize(request)
 
 
 @routes.get("/metrics")

@@ -29,14 +29,12 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timezone
 from typing import IO, Any
 
 import aiohttp
 from aiohttp import web
 
 from .config import LoggingSettings
-from .events import Event
 from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from .redact import mask_secrets
 
@@ -45,8 +43,6 @@ __all__ = [
     "TextFormatter",
     "access_middleware",
     "configure_logging",
-    "event_fields",
-    "log_event",
     "stamp_response",
 ]
 
@@ -101,11 +97,6 @@ def _mask_shapes(text: str) -> str:
     if any(marker in lowered for marker in _CREDENTIAL_MARKERS):
         text = mask_secrets(text)
     return text
-
-
-def render_fields(fields: dict[str, Any]) -> str:
-    """`key='text' key=number ...`, None values left out: the text format of structured fields."""
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items() if v is not None)
 
 
 class TextFormatter(logging.Formatter):
@@ -179,51 +170,6 @@ def configure_logging(
     # aiosqlite narrates every call at DEBUG; that is never what an operator wants to read.
     logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))
     return handler
-
-
-# ---------------------------------------------------------------------------------------------
-# Transition events
-# ---------------------------------------------------------------------------------------------
-
-
-def event_fields(event: Event) -> dict[str, Any]:
-    """The fields of an event as the tracker logs them (times in ISO 8601 UTC)."""
-
-    def iso(t: float | None) -> str | None:
-        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-    fields: dict[str, Any] = {
-        "event": event.kind,
-        "vendor": event.vendor,
-        "model": event.model,
-        "reason": event.reason,
-        "cause": event.cause,
-        "failure_count": event.failure_count,
-        "window_started_at": iso(event.window_started_at),
-        "disabled_at": iso(event.disabled_at),
-        "disabled_until": iso(event.disabled_until),
-        "actor": event.actor,
-    }
-    if event.last_error is not None:
-        fields["last_error_status"] = event.last_error.status
-        fields["last_error"] = event.last_error.message
-    if event.detail:
-        fields["detail"] = event.detail
-    return fields
-
-
-def log_event(event: Event, logger: logging.Logger, level: int | None = None) -> None:
-    """Log a state transition the way the tracker logs its own (for config reloaded / rejected).
-
-    WARNING for disables and rejected configs, INFO otherwise, unless `level` says.
-    """
-    if level is None:
-        level = logging.WARNING if event.kind in ("disabled", "manual-disable", "config-rejected") else logging.INFO
-    if not logger.isEnabledFor(level):
-        return
-    fields = event_fields(event)
-    logger.log(level, "%s %s", event.kind, render_fields({k: v for k, v in fields.items() if k != "event"}),
-               extra={"cliproxy_event": fields})
 
 
 # ---------------------------------------------------------------------------------------------

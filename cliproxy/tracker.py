@@ -29,11 +29,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Protocol
 
 from cliproxy import failures
 from cliproxy.config import AutoDisableSettings, PairKey
+from cliproxy.eventlog import log_event
 from cliproxy.events import DisabledRecord, Event, Outcome, OutcomeSink
 from cliproxy.failures import DisableTransition, EnableTransition, PairState
 
@@ -64,12 +64,6 @@ class _Write:
     event: Event
     set_disabled: DisabledRecord | None = None
     clear_disabled: tuple[str, str, str] | None = None
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 class FailureTracker(OutcomeSink):
@@ -486,24 +480,7 @@ class FailureTracker(OutcomeSink):
                 self._log.exception("failure-tracker listener %r failed on %s", listener, event.kind)
 
     def _log_event(self, event: Event) -> None:
-        fields = {
-            "event": event.kind,
-            "vendor": event.vendor,
-            "model": event.model,
-            "reason": event.reason,
-            "cause": event.cause,
-            "failure_count": event.failure_count,
-            "window_started_at": _iso(event.window_started_at),
-            "disabled_at": _iso(event.disabled_at),
-            "disabled_until": _iso(event.disabled_until),
-            "actor": event.actor,
-        }
-        if event.last_error is not None:
-            fields["last_error_status"] = event.last_error.status
-            fields["last_error"] = event.last_error.message  # masked by whoever built the ErrorInfo
-        text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items() if v is not None)
-        level = logging.WARNING if event.kind in ("disabled", "manual-disable") else logging.INFO
-        self._log.log(level, "pair %s %s", event.kind, text, extra={"cliproxy_event": fields})
+        log_event(event, self._log)
 
     def _notify_committed(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cliproxy import logs
+from cliproxy import eventlog, logs
 from cliproxy.app import create_app
 from cliproxy.config import LoggingSettings
 from cliproxy.events import ErrorInfo, Event
@@ -426,8 +426,8 @@ class TestFormatters:
                 kind="disabled", at=1_800_000_000.0, vendor="a", model="m", reason="auto", failure_count=3,
                 disabled_at=1_800_000_000.0, disabled_until=1_800_000_300.0, last_error=ErrorInfo(500, "boom"),
             )
-            logs.log_event(event, logger)
-            logs.log_event(Event(kind="config-rejected", at=1_800_000_000.0, detail={"problems": ["port: bad"]}), logger)
+            eventlog.log_event(event, logger)
+            eventlog.log_event(Event(kind="config-rejected", at=1_800_000_000.0, detail={"problems": ["port: bad"]}), logger)
         finally:
             logger.removeHandler(handler)
         disabled, rejected = [json.loads(x) for x in stream.getvalue().splitlines()]

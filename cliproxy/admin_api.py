@@ -38,7 +38,7 @@ from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from . import failures
-from .config import AutoDisableOverrides, AutoDisableSettings, PairKey, Timeouts, Vendor
+from .config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, Timeouts, Vendor
 from .errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
 from .events import EventKind
 from .keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
@@ -1025,8 +1025,19 @@ async def put_config_yaml(request: web.Request) -> web.Response:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the body must be UTF-8 text") from None
-    await manager.replace_text(text, actor=request[ADMIN_ACTOR])
+    await manager.replace_text(text, actor=request[ADMIN_ACTOR], check=_keeps_management_on)
     return _config_response(request)
+
+
+def _keeps_management_on(config: Config) -> None:
+    """A PUT cannot switch the management API off: that one call would lock the operator out."""
+    if not config.remote_management.secret_key:
+        raise InvalidRequest(
+            "the new file has no remote-management.secret-key, which would switch the management API off; "
+            "to do that, edit the file on the host",
+            param="remote-management.secret-key",
+            code="would_disable_management",
+        )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

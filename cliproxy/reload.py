@@ -236,11 +236,16 @@ class ConfigManager:
             )
             return self._app[RUNTIME].current.config
 
-    async def replace_text(self, text: str, *, actor: str) -> Config:
-        """Replace the whole file (PUT /api/config.yaml): validate first, then write, swap, record `config-reloaded`."""
+    async def replace_text(
+        self, text: str, *, actor: str, check: Callable[[Config], None] | None = None
+    ) -> Config:
+        """Replace the whole file (PUT /api/config.yaml): validate first (and `check` the result,
+        which may raise), then write, swap, record `config-reloaded`."""
         path = self._require_path()
         async with self._lock:
             config = self._validate(text)
+            if check is not None:
+                check(config)
             await self._write(path, text)
             previous = self._install(config, text)
             await self._record(self._reloaded_event(previous, config, reason="api", actor=actor))

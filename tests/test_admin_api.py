@@ -712,6 +712,16 @@ class TestConfigEndpoints:
         assert "priority" in message and "log-level" in message
         assert a.file() == before
 
+    async def test_put_cannot_switch_the_management_api_off(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        before = a.file()
+        reply = await a.call("PUT", "/api/config.yaml", data=b"{}", headers={"Content-Type": "application/yaml"})
+        assert reply.status == 400
+        assert reply.json["error"]["param"] == "remote-management.secret-key"
+        assert a.file() == before
+        assert (await a.get("/api/vendors")).status == 200
+
     async def test_put_valid_yaml_replaces_and_reloads(self, admin, upstreams):
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})

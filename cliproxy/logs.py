@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .config import LoggingSettings
 from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
@@ -144,6 +145,18 @@ class JsonFormatter(logging.Formatter):
         return _mask_shapes(text) if access is not None else _mask(text, self._secrets())
 
 
+class _QuietMalformedRequests(logging.Filter):
+    """aiohttp logs every request its parser refuses as an ERROR with a traceback, so any anonymous
+    client could fill the log. Such a request is the client's fault: one INFO line says what it was."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info, record.exc_text = "refused a malformed HTTP request: %s", (type(exc).__name__,), None, None
+        return True
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure_logging` owns (and replaces on a second call)."""
 
@@ -165,6 +178,9 @@ def configure_logging(
     handler = _Handler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if settings.format == "json" else TextFormatter(secrets))
     root.addHandler(handler)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietMalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_QuietMalformedRequests())
     level = logging.getLevelName(settings.level.upper())
     root.setLevel(level if isinstance(level, int) else logging.INFO)
     # aiosqlite narrates every call at DEBUG; that is never what an operator wants to read.

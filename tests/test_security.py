@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sqlite3
 import time
@@ -273,17 +272,15 @@ class TestPathTricks:
         assert _event_rows(tmp_path / "cliproxy.db") == []
         log = gw.log()
         assert "unhandled error" not in log, log[-3000:]
-        # The requests that are not valid HTTP are refused by aiohttp's parser, which logs each one
-        # as an ERROR with a traceback (noise an anonymous client can cause); nothing else may.
-        records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", log)
-        parser_errors = [r for r in records if "Traceback" in r]
-        assert all("aiohttp.server Error handling request" in r and "aiohttp.http_exceptions." in r for r in parser_errors), log[-3000:]
-        assert len(parser_errors) <= len(TEMPLATES) * len(RAW_TRICKS)
+        # The requests that are not valid HTTP are refused by aiohttp's parser; each is one INFO line,
+        # never an ERROR with a traceback (noise an anonymous client could cause).
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+        assert "refused a malformed HTTP request" in log
         async with aiohttp.ClientSession() as session:  # still serving
             status, body, _ = await api(session, gw, "GET", "/api/models/org%2Fm2/status")
             assert status == 200 and body["pairs"][0]["model"] == "org/m2"
         print(f"\npath tricks: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}, "
-              f"{len(parser_errors)} parser errors logged with a traceback by aiohttp")
+              f"{log.count('refused a malformed HTTP request')} refused by the HTTP parser")
 
 
 # =============================================================================================

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from .config import Config
 from .errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from .eventlog import event_fields
 from .events import Event
 from .keys import RUNTIME, TRACKER
 from .redact import mask_secrets
@@ -329,29 +330,30 @@ class ConfigManager:
         if restart:
             detail["restart_required"] = restart
             log.warning("config changes of %s take effect only after a restart", ", ".join(restart))
+        event = Event(kind="config-reloaded", at=self._clock(), actor=actor, detail=detail)
         log.info(
             "config reloaded (%s): %d vendor(s), %d pair(s)%s",
             reason,
             detail["vendors"],
             detail["pairs"],
             f", actor={actor}" if actor else "",
+            extra={"cliproxy_event": event_fields(event)},  # the JSON format shows the event's fields
         )
-        return Event(kind="config-reloaded", at=self._clock(), actor=actor, detail=detail)
+        return event
 
     async def _reject(self, problems: Sequence[str], reason: str, actor: str | None) -> None:
         masked = self._mask(problems)
-        log.warning("config reload (%s) rejected, the running config stays: %d problem(s)", reason, len(masked))
+        event = Event(kind="config-rejected", at=self._clock(), actor=actor, detail={"problems": masked, "reason": reason})
+        log.warning(
+            "config reload (%s) rejected, the running config stays: %d problem(s)",
+            reason,
+            len(masked),
+            extra={"cliproxy_event": event_fields(event)},  # the JSON format shows the event's fields
+        )
         for problem in masked:
             log.warning("config problem: %s", problem)
         self.last_error = masked
-        await self._record(
-            Event(
-                kind="config-rejected",
-                at=self._clock(),
-                actor=actor,
-                detail={"problems": masked, "reason": reason},
-            )
-        )
+        await self._record(event)
 
     async def _record(self, event: Event) -> None:
         """Append to the audit history through the tracker's ordered, retrying writer (never blocks

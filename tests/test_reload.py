@@ -182,6 +182,19 @@ class TestReload:
         assert gw.app[RUNTIME].current is running
         assert await events(gw, "config-reloaded") == []
 
+    async def test_reload_log_lines_carry_the_event_fields(self, start, files, upstreams, caplog):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write({"port": -1, "openai-compatibility": [vendor("v", up.url, ["m"])]})
+        with caplog.at_level(logging.INFO, logger="cliproxy.reload"):
+            assert await manager(gw).reload(reason="test") is False
+            files.write({"openai-compatibility": [vendor("v", up.url, ["m", "n"])]})
+            assert await manager(gw).reload(reason="test") is True
+        fields = [r.cliproxy_event for r in caplog.records if hasattr(r, "cliproxy_event")]
+        assert [f["event"] for f in fields] == ["config-rejected", "config-reloaded"]
+        assert fields[0]["detail"]["problems"] == ["port: Must be greater than or equal to 1 and less than or equal to 65535."]
+        assert fields[1]["detail"]["pairs"] == 2
+
     async def test_secrets_never_reach_the_problems(self, start, files, upstreams, monkeypatch, caplog):
         secret = "live-upstream-secret-0123456789"
         monkeypatch.setenv("UP_KEY", secret)

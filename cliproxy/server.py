@@ -72,6 +72,9 @@ async def serve(config: Config) -> int:
 
     if not config.api_keys:
         log.warning("api-keys is empty: the gateway accepts requests from anyone who can reach %s:%s", config.host, config.port)
+    for vendor in config.vendors:
+        if vendor.enabled and vendor.missing_key:
+            log.warning("vendor %s is off: every api-key of it is empty (is its environment variable set?)", vendor.name)
     log.info("cliproxy listening on http://%s:%s", config.host, config.port)
     notify(f"READY=1\nSTATUS=listening on {config.host}:{config.port}")
 

@@ -11,7 +11,7 @@ from .keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
 from .runtime import Runtime
 from .upstream import AccessInfo, forward
 
-__all__ = ["routes", "client_auth_middleware"]
+__all__ = ["routes", "check_client_key", "read_body", "PROXIED_PATHS"]
 
 routes = web.RouteTableDef()
 

@@ -14,6 +14,7 @@ from cliproxy.admin_auth import (
     presented_key,
 )
 from cliproxy.config import RemoteManagement
+from cliproxy.keys import CONFIG_MANAGER
 from cliproxy.openapi import openapi_path
 from tests.conftest import FakeClock, make_config, vendor
 from tests.test_admin_api import MGMT_KEY, Admin, admin_starter
@@ -252,6 +253,9 @@ class TestMiddlewareEndToEnd:
         assert (await a.get("/api/vendors")).status == 401
         a.key = "the-new-management-key-42"
         assert (await a.get("/api/vendors")).status == 200
+        # Switching the API off takes an edit on the host (a PUT that would do it is refused)...
         off = a.file().replace("secret-key: the-new-management-key-42", "secret-key: ''")
-        assert (await a.call("PUT", "/api/config.yaml", data=off.encode(), headers={"Content-Type": "application/yaml"})).status == 200
-        assert (await a.get("/api/vendors")).status == 404
+        assert (await a.call("PUT", "/api/config.yaml", data=off.encode(), headers={"Content-Type": "application/yaml"})).status == 400
+        a.config_path.write_text(off, encoding="utf-8")
+        assert await a.app[CONFIG_MANAGER].reload(reason="test") is True
+        assert (await a.get("/api/vendors")).status == 404  # ...and applies to the next request

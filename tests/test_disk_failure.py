@@ -279,7 +279,7 @@ class TestFullDisk:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
         try:
             gw.config_path.write_text(gw.config_path.read_text().replace("priority: 1", "priority: 5"))
-            await _wait_log(gw, "config reloaded (file-changed)", timeout=5)  # in force: routing uses the new file
+            await _wait_log(gw, '"event": "config-reloaded", "detail": {"reason": "file-changed"', timeout=5)  # in force
             await _wait_log(gw, "event=config-reloaded", timeout=5)  # the queued write failed and is being retried
         finally:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))

@@ -198,6 +198,8 @@ class Config:
     request_retry: int = 3
     database: str = "./cliproxy.db"
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Seconds a client has to send its whole request body (a slow or stalled client is cut off).
+    body_timeout: float = 60.0
     shutdown_grace_seconds: float = 30.0
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()

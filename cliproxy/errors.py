@@ -6,6 +6,7 @@
     +-- Forbidden                  403 permission_error
     +-- NotFound                   404 not_found
     |   +-- ModelNotFound          404 model_not_found
+    +-- RequestTimeout             408 request_timeout (the body did not arrive in time)
     +-- PayloadTooLarge            413 request_too_large
     +-- TooManyRequests            429 rate_limit_exceeded
     +-- UpstreamUnavailable        502 upstream_error (every attempt failed without an HTTP answer)
@@ -29,6 +30,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "ModelNotFound",
+    "RequestTimeout",
     "PayloadTooLarge",
     "TooManyRequests",
     "UpstreamUnavailable",
@@ -89,6 +91,12 @@ class NotFound(ProxyError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ProxyError):

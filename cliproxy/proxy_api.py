@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler  # aiohttp's own 100-continue
 
 from .body import parse_client_body
-from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized, error_body
+from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
 from .keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
 from .runtime import Runtime
 from .upstream import AccessInfo, forward
@@ -34,18 +36,22 @@ def check_client_key(request: web.Request, runtime: Runtime) -> None:
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing early when it is larger than `limit` (declared or actual)."""
+async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
+    """The whole body within `deadline` seconds, refusing early when it is larger than `limit`
+    (declared or actual): a client that sends slowly or stalls does not hold a handler for ever."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(deadline):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {deadline:g} s (body-timeout)") from None
     except web.RequestPayloadError as exc:
         # A body aiohttp cannot decode (a bad `Content-Encoding: gzip`, a broken chunk): the client's fault.
         raise InvalidRequest(f"the request body could not be read: {exc.__cause__ or exc}", code="invalid_body") from None
@@ -57,7 +63,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     info = AccessInfo()
     request[ACCESS_INFO] = info
     check_client_key(request, runtime)
-    body = await read_body(request, runtime.config.max_body_bytes)
+    body = await read_body(request, runtime.config.max_body_bytes, runtime.config.body_timeout)
     parsed = parse_client_body(body)
     info.model = parsed.model
     route = runtime.table.route(parsed.model)

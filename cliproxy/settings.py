@@ -302,6 +302,7 @@ class ConfigSchema(StrictSchema):
     request_retry = Int("request_retry")
     database = Str("database", validate=validate.Length(min=1))
     max_body_bytes = Int("max_body_bytes", minimum=1)
+    body_timeout = Seconds("body_timeout")
     shutdown_grace_seconds = fields.Float(data_key="shutdown-grace-seconds", validate=validate.Range(min=0))
     log_format = Str("log_format", validate=validate.OneOf(["text", "json"]))
     log_level = Str("log_level", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"]))

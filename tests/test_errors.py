@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import openai
 import pytest
 
@@ -102,3 +105,20 @@ class TestUpstreamErrors:
         resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})
         assert resp.status == 401
         assert b"sk-a-upstream-key-0001" not in await resp.read()
+
+
+class TestSlowClients:
+    """A client that stalls while sending its body is cut off with 408 once `body-timeout` has passed."""
+
+    async def test_stalled_body_is_408(self, upstreams, gateway):
+        up = await upstreams()
+        gw = await gateway({"body-timeout": 0.3, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        await writer.drain()
+        head, _, body = (await asyncio.wait_for(reader.read(65536), 5)).partition(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408")
+        assert_openai_shape(json.loads(body), "request_timeout")
+        assert not up.requests
+        assert (await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).status == 200

@@ -44,6 +44,7 @@ from .events import EventKind
 from .keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
 from .redact import mask_key, mask_secrets
 from .routing import Pair
+from .reload import ConfigManager
 from .runtime import Runtime
 from .store import format_timestamp
 from .tracker import FailureTracker
@@ -885,19 +886,22 @@ async def enable_model(request: web.Request) -> web.Response:
     name, pairs = _pairs_for(request, runtime)
     await _committed(request)
     actor = request[ADMIN_ACTOR]
-    manager = request.app[CONFIG_MANAGER]
     tracker = request.app[TRACKER]
     for pair in pairs:
         await tracker.manual_enable(pair.key, actor)
-    for pair in pairs:
-        if pair.model.enabled:
-            continue
-        await manager.apply_edits(
-            _set_enabled(pair, True),
-            actor=actor, kind="manual-enable", vendor=pair.vendor.name, model=pair.model.name,
-        )
+    await _write_enabled(request.app[CONFIG_MANAGER], pairs, True, actor, kind="manual-enable")
     await _committed(request, after_change=True)
     return _status_response(request, name, [p.key for p in pairs])
+
+
+async def _write_enabled(manager: ConfigManager, pairs: Sequence[Pair], enabled: bool, actor: str, *, kind: str) -> None:
+    """Write `enabled` on each model entry of config.yaml that does not already say so (one event each)."""
+    for pair in pairs:
+        if pair.model.enabled == enabled:
+            continue
+        await manager.apply_edits(
+            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name
+        )
 
 
 @endpoint("POST", "/api/models/{model:.+}/disable", summary="Disable the pairs serving a model", response=ModelStatusSchema,
@@ -916,14 +920,7 @@ async def disable_model(request: web.Request) -> web.Response:
         for pair in pairs:
             await tracker.manual_disable(pair.key, duration, actor)
     else:
-        manager = request.app[CONFIG_MANAGER]
-        for pair in pairs:
-            if not pair.model.enabled:
-                continue  # already off in the file
-            await manager.apply_edits(
-                _set_enabled(pair, False),
-                actor=actor, kind="manual-disable", vendor=pair.vendor.name, model=pair.model.name,
-            )
+        await _write_enabled(request.app[CONFIG_MANAGER], pairs, False, actor, kind="manual-disable")
     await _committed(request, after_change=True)
     return _status_response(request, name, [p.key for p in pairs])
 

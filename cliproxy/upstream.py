@@ -113,7 +113,7 @@ async def forward(
     `model_spans`: where the body's top-level `model` values are, when parsing found them (saves a rescan).
     """
     opened = await choose_upstream(request, runtime, route, body, stream, session, sink, info, model_spans=model_spans)
-    return await relay(request, runtime, opened, stream, sink, info)
+    return await relay(request, opened, stream, sink, info)
 
 
 async def choose_upstream(
@@ -236,7 +236,6 @@ async def _open(
 
 async def relay(
     request: web.Request,
-    runtime: Runtime,
     opened: _Opened,
     stream: bool,
     sink: OutcomeSink,

@@ -453,10 +453,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key", help=f"management key (default: ${KEY_ENV})")
         p.add_argument("--url", help="server URL (default: http://HOST:PORT from the config)")
         p.add_argument("--timeout", type=_duration_arg, default=10.0, metavar="SECONDS", help="give up after this long (default 10s)")
+
+    p = sub.add_parser(
+        "fake-upstream",
+        help="run the fake OpenAI-compatible upstream with fault injection (drills, demos, benchmarks)",
+        add_help=False,  # its own parser answers --help
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_fake_upstream)
     return parser
 
 
+def cmd_fake_upstream(args: argparse.Namespace) -> int:
+    from cliproxy import fake_upstream  # only this command needs it
+
+    return fake_upstream.main(args.args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-upstream"]:
+        # Its options belong to its own parser (argparse cannot hand a sub-command's whole tail over).
+        return cmd_fake_upstream(argparse.Namespace(args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -507,7 +507,7 @@ class Bench:
         if s.fresh_s4:
             names += ["forwarder_s4", "cliproxy_s4"]
         ports = {name: free_port() for name in names}
-        fake = [str(SCRIPTS / "fake_upstream.py"), "--host", "127.0.0.1", "--chunks", str(STREAM_CHUNKS), "--chunk-delay", "0"]
+        fake = ["-m", "cliproxy.fake_upstream", "--host", "127.0.0.1", "--chunks", str(STREAM_CHUNKS), "--chunk-delay", "0"]
         p = self.processes
         self.pids["direct"] = p.start("fake", [*fake, "--port", str(ports["fast"])], ports["fast"]).pid
         p.start("fake-flaky", [*fake, "--port", str(ports["flaky"]), "--fail-rate", "0.2", "--fail-status", "500", "--seed", "1"], ports["flaky"])

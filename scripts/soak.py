@@ -408,7 +408,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     config_path.write_text(yaml.safe_dump(gateway_config(gateway_port, upstream_port, database, args.log_level), sort_keys=False))
     fake = spawn(
         "fake-upstream",
-        [sys.executable, str(ROOT / "scripts" / "fake_upstream.py"), "--port", str(upstream_port), "--chunks", "6",
+        [sys.executable, "-m", "cliproxy.fake_upstream", "--port", str(upstream_port), "--chunks", "6",
          "--chunk-delay", "0.005", "--seed", str(args.seed), "--name", "soak"],
         workdir,
     )

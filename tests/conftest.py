@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from cliproxy.app import create_app
 from cliproxy.config import Config
 from cliproxy.settings import parse_config
-from scripts.fake_upstream import FakeUpstream
+from cliproxy.fake_upstream import FakeUpstream
 
 
 class FakeClock:

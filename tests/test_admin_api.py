@@ -25,7 +25,7 @@ from cliproxy.config import Config
 from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
 MGMT_KEY = "mgmt-secret-key-0123456789"

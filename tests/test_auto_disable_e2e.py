@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cliproxy.keys import STORE, TRACKER
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -31,7 +31,7 @@ import pytest
 
 from cliproxy.settings import load_config
 from cliproxy.store import parse_timestamp
-from scripts.fake_upstream import FakeUpstream, Fault
+from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

@@ -35,7 +35,7 @@ import aiohttp
 import pytest
 
 from cliproxy.store import parse_timestamp, read_events
-from scripts.fake_upstream import FakeUpstream, Fault
+from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import vendor
 
 

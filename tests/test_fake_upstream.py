@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from scripts.fake_upstream import FakeUpstream, Fault
+from cliproxy.fake_upstream import FakeUpstream, Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -346,7 +346,8 @@ class TestCli:
     async def test_subprocess(self, session: aiohttp.ClientSession) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(ROOT / "scripts" / "fake_upstream.py"),
+            "-m",
+            "cliproxy.fake_upstream",
             "--port",
             "0",
             "--fail-rate",

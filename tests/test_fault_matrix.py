@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 
 from cliproxy.keys import CLIENT_SESSION, TRACKER
-from scripts.fake_upstream import _HTML_PAGE, _MALFORMED, FakeUpstream, Fault
+from cliproxy.fake_upstream import _HTML_PAGE, _MALFORMED, FakeUpstream, Fault
 from tests.conftest import vendor
 
 PAIR = ("v", "m")

@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import vendor
 
 

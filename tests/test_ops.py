@@ -29,7 +29,7 @@ from cliproxy.events import ErrorInfo, Event
 from cliproxy.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
 from cliproxy.settings import load_config
 from cliproxy.sdnotify import notify
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, make_config, vendor
 
 ROOT = Path(__file__).resolve().parent.parent

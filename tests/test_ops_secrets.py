@@ -17,7 +17,7 @@ import pytest
 
 from cliproxy.keys import STORE, TRACKER
 from cliproxy.store import read_events
-from scripts.fake_upstream import Fault, FakeUpstream
+from cliproxy.fake_upstream import Fault, FakeUpstream
 from tests.conftest import make_config
 from tests.processes import GatewayProcess
 

@@ -20,7 +20,7 @@ from cliproxy.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
 from cliproxy.reload import ConfigManager, ConfigRejected, NoConfigFile
 from cliproxy.settings import load_config
 from cliproxy.writeback import model_path, vendor_enabled_edits
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import Gateway, vendor
 from tests.test_writeback import changed_lines
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from cliproxy.store import read_disabled, read_events
-from scripts.fake_upstream import Fault
+from cliproxy.fake_upstream import Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

@@ -38,7 +38,7 @@ import yaml
 from cliproxy.admin_api import ENDPOINTS
 from cliproxy.openapi import openapi_path
 from cliproxy.settings import load_config
-from scripts.fake_upstream import FakeUpstream, Fault
+from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

@@ -3,7 +3,7 @@
 Used in-process by the test-suite (``FakeUpstream``) and as a subprocess by the
 benchmark and demos::
 
-    python scripts/fake_upstream.py --host 127.0.0.1 --port 9100 --chunks 20
+    cliproxy fake-upstream --host 127.0.0.1 --port 9100 --chunks 20
 
 Faults are chosen per request from the request body's ``model`` and can be
 installed from Python (``FakeUpstream.fail``) or over HTTP (``POST /_fake/faults``).

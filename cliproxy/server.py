@@ -16,18 +16,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from .app import create_app
 from .config import Config
-from .keys import CONFIG_MANAGER, RUNTIME
+from .keys import CONFIG_MANAGER, OVERLOAD_LOG, RUNTIME
 from .logs import configure_logging
+from .overload import OverloadLog, local_resource_error
 from .sdnotify import notify
 
 __all__ = ["serve"]
 
 log = logging.getLogger("cliproxy")
+
+
+def _quiet_when_out_of_resources(overload: OverloadLog) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio logs every failed `accept()` (EMFILE: out of descriptors) as an ERROR with a traceback,
+    once per pending connection; under a descriptor-exhaustion attack that is thousands of lines a
+    second. It already pauses accepting for a second and retries; we only count it (one line per interval)."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        local = local_resource_error(exc) if isinstance(exc, BaseException) else None
+        if local is not None:
+            overload.note("accept", local)
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 async def serve(config: Config) -> int:
@@ -47,6 +66,7 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal, sig)
+    loop.set_exception_handler(_quiet_when_out_of_resources(app[OVERLOAD_LOG]))
     # SIGHUP: re-read the config file (validated first; an invalid one keeps the running config).
     loop.add_signal_handler(signal.SIGHUP, app[CONFIG_MANAGER].request_reload, "SIGHUP")
 

@@ -495,6 +495,89 @@ class TestNoSecretAnywhere:
         assert header_secret not in repr(rows)
 
 
+# =============================================================================================
+# Resource exhaustion: the gateway's own limits are never the upstream's failure
+# =============================================================================================
+
+CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+
+def _keepalive_chat(body: bytes = CHAT) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+
+
+async def _read_answer(reader: asyncio.StreamReader, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One answer framed by its Content-Length (the connection stays open)."""
+    async with asyncio.timeout(timeout):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        body = await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def _until(predicate: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _disabled_events(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute("SELECT * FROM events WHERE kind = 'disabled'").fetchall()
+    finally:
+        conn.close()
+
+
+class TestDescriptorExhaustion:
+    """Idle clients that take every file descriptor make the gateway answer 503 gateway_overloaded; the healthy pair is never disabled."""
+
+    NOFILE = 64
+
+    async def test_out_of_descriptors_is_neutral(self, tmp_path, processes, upstreams) -> None:
+        up = await upstreams()
+        gw = GatewayProcess(tmp_path, {
+            **_management(),
+            "auto-disable": {"failure-threshold": 2},
+            "openai-compatibility": [vendor("a", up.url, ["m"])],
+        }, nofile=self.NOFILE)
+        processes.append(gw.start())
+        baseline = gw.open_descriptors()
+        clients = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(self.NOFILE + 20)]
+        try:
+            await _until(lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors")
+            accepted = self.NOFILE - baseline
+            assert accepted >= 5, accepted
+            # Connections accepted first (FIFO) ask for a completion: the upstream socket cannot be opened.
+            for reader, writer in clients[:5]:
+                writer.write(_keepalive_chat())
+                status, headers, body = await _read_answer(reader)
+                assert status == 503, body
+                assert headers["retry-after"] == "1"
+                assert json.loads(body)["error"]["code"] == "gateway_overloaded"
+        finally:
+            for _, writer in clients:
+                writer.close()
+        await _until(lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close")
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", data=CHAT, headers={"Content-Type": "application/json"}) as resp:
+                assert resp.status == 200, await resp.text()
+            status, body, _ = await api(session, gw, "GET", "/api/models/m/status")
+            assert status == 200
+            assert [(p["enabled"], p["auto_disabled"], p["failure_count"]) for p in body["pairs"]] == [(True, False, 0)], body
+        assert _disabled_events(tmp_path / "cliproxy.db") == []
+        log = gw.log()
+        assert "Traceback" not in log
+        # One line per interval with a count, not one per request (the next would come 10 s later).
+        warnings = [line for line in log.splitlines() if "WARNING" in line and "gateway_overloaded:" in line and "upstream connect" in line]
+        assert len(warnings) == 1, log
+
+
 def send_sighup(gw: GatewayProcess) -> None:
     """SIGHUP: one more reload (of the good file: a no-op) through the signal path."""
     assert gw.process is not None

@@ -206,6 +206,15 @@ class TestBruteForce:
                 assert resp.status == 200
         assert MGMT_KEY not in gw.log()
 
+    async def test_a_key_with_bytes_that_are_not_utf8_is_a_counted_401(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management())
+        keys = [("X-Management-Key", "\xff\xfe"), ("Authorization", "Bearer k\xffey")] * 3  # sent as raw bytes 0xff 0xfe
+        answers = [await raw_request(gw.port, http("GET", "/api/vendors", [key])) for key in keys]
+        assert [(status, json.loads(body)["error"]["code"]) for status, _, body in answers] == (
+            [(401, "invalid_management_key")] * 5 + [(429, "rate_limit_exceeded")]
+        )
+        assert "Traceback" not in gw.log()
+
     async def test_lockout_is_per_client_behind_a_proxy(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
         async with aiohttp.ClientSession() as session:

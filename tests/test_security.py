@@ -23,6 +23,7 @@ network namespace), which a test cannot count on; the peer-is-remote case is rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -585,6 +586,63 @@ class TestDescriptorExhaustion:
         # One line per interval with a count, not one per request (the next would come 10 s later).
         warnings = [line for line in log.splitlines() if "WARNING" in line and "gateway_overloaded:" in line and "upstream connect" in line]
         assert len(warnings) == 1, log
+
+
+class TestSlowAndIdleClients:
+    """Slow headers are cut off after client-header-timeout; connections past max-connections get 503 and are closed."""
+
+    async def test_slowloris_headers_are_cut_off(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
+        head = _keepalive_chat()[:-len(CHAT) - 2]  # the header block without its final blank line
+        slow = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(20)]
+        started = time.monotonic()
+        closed_at: list[float] = []
+        for i, byte in enumerate(head):
+            for reader, writer in slow:
+                if not reader.at_eof():
+                    try:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                    except ConnectionError:
+                        pass
+            await asyncio.sleep(0.05)
+            if all(reader.at_eof() or reader.exception() for reader, _ in slow) or time.monotonic() - started > 5:
+                break
+        for reader, writer in slow:
+            async with asyncio.timeout(5):
+                with contextlib.suppress(ConnectionError):
+                    assert await reader.read() == b""  # closed without an answer
+            closed_at.append(time.monotonic() - started)
+            writer.close()
+        assert max(closed_at) < 3, closed_at  # 1 s timeout, well before the headers could have arrived
+        assert i < len(head) - 1, "the slow client managed to send every header byte"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.url + "/v1/models") as resp:
+                assert resp.status == 200
+
+    async def test_connections_past_max_connections_get_503_and_are_closed(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, {**_management(), "max-connections": 5, "client-header-timeout": 30})
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(5)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # the gateway closes it at once, before we send anything
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert b"Retry-After: 1" in head
+        assert json.loads(body)["error"]["code"] == "gateway_overloaded"
+        for _, w in held:
+            w.close()
+        async def served() -> bool:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(gw.url + "/v1/models") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+        deadline = time.monotonic() + 10
+        while not await served():
+            assert time.monotonic() < deadline, "a connection is still refused after the held ones closed"
+            await asyncio.sleep(0.05)
 
 
 def send_sighup(gw: GatewayProcess) -> None:

@@ -260,12 +260,16 @@ async def relay(
     idle = pair.timeouts.stream_idle
     content = upstream.content
     outcome: Outcome = OK
+    # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
+    # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
+    write_timeout = request.app[_keys.RUNTIME].current.config.client_write_timeout
     try:
         await client.prepare(request)
         chunk = opened.first_chunk
         if chunk:
             info.ttfb = time.perf_counter() - info.started
-            await client.write(chunk)
+            async with asyncio.timeout(write_timeout):
+                await client.write(chunk)
             info.bytes_out += len(chunk)
         while True:
             try:
@@ -284,7 +288,8 @@ async def relay(
                 break
             if info.ttfb is None:
                 info.ttfb = time.perf_counter() - info.started
-            await client.write(chunk)
+            async with asyncio.timeout(write_timeout):
+                await client.write(chunk)
             info.bytes_out += len(chunk)
         if outcome.kind == "failure":
             upstream.close()
@@ -300,6 +305,14 @@ async def relay(
         else:
             upstream.release()
         await client.write_eof()
+    except TimeoutError:
+        # Only the client writes are under a timeout here (upstream reads handle their own above).
+        upstream.close()
+        if request.transport is not None:
+            request.transport.abort()
+        sink.record_outcome(pair.key, CLIENT_WRITE_TIMEOUT)
+        info.outcomes.append(CLIENT_WRITE_TIMEOUT.reason)
+        return client
     except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
         upstream.close()
         sink.record_outcome(pair.key, CLIENT_DISCONNECT)

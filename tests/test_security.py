@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -643,6 +644,28 @@ class TestSlowAndIdleClients:
         while not await served():
             assert time.monotonic() < deadline, "a connection is still refused after the held ones closed"
             await asyncio.sleep(0.05)
+
+    async def test_a_client_that_stops_reading_has_its_upstream_request_cancelled(self, tmp_path, processes, upstreams) -> None:
+        up = await upstreams()
+        up.fail("m", Fault(big_body_bytes=200 * 1024 * 1024))  # far more than every buffer on the way holds
+        gw = _start(processes, tmp_path, {
+            **_management(), "client-write-timeout": 1, "auto-disable": {"failure-threshold": 1},
+            "openai-compatibility": [vendor("a", up.url, ["m"])],
+        })
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        await asyncio.get_running_loop().sock_sendall(sock, _keepalive_chat())
+        try:
+            await _until(lambda: up.disconnects == 1, "the upstream request to be cancelled", timeout=30)
+        finally:
+            sock.close()
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await api(session, gw, "GET", "/api/models/m/status")
+        assert [(p["enabled"], p["failure_count"]) for p in body["pairs"]] == [(True, 0)], body
+        assert _disabled_events(tmp_path / "cliproxy.db") == []
+        assert "client_write_timeout" in gw.log()
 
 
 def send_sighup(gw: GatewayProcess) -> None:

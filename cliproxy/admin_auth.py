@@ -16,10 +16,12 @@ The rules, in the order they are applied:
 3. An address that failed the key check 5 times within 60 s is blocked for 600 s: 429 with
    `Retry-After`, loopback included. While blocked its requests are refused before the key is
    looked at, so a correct key does not lift the block early (and attempts during the block
-   neither count nor extend it).
+   neither count nor extend it). Blocked addresses are never forgotten to make room for new
+   ones (at most 10,000 addresses are remembered); when every place holds a block, a new address
+   that fails the key is refused with 429 too, while the right key still gets in.
 4. A client that is not loopback gets 403 unless `allow-remote: true`.
 5. The key, from `Authorization: Bearer <key>` or `X-Management-Key: <key>`, compared in
-   constant time; wrong or missing: 401, and one failure counted against the address.
+   constant time; wrong or missing (or not even UTF-8): 401, and one failure counted against the address.
 """
 
 from __future__ import annotations
@@ -112,14 +114,15 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies:
     return address
 
 
-@dataclass(slots=True)
-class _Entry:
-    failures: deque[float]
-    blocked_until: float | None = None
-
-
 class Lockout:
     """Failed key checks per address, and the addresses blocked because of them; bounded in memory.
+
+    Two tables: addresses with recent failures (least recently seen forgotten first when the bound
+    is reached) and blocked addresses, which are never forgotten to make room: evicting one would
+    let an attacker with many source addresses (through a trusted proxy) unblock itself. When
+    both together reach `capacity` and no watched address is left to forget, a new failing address
+    is refused outright (`record_failure` says so). Blocks all last `block_seconds`, so the blocked
+    table is in expiry order and ended blocks are dropped from its front.
 
     Not thread-safe and needs no lock: asyncio runs one handler step at a time and nothing here awaits.
     """
@@ -136,40 +139,64 @@ class Lockout:
         self.window_seconds = window_seconds
         self.block_seconds = block_seconds
         self.capacity = capacity
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._watched: OrderedDict[str, deque[float]] = OrderedDict()
+        self._blocked: OrderedDict[str, float] = OrderedDict()  # address -> blocked until
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._watched) + len(self._blocked)
 
     def blocked_for(self, address: str, now: float) -> float | None:
         """Seconds the address stays blocked, or None when it is not blocked."""
-        entry = self._entries.get(address)
-        if entry is None or entry.blocked_until is None:
-            return None
-        if now >= entry.blocked_until:
-            del self._entries[address]  # block over: its failures are forgotten with it
-            return None
-        return entry.blocked_until - now
+        self._drop_ended_blocks(now)
+        until = self._blocked.get(address)
+        return None if until is None else until - now
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._watched or address in self._blocked
+
+    def table_full(self, now: float) -> bool:
+        """No room for a new address: every place is held by a block that has not ended."""
+        self._drop_ended_blocks(now)
+        return len(self) >= self.capacity and not self._watched
 
     def record_failure(self, address: str, now: float) -> float | None:
-        """Count one failed attempt; returns the block's length when this failure starts one."""
-        entry = self._entries.get(address)
-        if entry is None:
-            entry = _Entry(deque(maxlen=self.max_failures))
-            self._entries[address] = entry
-            self._evict()
+        """Count one failed attempt; returns the block's length when this failure starts one.
+
+        A new address finds no place when `table_full`: nothing is recorded (the caller refuses it).
+        """
+        failures = self._watched.get(address)
+        if failures is None:
+            if not self._make_room(now):
+                return None
+            failures = self._watched[address] = deque(maxlen=self.max_failures)
         else:
-            self._entries.move_to_end(address)
-        entry.failures.append(now)
-        if len(entry.failures) >= self.max_failures and now - entry.failures[0] < self.window_seconds:
-            entry.blocked_until = now + self.block_seconds
-            entry.failures.clear()
+            self._watched.move_to_end(address)
+        failures.append(now)
+        if len(failures) >= self.max_failures and now - failures[0] < self.window_seconds:
+            del self._watched[address]
+            self._blocked[address] = now + self.block_seconds
             return self.block_seconds
         return None
 
-    def _evict(self) -> None:
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def full_for(self, now: float) -> float:
+        """Seconds until the earliest block ends and frees a place (for Retry-After)."""
+        return next(iter(self._blocked.values())) - now if self._blocked else 0.0
+
+    def _make_room(self, now: float) -> bool:
+        """Room for one more address: ended blocks go first, then the least recently seen watched one."""
+        self._drop_ended_blocks(now)
+        while len(self) >= self.capacity:
+            if not self._watched:
+                return False
+            self._watched.popitem(last=False)
+        return True
+
+    def _drop_ended_blocks(self, now: float) -> None:
+        while self._blocked:
+            address, until = next(iter(self._blocked.items()))
+            if now < until:
+                return
+            del self._blocked[address]  # block over: its failures were forgotten when it started
 
 
 Status = Literal[200, 401, 403, 404, 429]
@@ -215,7 +242,14 @@ def decide(
         return Decision(
             403, address, "the management API serves only loopback clients (set remote-management.allow-remote to change this)"
         )
-    if key is None or not hmac.compare_digest(key.encode(), settings.secret_key.encode()):
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 (0xff) to lone surrogates;
+    # such a key is simply wrong (401, counted), not a crash.
+    if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), settings.secret_key.encode()):
+        if address not in lockout and lockout.table_full(now):
+            return Decision(
+                429, address, "too many addresses are failing the management key; try again later",
+                retry_after=max(1, math.ceil(lockout.full_for(now))),
+            )
         lockout.record_failure(address, now)  # the 5th failure still gets its 401; the block applies after it
         return Decision(
             401, address, "invalid or missing management key: send 'Authorization: Bearer <key>' or 'X-Management-Key: <key>'"

@@ -16,9 +16,10 @@ from .admin_auth import Lockout, management_auth_middleware
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS, OUTCOMES, RUNTIME, STORE, TRACKER
+from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER
 from .logs import access_middleware, stamp_response
 from .metrics import Metrics
+from .overload import OverloadLog
 from .reload import ConfigManager
 from .runtime import LiveRuntime, Runtime
 from .store import SQLiteStore
@@ -105,6 +106,10 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _close_overload_log(app: web.Application) -> None:
+    app[OVERLOAD_LOG].close()
+
+
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
     app = web.Application(middlewares=[access_middleware, error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
@@ -114,6 +119,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
+    app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
+    app.on_cleanup.append(_close_overload_log)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses

@@ -50,8 +50,9 @@ def parse_client_body(body: bytes) -> ClientRequest:
     one_pass = _parse_object_once(body) if len(body) >= _ONE_PASS_FROM else None
     payload: Any
     spans: tuple[Span, ...] | None = None
+    model_keys = 0
     if one_pass is not None:
-        payload, spans = one_pass
+        payload, spans, model_keys = one_pass
     else:
         try:
             # Strict UTF-8: json.loads(bytes) would also take UTF-16/32, which the model rewrite cannot scan.
@@ -66,6 +67,20 @@ def parse_client_body(body: bytes) -> ClientRequest:
             raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    if one_pass is None:
+        # The walk the model rewrite would make anyway (memchr speed, no second parse): it counts
+        # every top-level key that is `model` to some parser and keeps the spans for the rewrite.
+        model_keys, spans = _top_level_model_keys(body)
+    if model_keys > 1:
+        # Parsers disagree on which of two `model` keys wins, and Go's encoding/json matches keys
+        # ignoring case: `{"model": "cheap", "MODEL": "expensive"}` would be routed as one model
+        # and run as the other, on the vendor's key.
+        raise InvalidRequest(
+            "the request body names the model more than once (a second 'model' key, in any case or escaping); "
+            "send exactly one",
+            param="model",
+            code="duplicate_model",
+        )
     model = payload.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
@@ -77,9 +92,10 @@ def parse_client_body(body: bytes) -> ClientRequest:
     return ClientRequest(model=model, stream=bool(stream), model_spans=spans)
 
 
-def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...]] | None:
-    """The top-level `model` and `stream` (last one wins, as in `json.loads`) and the spans of the
-    `model` string values, validating every value with json's scanner; None to fall back.
+def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...], int] | None:
+    """The top-level `model` and `stream` (last one wins, as in `json.loads`), the spans of the
+    `model` string values and how many top-level keys are `model` in any case, validating every
+    value with json's scanner; None to fall back.
 
     ASCII only, so that string indices are byte offsets. Every error returns None: the caller's
     `json.loads` then raises exactly what it always raised.
@@ -89,6 +105,7 @@ def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...]] |
     text = body.decode("ascii")
     wanted: dict[str, Any] = {}
     spans: list[Span] = []
+    model_keys = 0
     try:
         index = _WS.match(text, 0).end()  # type: ignore[union-attr]
         if text[index : index + 1] != "{":
@@ -104,6 +121,8 @@ def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...]] |
                     return None
                 start = _WS.match(text, index + 1).end()  # type: ignore[union-attr]
                 value, index = _scan_value(text, start)
+                if len(key) == 5 and key.lower() == "model":
+                    model_keys += 1
                 if key == "model" or key == "stream":
                     wanted[key] = value
                     if key == "model" and isinstance(value, str):
@@ -119,7 +138,7 @@ def _parse_object_once(body: bytes) -> tuple[dict[str, Any], tuple[Span, ...]] |
             return None
     except (ValueError, StopIteration, RecursionError):
         return None
-    return wanted, tuple(spans)
+    return wanted, tuple(spans), model_keys
 
 
 def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = None) -> bytes:
@@ -128,7 +147,7 @@ def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = 
     `spans` are those `parse_client_body` found for this very body, when it did; else they are scanned for.
     """
     if spans is None:
-        spans = tuple(_top_level_model_values(body))
+        spans = _top_level_model_keys(body)[1]
     if not spans:
         return body
     replacement = json.dumps(new_model).encode()
@@ -142,8 +161,9 @@ def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = 
     return b"".join(parts)
 
 
-def _top_level_model_values(body: bytes) -> Iterator[tuple[int, int]]:
-    """Spans of the string values of top-level `"model"` keys.
+def _top_level_model_keys(body: bytes) -> tuple[int, tuple[Span, ...]]:
+    """How many top-level keys are `model` ignoring case and escapes, and the spans of the string
+    values of those spelt exactly `model` (after unescaping).
 
     Walks from string to string with `bytes.find` (memchr speed: a 10 MB base64 string is skipped
     in about a millisecond) and counts brackets only in the short stretches between strings.
@@ -151,11 +171,13 @@ def _top_level_model_values(body: bytes) -> Iterator[tuple[int, int]]:
     depth = 0
     value_at = -1  # where a string value of a top-level "model" key would start
     position = 0
+    keys = 0
+    spans: list[Span] = []
     find = body.find
     while True:
         start = find(b'"', position)
         if start < 0:
-            return
+            break
         between = body[position:start]
         if between:
             depth += between.count(b"{") + between.count(b"[") - between.count(b"}") - between.count(b"]")
@@ -163,14 +185,17 @@ def _top_level_model_values(body: bytes) -> Iterator[tuple[int, int]]:
         while end > 0 and body[end - 1] == 0x5C and _escaped(body, end):
             end = find(b'"', end + 1)
         if end < 0:
-            return
+            break
         position = end + 1
         if start == value_at:
-            yield (start, position)
-        elif depth == 1 and end - start < 64 and _is_model_key(body[start:position]):
+            spans.append((start, position))
+        elif depth == 1 and end - start < 64 and (name := _model_key(body[start:position])) is not None:
             colon = _COLON.match(body, position)
             if colon is not None:  # a key, not a string value
-                value_at = colon.end()
+                keys += 1
+                if name == "model":
+                    value_at = colon.end()
+    return keys, tuple(spans)
 
 
 def _escaped(body: bytes, quote: int) -> bool:
@@ -183,8 +208,12 @@ def _escaped(body: bytes, quote: int) -> bool:
     return backslashes % 2 == 1
 
 
-def _is_model_key(text: bytes) -> bool:
+def _model_key(text: bytes) -> str | None:
+    """The key `text` (a quoted JSON string) stands for, when it is `model` ignoring case; else None."""
     if text == b'"model"':
-        return True
+        return "model"
+    if b"\\" not in text:
+        return text[1:-1].decode("ascii") if len(text) == 7 and text.lower() == b'"model"' else None
     # Escaped spellings such as "mod\u0065l" are the same key to a JSON parser.
-    return b"\\" in text and len(text) < 64 and json.loads(text) == "model"
+    name = json.loads(text)
+    return name if len(name) == 5 and name.lower() == "model" else None

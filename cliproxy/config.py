@@ -200,6 +200,14 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     #: Seconds a client has to send its whole request body (a slow or stalled client is cut off).
     body_timeout: float = 60.0
+    #: Seconds a client has to send its request line and headers (a slowloris is cut off).
+    client_header_timeout: float = 10.0
+    #: Seconds an idle keep-alive client connection is kept open.
+    keepalive_timeout: float = 75.0
+    #: Client connections held at once; beyond it new ones are answered 503 and closed without a handler.
+    max_connections: int = 1024
+    #: Seconds a client may stop reading a stream before its upstream request is cancelled.
+    client_write_timeout: float = 60.0
     shutdown_grace_seconds: float = 30.0
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()

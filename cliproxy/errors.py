@@ -13,6 +13,7 @@
     |   +-- UpstreamTimeout        504 upstream_timeout
     +-- NoVendorAvailable          503 no_available_vendor
     +-- ServiceUnavailable         503 service_unavailable
+        +-- GatewayOverloaded      503 gateway_overloaded (cliproxy itself ran out; Retry-After: 1)
 
 One middleware (`cliproxy.app`) renders each as `{"error": {"message", "type", "param", "code"}}`
 with its status. The `openai` SDK picks its exception class from the status, so statuses are honest.
@@ -37,6 +38,7 @@ __all__ = [
     "UpstreamTimeout",
     "NoVendorAvailable",
     "ServiceUnavailable",
+    "GatewayOverloaded",
     "error_body",
 ]
 
@@ -132,6 +134,18 @@ class ServiceUnavailable(ProxyError):
     status = 503
     error_type = "service_unavailable"
     code = "service_unavailable"
+
+
+class GatewayOverloaded(ServiceUnavailable):
+    """The gateway's own limits (file descriptors, socket buffers, memory, connection caps) were hit.
+
+    Nothing is wrong with the upstream, so nothing is counted against it; the client retries shortly.
+    """
+
+    code = "gateway_overloaded"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1", **(headers or {})})
 
 
 def error_body(message: str, error_type: str, code: str, param: str | None = None) -> bytes:

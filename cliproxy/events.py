@@ -40,7 +40,8 @@ class Outcome:
     `kind` says how auto-disable sees it: `failure` counts, `neutral` does not, `success` resets.
     `reason` is a stable label for metrics and logs: `ok`, `http_status`, `connect_error`,
     `connect_timeout`, `first_byte_timeout`, `stream_idle_timeout`, `stream_error`,
-    `client_error`, `client_disconnect`, `rejected`.
+    `client_error`, `client_disconnect`, `client_write_timeout` (the client stopped reading),
+    `gateway_overloaded` (cliproxy ran out of descriptors, buffers or memory), `rejected`.
     """
 
     kind: OutcomeKind

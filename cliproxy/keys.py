@@ -11,6 +11,7 @@ from aiohttp import web
 from .admin_auth import Lockout
 from .events import OutcomeSink
 from .metrics import Metrics
+from .overload import OverloadLog
 from .runtime import LiveRuntime
 from .store import Store
 from .tracker import FailureTracker
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from .reload import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
-           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER"]
+           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -48,3 +49,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_COUNTED = web.RequestKey("stream_counted", bool)
 #: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.
 CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")
+#: One throttled log line per interval when cliproxy runs out of descriptors, buffers or memory.
+OVERLOAD_LOG = web.AppKey("overload_log", OverloadLog)

@@ -45,7 +45,7 @@ __all__ = ["CONTENT_TYPE", "Metrics", "NOT_FAILURES", "status_class"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Outcome reasons that do not count against a pair (see `cliproxy.events.Outcome`).
-NOT_FAILURES = frozenset({"ok", "client_error", "client_disconnect"})
+NOT_FAILURES = frozenset({"ok", "client_error", "client_disconnect", "client_write_timeout", "gateway_overloaded"})
 
 UNKNOWN_MODEL = "unknown"
 NO_VENDOR = "none"

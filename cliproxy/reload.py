@@ -53,6 +53,9 @@ RESTART_FIELDS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("port", lambda c: c.port),
     ("database", lambda c: c.database),
     ("shutdown-grace-seconds", lambda c: c.shutdown_grace_seconds),
+    ("client-header-timeout", lambda c: c.client_header_timeout),
+    ("keepalive-timeout", lambda c: c.keepalive_timeout),
+    ("max-connections", lambda c: c.max_connections),
     ("log-level", lambda c: c.logging.level),
     ("log-format", lambda c: c.logging.format),
 )

@@ -16,18 +16,141 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from .app import create_app
 from .config import Config
-from .keys import CONFIG_MANAGER, RUNTIME
+from .errors import error_body
+from .keys import CONFIG_MANAGER, OVERLOAD_LOG, RUNTIME
 from .logs import configure_logging
+from .overload import OverloadLog, local_resource_error
 from .sdnotify import notify
 
 __all__ = ["serve"]
 
 log = logging.getLogger("cliproxy")
+
+
+def _quiet_when_out_of_resources(overload: OverloadLog) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio logs every failed `accept()` (EMFILE: out of descriptors) as an ERROR with a traceback,
+    once per pending connection; under a descriptor-exhaustion attack that is thousands of lines a
+    second. It already pauses accepting for a second and retries; we only count it (one line per interval)."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        local = local_resource_error(exc) if isinstance(exc, BaseException) else None
+        if local is not None:
+            overload.note("accept", local)
+            return
+        loop.default_exception_handler(context)
+
+    return handle
+
+
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+def _refusal() -> bytes:
+    body = error_body("cliproxy holds max-connections client connections; retry shortly", "service_unavailable", "gateway_overloaded")
+    return _REFUSAL % (len(body), body)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past `max-connections`: answered 503 and closed at once, no handler, no parsing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_refusal())
+        transport.close()
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one client connection, plus what aiohttp lacks: a deadline for the
+    request line and headers (aiohttp waits for them as long as the keep-alive timeout, which a
+    slowloris resets with nothing). Everything else is passed through to aiohttp's handler."""
+
+    def __init__(self, gate: _ConnectionGate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self._tail = b""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._deadline = asyncio.get_running_loop().call_later(self._gate.header_timeout, self._headers_too_slow)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            # Headers end at the first blank line; the tail keeps a CRLFCRLF split across reads.
+            window = self._tail + data
+            if b"\r\n\r\n" in window:
+                self._deadline.cancel()
+                self._deadline = None
+                self._tail = b""
+            else:
+                self._tail = window[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._gate.open -= 1
+        self._inner.connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _ConnectionGate:
+    """The protocol factory of the listening socket: at most `limit` client connections at once."""
+
+    def __init__(self, handler_factory: Callable[[], asyncio.Protocol], limit: int, header_timeout: float) -> None:
+        self._handler_factory = handler_factory
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self.open = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limit:
+            return _Refused()
+        self.open += 1
+        return _Guarded(self, self._handler_factory())
+
+
+class _GuardedSite(web.TCPSite):
+    """aiohttp's TCP site, listening through a `_ConnectionGate`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limit: int, header_timeout: float) -> None:
+        super().__init__(runner, host, port)
+        self._limit = limit
+        self._header_timeout = header_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner (stopped by runner.cleanup)
+        server = self._runner.server
+        assert server is not None
+        gate = _ConnectionGate(server, self._limit, self._header_timeout)
+        self._server = await asyncio.get_running_loop().create_server(gate, self._host, self._port, backlog=self._backlog)
 
 
 async def serve(config: Config) -> int:
@@ -47,6 +170,7 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal, sig)
+    loop.set_exception_handler(_quiet_when_out_of_resources(app[OVERLOAD_LOG]))
     # SIGHUP: re-read the config file (validated first; an invalid one keeps the running config).
     loop.add_signal_handler(signal.SIGHUP, app[CONFIG_MANAGER].request_reload, "SIGHUP")
 
@@ -55,6 +179,7 @@ async def serve(config: Config) -> int:
         handler_cancellation=True,  # a client that goes away cancels its upstream request at once
         access_log=None,  # cliproxy.logs writes the access line
         shutdown_timeout=config.shutdown_grace_seconds,
+        keepalive_timeout=config.keepalive_timeout,
     )
     try:
         await runner.setup()  # opens and migrates the database, restores the disabled pairs
@@ -63,7 +188,9 @@ async def serve(config: Config) -> int:
         await runner.cleanup()
         return 1
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = _GuardedSite(
+            runner, config.host, config.port, limit=config.max_connections, header_timeout=config.client_header_timeout
+        )
         await site.start()
     except OSError as exc:
         log.error("cliproxy cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)

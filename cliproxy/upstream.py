@@ -20,8 +20,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .body import rewrite_model
-from .errors import NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayOverloaded, NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from .events import ErrorInfo, Outcome, OutcomeSink
+from .overload import OverloadLog, local_resource_error
 from .redact import excerpt, mask_secrets
 from .routing import Pair, Route
 from .runtime import Runtime
@@ -49,6 +50,10 @@ _SSE = "text/event-stream"
 
 OK = Outcome("success", "ok")
 CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
+#: The client stopped reading a stream for longer than `client-write-timeout`: its fault, not the upstream's.
+CLIENT_WRITE_TIMEOUT = Outcome("neutral", "client_write_timeout")
+#: Reason of the neutral outcome when cliproxy itself ran out of descriptors, buffers or memory.
+GATEWAY_OVERLOADED = "gateway_overloaded"
 
 @dataclass(slots=True)
 class AccessInfo:
@@ -224,6 +229,10 @@ async def _open(
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
+        if (local := local_resource_error(exc)) is not None:
+            # EMFILE on our own socket(): the gateway is out of descriptors; the upstream was never reached.
+            _overload_log(request).note("upstream connect", local)
+            return _Failed(pair, Outcome("neutral", GATEWAY_OVERLOADED, ErrorInfo(None, local.strerror or str(local))))
         reason = "connect_error" if response is None else "stream_error"
         return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), pair.secrets))))
     except asyncio.CancelledError:
@@ -251,12 +260,16 @@ async def relay(
     idle = pair.timeouts.stream_idle
     content = upstream.content
     outcome: Outcome = OK
+    # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
+    # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
+    write_timeout = request.app[_keys.RUNTIME].current.config.client_write_timeout
     try:
         await client.prepare(request)
         chunk = opened.first_chunk
         if chunk:
             info.ttfb = time.perf_counter() - info.started
-            await client.write(chunk)
+            async with asyncio.timeout(write_timeout):
+                await client.write(chunk)
             info.bytes_out += len(chunk)
         while True:
             try:
@@ -275,7 +288,8 @@ async def relay(
                 break
             if info.ttfb is None:
                 info.ttfb = time.perf_counter() - info.started
-            await client.write(chunk)
+            async with asyncio.timeout(write_timeout):
+                await client.write(chunk)
             info.bytes_out += len(chunk)
         if outcome.kind == "failure":
             upstream.close()
@@ -291,6 +305,14 @@ async def relay(
         else:
             upstream.release()
         await client.write_eof()
+    except TimeoutError:
+        # Only the client writes are under a timeout here (upstream reads handle their own above).
+        upstream.close()
+        if request.transport is not None:
+            request.transport.abort()
+        sink.record_outcome(pair.key, CLIENT_WRITE_TIMEOUT)
+        info.outcomes.append(CLIENT_WRITE_TIMEOUT.reason)
+        return client
     except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
         upstream.close()
         sink.record_outcome(pair.key, CLIENT_DISCONNECT)
@@ -373,6 +395,10 @@ class _RelayedUpstreamError(ProxyError):
 def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
     headers: dict[str, str] = {}
     _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts)
+    if failure.outcome.reason == GATEWAY_OVERLOADED:
+        return GatewayOverloaded(
+            "cliproxy is out of local resources (connections or file descriptors); retry shortly", headers=headers
+        )
     if failure.status is not None:
         upstream_headers = failure.headers or CIMultiDict()
         for name in ("Retry-After", "Content-Type"):
@@ -400,3 +426,11 @@ def _nothing_available(route: Route, skipped: int, sink: OutcomeSink) -> ProxyEr
         + (f"; the first comes back in {headers['Retry-After']}s" if waits else ""),
         headers=headers,
     )
+
+
+def _overload_log(request: web.Request) -> OverloadLog:
+    return request.app[_keys.OVERLOAD_LOG]
+
+
+# Imported last: keys.py imports `AccessInfo` from this module.
+from . import keys as _keys  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -25,7 +26,11 @@ def free_port() -> int:
 class GatewayProcess:
     """`python -m cliproxy.cli serve --config FILE` on a free port; stderr collected to a file."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None, nofile: int | None = None
+    ) -> None:
+        #: RLIMIT_NOFILE (soft and hard) of the process when given: how many descriptors it may hold.
+        self.nofile = nofile
         self.port = config.setdefault("port", free_port())
         config.setdefault("host", "127.0.0.1")
         config.setdefault("database", str(tmp_path / "cliproxy.db"))
@@ -44,6 +49,7 @@ class GatewayProcess:
             stdout=log,
             stderr=log,
             env=self.env,
+            preexec_fn=self._limit_descriptors if self.nofile is not None else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -56,6 +62,15 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"cliproxy did not listen within {timeout}s:\n{self.log()}")
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def open_descriptors(self) -> int:
+        """How many file descriptors the process holds now (from /proc)."""
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def kill9(self) -> None:
         assert self.process is not None

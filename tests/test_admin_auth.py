@@ -141,6 +141,46 @@ class TestLockout:
             lockout.record_failure(f"198.51.{i // 256}.{i % 256}", T0)
         assert len(lockout) == 100
 
+    def test_10050_failing_addresses_do_not_evict_a_blocked_one(self):
+        """Through a trusted proxy an attacker has as many addresses as it likes; none unblocks it."""
+        proxied = RemoteManagement(secret_key=KEY, allow_remote=True, trusted_proxies=("10.0.0.5",))
+        lockout = Lockout()
+        for _ in range(5):
+            run(proxied, peer="10.0.0.5", xff="203.0.113.9", key="wrong", lockout=lockout, now=T0)
+        for i in range(10_050):
+            assert run(proxied, peer="10.0.0.5", xff=f"198.51.{i // 256}.{i % 256}", key="wrong", lockout=lockout, now=T0 + 1).status == 401
+        assert len(lockout) <= 10_000
+        assert run(proxied, peer="10.0.0.5", xff="203.0.113.9", lockout=lockout, now=T0 + 2).status == 429
+
+    def test_a_table_full_of_blocks_refuses_new_failing_addresses(self):
+        lockout = Lockout(capacity=3)
+        for n in range(3):
+            for _ in range(5):
+                lockout.record_failure(f"203.0.113.{n}", T0 + n)
+        refused = run(REMOTE_OK, peer="198.51.100.7", key="wrong", lockout=lockout, now=T0 + 10)
+        assert (refused.status, refused.retry_after) == (429, BLOCK_SECONDS - 10)
+        assert "198.51.100.7" not in lockout and len(lockout) == 3
+        assert run(REMOTE_OK, peer="198.51.100.7", lockout=lockout, now=T0 + 10).status == 200  # the right key still works
+        assert all(lockout.blocked_for(f"203.0.113.{n}", T0 + 10) is not None for n in range(3))
+        # The first block ends: its place goes to the next failing address.
+        assert run(REMOTE_OK, peer="198.51.100.7", key="wrong", lockout=lockout, now=T0 + BLOCK_SECONDS).status == 401
+
+    def test_watched_addresses_make_room_before_blocked_ones(self):
+        lockout = Lockout(capacity=2)
+        for _ in range(5):
+            lockout.record_failure("203.0.113.9", T0)
+        lockout.record_failure("198.51.100.1", T0)
+        lockout.record_failure("198.51.100.2", T0)  # forgets 198.51.100.1, keeps the block
+        assert "198.51.100.1" not in lockout and "198.51.100.2" in lockout
+        assert lockout.blocked_for("203.0.113.9", T0) == BLOCK_SECONDS
+
+    def test_a_key_that_is_not_utf8_is_a_counted_401(self):
+        lockout = Lockout()
+        not_utf8 = b"\xff\xfekey".decode("utf-8", "surrogateescape")  # how aiohttp hands over header bytes 0xff
+        for i in range(5):
+            assert run(LOCAL, key=not_utf8, lockout=lockout, now=T0 + i).status == 401
+        assert run(LOCAL, lockout=lockout, now=T0 + 5).status == 429
+
     def test_blocked_entry_forgotten_once_over(self):
         lockout = Lockout()
         for _ in range(5):

@@ -50,7 +50,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 #: How a top-level key may be spelt in the raw JSON: escaped spellings are the same key to a parser.
-_KEY_SPELLINGS = ['"model"', '"mod\\u0065l"', '"\\u006dodel"', '"stream"', '"messages"', '"models"']
+_KEY_SPELLINGS = ['"model"', '"mod\\u0065l"', '"\\u006dodel"', '"stream"', '"messages"', '"models"', '"MODEL"', '"Mod\\u0045l"']
 #: Strings that look like the parts the model rewrite scans for.
 tricky_text = st.sampled_from(['model', '"model": "x"', '\\"model\\"', "{[", "]}", "\\", '"', "mod\\u0065l", "\u00e9\U0001f600"]) | st.text(max_size=12)
 
@@ -143,6 +143,8 @@ def _judge(body: bytes, loads: Any) -> tuple[int, str | None]:
         return 400, "invalid_json"
     if not isinstance(payload, dict):
         return 400, "invalid_json"
+    if sum(key.lower() == "model" for key, _ in json.loads(body, object_pairs_hook=list)) > 1:
+        return 400, "duplicate_model"
     model = payload.get("model")
     if model is None:
         return 400, "missing_model"
@@ -328,6 +330,31 @@ class TestParseClientBody:
             assert isinstance(parsed, ClientRequest)
             assert {s for s, _ in allowed} & {200, 404}
 
+    @pytest.mark.parametrize("pad", [0, PAD], ids=["small", "large"])
+    @pytest.mark.parametrize(
+        "keys",
+        [
+            ('"model"', '"MODEL"'),
+            ('"model"', '"Model"'),
+            ('"MODEL"', '"model"'),
+            ('"model"', '"model"'),
+            ('"model"', '"mod\\u0065l"'),
+            ('"model"', '"\\u004dODEL"'),
+        ],
+    )
+    def test_a_second_model_key_in_any_case_or_escaping_is_refused(self, keys, pad):
+        """Go's encoding/json matches keys ignoring case and takes the last: one model routed, another run."""
+        first, second = keys
+        body = f'{{{first}: "ok", "pad": "{"p" * pad}", {second}: "gpt-4-very-expensive"}}'.encode()
+        with pytest.raises(InvalidRequest) as caught:
+            parse_client_body(body)
+        assert (caught.value.status, caught.value.code, caught.value.param) == (400, "duplicate_model", "model")
+
+    @pytest.mark.parametrize("pad", [0, PAD], ids=["small", "large"])
+    def test_model_like_keys_that_are_not_model_pass(self, pad):
+        body = f'{{"model": "ok", "models": ["a"], "pad": "{"p" * pad}", "modeL_x": 1, "messages": [{{"MODEL": "inner is fine"}}]}}'.encode()
+        assert parse_client_body(body).model == "ok"
+
     @pytest.mark.parametrize("kind", ["[", "{"])
     def test_100k_nested_levels_are_invalid_json(self, kind):
         with pytest.raises(InvalidRequest) as caught:
@@ -401,19 +428,33 @@ class TestHostileBodies:
         await assert_still_answers(gw)
 
 
+class TestDuplicateModelThroughTheGateway:
+    """A body naming the model twice is refused before any upstream sees it."""
+
+    async def test_model_and_MODEL_is_400_and_never_forwarded(self, recording_gateway):
+        gw, bodies = recording_gateway.gw, recording_gateway.bodies
+        resp = await gw.client.post("/v1/chat/completions", data=b'{"model": "m", "MODEL": "gpt-4-very-expensive"}', headers=AUTH)
+        assert resp.status == 400
+        assert_openai_error(await resp.read(), "duplicate_model")
+        assert bodies == []
+
+
 class TestModelRewriteThroughTheGateway:
     """With an alias, the upstream gets every top-level `model` string rewritten and the rest as sent, small or large body."""
 
     @fuzz(80)
     @given(
-        pairs=st.lists(st.tuples(st.sampled_from([*_KEY_SPELLINGS[:3], '"messages"', '"x"']), tricky_text | json_values), max_size=5),
+        pairs=st.lists(st.tuples(st.sampled_from(['"messages"', '"x"', '"models"']), tricky_text | json_values), max_size=5),
+        model_key=st.sampled_from(_KEY_SPELLINGS[:3]),
+        model_at=st.integers(0, 5),
         pad_at=st.none() | st.integers(0, 5),
         ensure_ascii=st.booleans(),
         ws=st.sampled_from(["", " ", "\n\t"]),
     )
-    async def test_upstream_gets_every_model_rewritten(self, recording_gateway, pairs, pad_at, ensure_ascii, ws):
+    async def test_upstream_gets_the_model_rewritten(self, recording_gateway, pairs, model_key, model_at, pad_at, ensure_ascii, ws):
         gw, bodies = recording_gateway.gw, recording_gateway.bodies
-        pairs = [*pairs, ('"model"', "m")]  # the last one wins: routed as the alias
+        pairs = list({json.loads(k): (k, v) for k, v in pairs}.values())  # one of each key: duplicates are not the point here
+        pairs.insert(model_at, (model_key, "m"))  # the one model, in any spelling: routed as the alias
         if pad_at is not None:
             pairs.insert(pad_at, ('"pad"', "p" * PAD))
         body = _serialise(pairs, ensure_ascii, ws)

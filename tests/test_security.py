@@ -23,8 +23,10 @@ network namespace), which a test cannot count on; the peer-is-remote case is rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -205,6 +207,15 @@ class TestBruteForce:
             async with session.get(gw.url + "/v1/models") as resp:
                 assert resp.status == 200
         assert MGMT_KEY not in gw.log()
+
+    async def test_a_key_with_bytes_that_are_not_utf8_is_a_counted_401(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, _management())
+        keys = [("X-Management-Key", "\xff\xfe"), ("Authorization", "Bearer k\xffey")] * 3  # sent as raw bytes 0xff 0xfe
+        answers = [await raw_request(gw.port, http("GET", "/api/vendors", [key])) for key in keys]
+        assert [(status, json.loads(body)["error"]["code"]) for status, _, body in answers] == (
+            [(401, "invalid_management_key")] * 5 + [(429, "rate_limit_exceeded")]
+        )
+        assert "Traceback" not in gw.log()
 
     async def test_lockout_is_per_client_behind_a_proxy(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
@@ -493,6 +504,168 @@ class TestNoSecretAnywhere:
         rows = _event_rows(tmp_path / "cliproxy.db")
         assert header_secret not in events_text
         assert header_secret not in repr(rows)
+
+
+# =============================================================================================
+# Resource exhaustion: the gateway's own limits are never the upstream's failure
+# =============================================================================================
+
+CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+
+def _keepalive_chat(body: bytes = CHAT) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+
+
+async def _read_answer(reader: asyncio.StreamReader, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One answer framed by its Content-Length (the connection stays open)."""
+    async with asyncio.timeout(timeout):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        body = await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def _until(predicate: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _disabled_events(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute("SELECT * FROM events WHERE kind = 'disabled'").fetchall()
+    finally:
+        conn.close()
+
+
+class TestDescriptorExhaustion:
+    """Idle clients that take every file descriptor make the gateway answer 503 gateway_overloaded; the healthy pair is never disabled."""
+
+    NOFILE = 64
+
+    async def test_out_of_descriptors_is_neutral(self, tmp_path, processes, upstreams) -> None:
+        up = await upstreams()
+        gw = GatewayProcess(tmp_path, {
+            **_management(),
+            "auto-disable": {"failure-threshold": 2},
+            "openai-compatibility": [vendor("a", up.url, ["m"])],
+        }, nofile=self.NOFILE)
+        processes.append(gw.start())
+        baseline = gw.open_descriptors()
+        clients = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(self.NOFILE + 20)]
+        try:
+            await _until(lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors")
+            accepted = self.NOFILE - baseline
+            assert accepted >= 5, accepted
+            # Connections accepted first (FIFO) ask for a completion: the upstream socket cannot be opened.
+            for reader, writer in clients[:5]:
+                writer.write(_keepalive_chat())
+                status, headers, body = await _read_answer(reader)
+                assert status == 503, body
+                assert headers["retry-after"] == "1"
+                assert json.loads(body)["error"]["code"] == "gateway_overloaded"
+        finally:
+            for _, writer in clients:
+                writer.close()
+        await _until(lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close")
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", data=CHAT, headers={"Content-Type": "application/json"}) as resp:
+                assert resp.status == 200, await resp.text()
+            status, body, _ = await api(session, gw, "GET", "/api/models/m/status")
+            assert status == 200
+            assert [(p["enabled"], p["auto_disabled"], p["failure_count"]) for p in body["pairs"]] == [(True, False, 0)], body
+        assert _disabled_events(tmp_path / "cliproxy.db") == []
+        log = gw.log()
+        assert "Traceback" not in log
+        # One line per interval with a count, not one per request (the next would come 10 s later).
+        warnings = [line for line in log.splitlines() if "WARNING" in line and "gateway_overloaded:" in line and "upstream connect" in line]
+        assert len(warnings) == 1, log
+
+
+class TestSlowAndIdleClients:
+    """Slow headers are cut off after client-header-timeout; connections past max-connections get 503 and are closed."""
+
+    async def test_slowloris_headers_are_cut_off(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
+        head = _keepalive_chat()[:-len(CHAT) - 2]  # the header block without its final blank line
+        slow = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(20)]
+        started = time.monotonic()
+        closed_at: list[float] = []
+        for i, byte in enumerate(head):
+            for reader, writer in slow:
+                if not reader.at_eof():
+                    try:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                    except ConnectionError:
+                        pass
+            await asyncio.sleep(0.05)
+            if all(reader.at_eof() or reader.exception() for reader, _ in slow) or time.monotonic() - started > 5:
+                break
+        for reader, writer in slow:
+            async with asyncio.timeout(5):
+                with contextlib.suppress(ConnectionError):
+                    assert await reader.read() == b""  # closed without an answer
+            closed_at.append(time.monotonic() - started)
+            writer.close()
+        assert max(closed_at) < 3, closed_at  # 1 s timeout, well before the headers could have arrived
+        assert i < len(head) - 1, "the slow client managed to send every header byte"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.url + "/v1/models") as resp:
+                assert resp.status == 200
+
+    async def test_connections_past_max_connections_get_503_and_are_closed(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, {**_management(), "max-connections": 5, "client-header-timeout": 30})
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(5)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # the gateway closes it at once, before we send anything
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert b"Retry-After: 1" in head
+        assert json.loads(body)["error"]["code"] == "gateway_overloaded"
+        for _, w in held:
+            w.close()
+        async def served() -> bool:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(gw.url + "/v1/models") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+        deadline = time.monotonic() + 10
+        while not await served():
+            assert time.monotonic() < deadline, "a connection is still refused after the held ones closed"
+            await asyncio.sleep(0.05)
+
+    async def test_a_client_that_stops_reading_has_its_upstream_request_cancelled(self, tmp_path, processes, upstreams) -> None:
+        up = await upstreams()
+        up.fail("m", Fault(big_body_bytes=200 * 1024 * 1024))  # far more than every buffer on the way holds
+        gw = _start(processes, tmp_path, {
+            **_management(), "client-write-timeout": 1, "auto-disable": {"failure-threshold": 1},
+            "openai-compatibility": [vendor("a", up.url, ["m"])],
+        })
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        await asyncio.get_running_loop().sock_sendall(sock, _keepalive_chat())
+        try:
+            await _until(lambda: up.disconnects == 1, "the upstream request to be cancelled", timeout=30)
+        finally:
+            sock.close()
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await api(session, gw, "GET", "/api/models/m/status")
+        assert [(p["enabled"], p["failure_count"]) for p in body["pairs"]] == [(True, 0)], body
+        assert _disabled_events(tmp_path / "cliproxy.db") == []
+        assert "client_write_timeout" in gw.log()
 
 
 def send_sighup(gw: GatewayProcess) -> None:

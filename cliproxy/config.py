@@ -201,6 +201,8 @@ class Config:
     #: Seconds a client has to send its whole request body (a slow or stalled client is cut off).
     body_timeout: float = 60.0
     shutdown_grace_seconds: float = 30.0
+    #: Browser origins (`https://app.example.com`, or `*`) allowed to call /v1; empty: no browser may.
+    cors_allow_origins: tuple[str, ...] = ()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     remote_management: RemoteManagement = RemoteManagement()

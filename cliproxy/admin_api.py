@@ -42,7 +42,7 @@ from .config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, 
 from .errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
 from .events import EventKind
 from .keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
-from .redact import mask_key, mask_secrets
+from .redact import SecretMasker, mask_key, mask_secrets
 from .routing import Pair
 from .reload import ConfigManager
 from .runtime import Runtime
@@ -269,7 +269,7 @@ class VendorViewSchema(Schema):
     prefix = fields.String(required=True, allow_none=True)
     base_url = fields.String(required=True)
     api_key_entries = fields.List(fields.Nested(ApiKeyEntryViewSchema), required=True)
-    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={"description": "secret-looking values masked"})
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={"description": "values masked"})
     timeouts = fields.Nested(TimeoutsViewSchema, required=True, metadata={"description": "this vendor's own overrides"})
     auto_disable = fields.Nested(AutoDisableOverridesViewSchema, required=True, metadata={"description": "this vendor's own overrides"})
     models = fields.List(fields.Nested(VendorModelViewSchema), required=True)
@@ -348,6 +348,7 @@ class ConfigViewSchema(Schema):
     database = _k(fields.String(), "database")
     max_body_bytes = _k(fields.Integer(), "max-body-bytes")
     shutdown_grace_seconds = _k(fields.Float(), "shutdown-grace-seconds")
+    cors_allow_origins = _k(fields.List(fields.String()), "cors-allow-origins")
     log_level = _k(fields.String(), "log-level")
     log_format = _k(fields.String(), "log-format")
     timeouts = _k(fields.Nested(ConfigTimeoutsSchema), "timeouts")
@@ -587,17 +588,13 @@ def _mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-_SECRET_HEADER = re.compile(r"(?i)authorization|api[-_]?key|token|secret|cookie|password")
+def _mask_headers(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Vendor header values, masked whatever the header is called: `Ocp-Apim-Subscription-Key`,
+    `X-Auth-Key` and friends are credentials, and no list of names catches them all."""
+    return {name: mask_key(value) if isinstance(value, str) else value for name, value in headers}
 
 
-def _mask_headers(headers: Sequence[tuple[str, str]], runtime: Runtime) -> dict[str, str]:
-    return {
-        name: (mask_key(value) if _SECRET_HEADER.search(name) else mask_secrets(value, runtime.secrets))
-        for name, value in headers
-    }
-
-
-def _masked(value: Any, secrets: Sequence[str]) -> Any:
+def _masked(value: Any, secrets: Sequence[str] | SecretMasker) -> Any:
     """Every string in a JSON-like tree with known secrets and credential-shaped text masked."""
     if isinstance(value, str):
         return mask_secrets(value, secrets)
@@ -734,7 +731,7 @@ def _vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now:
         "prefix": vendor.prefix,
         "base_url": vendor.base_url,
         "api_key_entries": [{"api_key": mask_key(e.api_key), "proxy_url": _mask_url(e.proxy_url)} for e in vendor.api_key_entries],
-        "headers": _mask_headers(vendor.headers, runtime),
+        "headers": _mask_headers(vendor.headers),
         "timeouts": _timeouts(vendor.timeouts),
         "auto_disable": _overrides(vendor.auto_disable),
         "models": models,
@@ -753,6 +750,7 @@ def _config_view(runtime: Runtime) -> dict[str, Any]:
         "database": config.database,
         "max_body_bytes": config.max_body_bytes,
         "shutdown_grace_seconds": config.shutdown_grace_seconds,
+        "cors_allow_origins": list(config.cors_allow_origins),
         "log_level": config.logging.level,
         "log_format": config.logging.format,
         "timeouts": _timeouts(config.timeouts),
@@ -771,7 +769,7 @@ def _config_view(runtime: Runtime) -> dict[str, Any]:
                 "priority": v.priority,
                 "prefix": v.prefix,
                 "api_key_entries": [{"api_key": mask_key(e.api_key), "proxy_url": _mask_url(e.proxy_url)} for e in v.api_key_entries],
-                "headers": _mask_headers(v.headers, runtime),
+                "headers": _mask_headers(v.headers),
                 "timeouts": _timeouts(v.timeouts),
                 "auto_disable": _overrides(v.auto_disable),
                 "models": [
@@ -949,7 +947,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
     await _committed(request)
     detail = _raw(raw, schema, data)
     if isinstance(detail.get("headers"), Mapping):  # the audit row shows them as GET /api/vendors does
-        detail["headers"] = _mask_headers(list(detail["headers"].items()), request.app[RUNTIME].current)
+        detail["headers"] = _mask_headers(list(detail["headers"].items()))
     enabled = data.pop("enabled", None)
 
     def edits(text: str) -> list[tuple[tuple[str | int, ...], Any]]:
@@ -1073,10 +1071,13 @@ async def list_events(request: web.Request) -> web.Response:
         vendor=query.get("vendor"), model=query.get("model"), kind=query.get("kind"),
         since=since, before_id=query.get("before_id"), limit=limit,
     )
-    secrets = request.app[RUNTIME].current.secrets
+    secrets = request.app[RUNTIME].current.masker
     out = []
     for event in events:
         detail = None if event.detail is None else _masked(event.detail, secrets)
+        if isinstance(detail, dict) and isinstance(detail.get("headers"), Mapping):
+            # rows written before header values were masked at the source
+            detail["headers"] = _mask_headers(list(detail["headers"].items()))
         out.append({
             "id": event.id, "kind": event.kind, "at": _iso(event.at), "vendor": event.vendor, "model": event.model,
             "reason": event.reason, "cause": event.cause, "disabled_at": _iso(event.disabled_at),

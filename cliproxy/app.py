@@ -13,6 +13,7 @@ from aiohttp import web
 
 from . import admin_api, health, proxy_api
 from .admin_auth import Lockout, management_auth_middleware
+from .browser_guard import browser_guard_middleware, cors_response_headers
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
@@ -112,7 +113,10 @@ async def _close_overload_log(app: web.Application) -> None:
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
-    app = web.Application(middlewares=[access_middleware, error_middleware, management_auth_middleware], client_max_size=config.max_body_bytes + 1)
+    # The browser guard before the management key check: a web page's request is refused for what
+    # it is, and does not count towards (or get caught by) the key lock-out.
+    middlewares = [access_middleware, error_middleware, browser_guard_middleware, management_auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes + 1)
     app[RUNTIME] = LiveRuntime(Runtime.build(config))
     app[CLOCK] = clock
     app[METRICS] = Metrics()
@@ -125,6 +129,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
     app.on_response_prepare.append(stamp_response)  # x-request-id on every answer, streams counted
+    app.on_response_prepare.append(cors_response_headers)  # an allowed browser origin's /v1 answers say so
     app.add_routes(proxy_api.routes)
     app.add_routes(health.routes)
     app.add_routes(admin_api.routes)  # every /api route is behind management_auth_middleware

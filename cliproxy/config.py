@@ -209,6 +209,8 @@ class Config:
     #: Seconds a client may stop reading a stream before its upstream request is cancelled.
     client_write_timeout: float = 60.0
     shutdown_grace_seconds: float = 30.0
+    #: Browser origins (`https://app.example.com`, or `*`) allowed to call /v1; empty: no browser may.
+    cors_allow_origins: tuple[str, ...] = ()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     remote_management: RemoteManagement = RemoteManagement()

@@ -8,6 +8,7 @@
     |   +-- ModelNotFound          404 model_not_found
     +-- RequestTimeout             408 request_timeout (the body did not arrive in time)
     +-- PayloadTooLarge            413 request_too_large
+    +-- MisdirectedRequest         421 misdirected_request (a loopback gateway asked for another host)
     +-- TooManyRequests            429 rate_limit_exceeded
     +-- UpstreamUnavailable        502 upstream_error (every attempt failed without an HTTP answer)
     |   +-- UpstreamTimeout        504 upstream_timeout
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotFound",
     "RequestTimeout",
     "PayloadTooLarge",
+    "MisdirectedRequest",
     "TooManyRequests",
     "UpstreamUnavailable",
     "UpstreamTimeout",
@@ -105,6 +107,12 @@ class PayloadTooLarge(ProxyError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class MisdirectedRequest(ProxyError):
+    status = 421
+    error_type = "invalid_request_error"
+    code = "misdirected_request"
 
 
 class TooManyRequests(ProxyError):

@@ -73,12 +73,14 @@ class Fault:
     ``html_200``, ``big_body_bytes``; otherwise a normal response shaped by
     ``reset_after_chunks`` / ``stall_after_chunks`` / ``no_done``. "Chunks" are
     SSE frames; for non-stream bodies those two act at half the body.
-    ``times`` counts requests the fault actually fired on.
+    ``times`` counts requests the fault actually fired on. ``headers`` go out
+    with whatever answer the fault gives (an error status, a normal body, a
+    stream): a fault with only ``headers`` is a normal answer with extra headers.
     """
 
     status: int | None = None
     body: Any = None  # dict/list -> JSON, str/bytes -> raw; None -> OpenAI-shaped error
-    headers: dict[str, str] = field(default_factory=dict)  # sent with `status` only
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers, with any answer
     reset_before_headers: bool = False
     reset_after_chunks: int | None = None
     stall_before_headers: float = 0.0
@@ -163,6 +165,15 @@ def _close_gracefully(request: web.BaseRequest) -> None:
     """
     if request.transport is not None:
         request.transport.close()  # asyncio flushes its write buffer first
+
+
+_FAULT_HEADERS = web.RequestKey("fault_headers", dict)
+
+
+async def _add_fault_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the firing fault's extra headers, on every kind of answer (streams too)."""
+    for name, value in request.get(_FAULT_HEADERS, {}).items():
+        response.headers[name] = value
 
 
 def _int_header(request: web.Request, name: str, default: int) -> int:
@@ -321,6 +332,7 @@ class FakeUpstream:
         app.router.add_delete("/_fake/faults", self._clear_faults)
         app.router.add_get("/_fake/stats", self._get_stats)
         app.router.add_delete("/_fake/stats", self._delete_stats)
+        app.on_response_prepare.append(_add_fault_headers)
         return app
 
     def _pick_fault(self, model: str | None) -> Fault | None:
@@ -378,6 +390,8 @@ class FakeUpstream:
         if task is not None:
             self._tasks.add(task)
         state = _ReqState()
+        if fault is not None and fault.headers:
+            request[_FAULT_HEADERS] = fault.headers
         try:
             return await self._serve(request, body, kind, model, fault, state)
         except asyncio.CancelledError:

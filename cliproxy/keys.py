@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from .reload import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
-           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG"]
+           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -47,6 +47,8 @@ METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
 #: Set when the request's SSE answer was counted in the streams-in-flight gauge (to count it out).
 STREAM_COUNTED = web.RequestKey("stream_counted", bool)
+#: The browser origin of a /v1 request that `cors-allow-origins` allows; its answer gets the CORS headers.
+CORS_ORIGIN = web.RequestKey("cors_origin", str)
 #: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.
 CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")
 #: One throttled log line per interval when cliproxy runs out of descriptors, buffers or memory.

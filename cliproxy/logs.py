@@ -37,7 +37,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from .config import LoggingSettings
 from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
-from .redact import mask_secrets
+from .redact import SecretMasker, mask_secrets
 
 __all__ = [
     "JsonFormatter",
@@ -56,7 +56,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _SSE = "text/event-stream"
 _FIELD_LIMIT = 200  # client-controlled text (path, model) is cut to this many characters
 
-SecretSource = Callable[[], Iterable[str]]
+SecretSource = Callable[[], Iterable[str] | SecretMasker]
 
 
 def _no_secrets() -> tuple[str, ...]:
@@ -84,8 +84,11 @@ def _iso(created: float) -> str:
 _CREDENTIAL_MARKERS = ("bearer", "sk-", "pk-", "rk-", "xai-", "key-")
 
 
-def _mask(text: str, secrets: Iterable[str]) -> str:
+def _mask(text: str, secrets: Iterable[str] | SecretMasker) -> str:
     """`redact.mask_secrets`, with a fast path for the common line that holds nothing to mask."""
+    if isinstance(secrets, SecretMasker):
+        # One compiled pattern, every form of every key (a JSON line escapes a key's `"` and `\\`).
+        return _mask_shapes(secrets.mask_known(text))
     for secret in secrets:
         if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
@@ -266,14 +269,14 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
         model = info.model
         runtime = request.app[RUNTIME].current
         if model is not None and model not in runtime.table.routes:
-            model = mask_secrets(model[:_FIELD_LIMIT], runtime.secrets)  # client text: it may hold anything
+            model = mask_secrets(model[:_FIELD_LIMIT], runtime.masker)  # client text: it may hold anything
     else:
         size, ttfb = _body_size(response), None
     path = request.path[:_FIELD_LIMIT]
     resource = request.match_info.route.resource
     if resource is None or resource.canonical != request.path:
         # Client text that no static route vouches for (a 404, `/v1/models/{model}`): mask it.
-        path = _mask(path, request.app[RUNTIME].current.secrets)
+        path = _mask(path, request.app[RUNTIME].current.masker)
     fields: dict[str, Any] = {
         "method": request.method,
         "path": path,

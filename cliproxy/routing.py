@@ -21,6 +21,7 @@ from .config import (
     Vendor,
     resolve_auto_disable,
 )
+from .redact import SecretMasker, config_secrets
 
 __all__ = ["Pair", "Route", "RoutingTable", "KeyRotation"]
 
@@ -52,9 +53,10 @@ class Pair:
     #: `base-url` without a trailing slash; the client's path after /v1 is appended.
     base_url: str
     proxy_url: str | None
-    #: The vendor's keys: the only secrets an upstream can echo back (it never sees client or
-    #: management keys), so masking its errors costs O(this vendor's keys), not O(all keys).
-    secrets: tuple[str, ...] = ()
+    #: Every secret of the config, not only this vendor's: an upstream may echo a client key a user
+    #: pasted into a prompt, or another vendor's key a user was given. One masker for the whole
+    #: config (built once per load), so masking an error costs the same with 1 or 1,000 keys.
+    secrets: SecretMasker = field(default_factory=SecretMasker)
 
     @property
     def key(self) -> PairKey:
@@ -91,8 +93,9 @@ class Route:
 class RoutingTable:
     """Built from a `Config`; immutable apart from the round-robin counters."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, masker: SecretMasker | None = None) -> None:
         self.config = config
+        masker = masker if masker is not None else SecretMasker(config_secrets(config))
         #: Every configured pair, switched off or not: the tracker and the management API want them all.
         self.pairs: dict[PairKey, Pair] = {}
         #: Public names of every pair, for "which pairs serve this name" in the management API.
@@ -102,7 +105,6 @@ class RoutingTable:
         for vendor in config.vendors:
             keys = KeyRotation(tuple(e for e in vendor.api_key_entries if e.api_key))
             timeouts = vendor.timeouts.over(config.timeouts)
-            vendor_secrets = tuple(sorted({e.api_key for e in vendor.api_key_entries if e.api_key}, key=len, reverse=True))
             for model in vendor.models:
                 pair = Pair(
                     vendor=vendor,
@@ -112,7 +114,7 @@ class RoutingTable:
                     keys=keys,
                     base_url=vendor.base_url.rstrip("/"),
                     proxy_url=config.proxy_url,
-                    secrets=vendor_secrets,
+                    secrets=masker,
                 )
                 self.pairs[pair.key] = pair
                 names = [model.public_name]

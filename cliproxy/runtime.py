@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Config
+from .redact import SecretMasker, config_secrets
 from .routing import RoutingTable
 
 __all__ = ["LiveRuntime", "Runtime"]
@@ -21,22 +22,25 @@ class Runtime:
     config: Config
     table: RoutingTable
     _client_keys: tuple[bytes, ...] = field(default=())
-    #: Every secret of this config (upstream, client and management keys), for masking text.
+    #: Every secret of this config (upstream, client and management keys, credential header values,
+    #: proxy passwords), longest first, for masking text.
     secrets: tuple[str, ...] = field(default=())
+    #: The same secrets as one compiled masker (every form of each); built once per config load.
+    masker: SecretMasker = field(default_factory=SecretMasker)
+    #: `cors-allow-origins`, for an O(1) check of a browser's `Origin`.
+    cors_origins: frozenset[str] = field(default=frozenset())
     config_loaded_at: float = field(default_factory=time.time)
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
-        secrets = [k for k in config.api_keys]
-        secrets += [e.api_key for v in config.vendors for e in v.api_key_entries]
-        if config.remote_management.secret_key:
-            secrets.append(config.remote_management.secret_key)
+        masker = SecretMasker(config_secrets(config))
         return cls(
             config=config,
-            table=RoutingTable(config),
+            table=RoutingTable(config, masker),
             _client_keys=tuple(k.encode() for k in config.api_keys),
-            # longest first, so a key that contains another is masked whole
-            secrets=tuple(sorted(set(secrets), key=len, reverse=True)),
+            secrets=masker.secrets,
+            masker=masker,
+            cors_origins=frozenset(config.cors_allow_origins),
         )
 
     @property

@@ -157,7 +157,7 @@ async def serve(config: Config) -> int:
     """Serve `config` until SIGTERM or SIGINT; 0 after a clean shutdown, 1 when start-up failed."""
     app = create_app(config)
     # Secrets are read from the live app on every line, so a reloaded config is masked too.
-    configure_logging(config.logging, secrets=lambda: app[RUNTIME].current.secrets)
+    configure_logging(config.logging, secrets=lambda: app[RUNTIME].current.masker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

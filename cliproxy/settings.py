@@ -231,6 +231,28 @@ class ModelSchema(StrictSchema):
         return ModelEntry(**data)
 
 
+_ORIGIN = re.compile(r"^(https?)://([^/\s?#@]+?)(?::([0-9]{1,5}))?$", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+class Origin(fields.String):
+    """A browser origin as the `Origin` header spells it: `scheme://host[:port]`, or `*` for any.
+
+    Lower-cased and without a default port, so that the comparison with the header is exact."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if text == "*":
+            return text
+        match = _ORIGIN.match(text)
+        if not match:
+            raise ValidationError(f"{text!r} is not an origin: write scheme://host[:port] (no path, no trailing slash), or '*'")
+        scheme, host, port = match.group(1).lower(), match.group(2).lower(), match.group(3)
+        if port is None or port == _DEFAULT_PORTS[scheme]:
+            return f"{scheme}://{host}"
+        return f"{scheme}://{host}:{port}"
+
+
 def _url(value: str) -> None:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValidationError("must be an http:// or https:// URL")
@@ -308,6 +330,7 @@ class ConfigSchema(StrictSchema):
     max_connections = Int("max_connections", minimum=1)
     client_write_timeout = Seconds("client_write_timeout")
     shutdown_grace_seconds = fields.Float(data_key="shutdown-grace-seconds", validate=validate.Range(min=0))
+    cors_allow_origins = fields.List(Origin(), data_key="cors-allow-origins")
     log_format = Str("log_format", validate=validate.OneOf(["text", "json"]))
     log_level = Str("log_level", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"]))
     metrics = fields.Nested(MetricsSchema, data_key="metrics")
@@ -328,6 +351,7 @@ class ConfigSchema(StrictSchema):
     def make(self, data: dict[str, Any], **kwargs: Any) -> Config:
         data["api_keys"] = tuple(data.get("api_keys") or ())
         data["vendors"] = tuple(data.get("vendors") or ())
+        data["cors_allow_origins"] = tuple(dict.fromkeys(data.get("cors_allow_origins") or ()))
         if "timeouts" in data:
             data["timeouts"] = data["timeouts"].over(DEFAULT_TIMEOUTS)
         log_level = data.pop("log_level", None)

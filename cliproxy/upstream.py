@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import rewrite_model
 from .errors import GatewayOverloaded, NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
@@ -38,13 +39,21 @@ _DROP_REQUEST = frozenset(
         "content-encoding",  # aiohttp has decoded the body: the header no longer describes the bytes we send
     }
 )
-# Never relayed back: hop-by-hop headers and framing that aiohttp recomputes for the client side.
-_DROP_RESPONSE = frozenset(
+# The only upstream response headers a client gets: what it needs to read the answer and to pace
+# itself. An allow-list, not a deny-list: an upstream (or a CDN in front of it) also sends cookies,
+# CORS and HSTS policies, Alt-Svc and hop-by-hop headers that would act on the client as if cliproxy
+# had said them. Framing (length, encoding) is cliproxy's own, and so is `x-request-id` (the
+# client's, or a new one: see cliproxy.logs).
+_RELAY_RESPONSE = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie", "server", "date",
+        "content-type", "request-id", "openai-request-id",
+        "retry-after", "retry-after-ms",
+        "openai-model", "openai-organization", "openai-processing-ms", "openai-version",
     }
 )
+_RELAY_RESPONSE_PREFIX = "x-ratelimit-"
+_SSE_CACHE_CONTROL = "cache-control"  # relayed on streams only: `no-cache` keeps proxies from buffering them
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 _ERROR_BODY_LIMIT = 64 * 1024
 _SSE = "text/event-stream"
 
@@ -341,12 +350,37 @@ def _sse_error(outcome: Outcome) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _connection_options(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> frozenset[str] | tuple[()]:
+    """The header names a `Connection` header lists: hop-by-hop for this one connection (RFC 9110 7.6.1)."""
+    values = headers.getall("connection", ())
+    if not values or (len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION):
+        return ()  # the usual case names no other header: nothing to build
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
 def _forwardable_headers(request: web.Request) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
+    named = _connection_options(request.headers)  # `Connection: keep-alive, X-Secret-Hop` drops X-Secret-Hop
+    return CIMultiDict(
+        (k, v) for k, v in request.headers.items() if (name := k.lower()) not in _DROP_REQUEST and name not in named
+    )
+
+
+def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) -> Iterator[tuple[str, str]]:
+    """The upstream headers on the allow-list; O(headers), one lower() each, as the deny-list was."""
+    named = _connection_options(headers)
+    for k, v in headers.items():
+        name = k.lower()
+        if (
+            name in _RELAY_RESPONSE
+            or name.startswith(_RELAY_RESPONSE_PREFIX)
+            or (stream and name == _SSE_CACHE_CONTROL)
+        ) and name not in named:
+            yield k, v
 
 
 def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, info: AccessInfo) -> CIMultiDict[str]:
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
+    stream = upstream.headers.get("content-type", "").startswith(_SSE)
+    headers = CIMultiDict(_relayable(upstream.headers, stream))
     _stamp(headers, pair.vendor.name, pair.model.name, info.attempts)
     return headers
 
@@ -400,10 +434,10 @@ def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
             "cliproxy is out of local resources (connections or file descriptors); retry shortly", headers=headers
         )
     if failure.status is not None:
-        upstream_headers = failure.headers or CIMultiDict()
-        for name in ("Retry-After", "Content-Type"):
-            if name in upstream_headers:
-                headers[name] = upstream_headers[name]
+        # An upstream's 429 is relayed with its rate-limit headers, so the client can pace itself.
+        for name, value in _relayable(failure.headers or CIMultiDict(), stream=False):
+            # spelled as the error middleware looks it up, however the upstream spelled it
+            headers.setdefault("Content-Type" if name.lower() == "content-type" else name, value)
         return _RelayedUpstreamError(failure, headers)
     error = failure.outcome.error
     detail = f" ({error.message})" if error and error.message else ""

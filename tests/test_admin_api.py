@@ -582,7 +582,7 @@ class TestVendors:
         assert vendors[0]["api_key_entries"] == [{"api_key": "sk...01", "proxy_url": None}]
         assert vendors[0]["models"][0]["enabled"] is False and vendors[0]["models"][0]["auto_disabled"] is True
         assert vendors[0]["models"][0]["config_enabled"] is True
-        assert vendors[1]["headers"]["X-Title"] == "cliproxy"
+        assert vendors[1]["headers"] == {"X-Title": "***", "Authorization": "Be...01"}  # every header value is masked
         assert vendors[1]["api_key_entries"][0]["proxy_url"] == "http://user:***@proxy:3128"
         body = (await a.get("/api/vendors")).text
         for secret in (*UPSTREAM_KEYS, "sk-header-secret-0001", "proxy-pass-0001", MGMT_KEY):

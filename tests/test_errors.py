@@ -114,7 +114,7 @@ class TestSlowClients:
         up = await upstreams()
         gw = await gateway({"body-timeout": 0.3, "openai-compatibility": [vendor("a", up.url, ["m"])]})
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
         await writer.drain()
         head, _, body = (await asyncio.wait_for(reader.read(65536), 5)).partition(b"\r\n\r\n")
         writer.close()

@@ -240,7 +240,7 @@ async def raw_request(port: int, head: bytes, body: bytes = b"", *, piece: int =
 
 
 def request_head(headers: list[tuple[bytes, bytes]], length: int | None, path: bytes = b"/v1/chat/completions") -> bytes:
-    lines = [b"POST " + path + b" HTTP/1.1", b"Host: gateway", b"Connection: close"]
+    lines = [b"POST " + path + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
     if length is not None:
         lines.append(b"Content-Length: " + str(length).encode())
     lines += [name + b": " + value for name, value in headers]

@@ -666,6 +666,253 @@ class TestSlowAndIdleClients:
         assert [(p["enabled"], p["failure_count"]) for p in body["pairs"]] == [(True, 0)], body
         assert _disabled_events(tmp_path / "cliproxy.db") == []
         assert "client_write_timeout" in gw.log()
+# Headers at the edge
+# =============================================================================================
+
+CHAT_JSON = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class TestConnectionNamedRequestHeaders:
+    """Headers the client's `Connection` header names are hop-by-hop (RFC 9110 7.6.1): they never reach the upstream."""
+
+    async def test_named_headers_stay_behind(self, upstreams, tmp_path, processes) -> None:
+        up = await upstreams()
+        gw = _start(processes, tmp_path, {"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        body = json.dumps(CHAT_JSON).encode()
+        status, _, text = await raw_request(gw.port, http("POST", "/v1/chat/completions", [
+            ("Content-Type", "application/json"),
+            ("Connection", "X-Hop-Secret, x-other-hop"),  # a second Connection line: one list with the first ("close")
+            ("X-Hop-Secret", "HopSecretV4lue"),
+            ("X-Other-Hop", "1"),
+            ("X-Kept", "kept"),
+        ], body))
+        assert status == 200, text
+        sent = {k.lower(): v for k, v in up.requests[-1].headers.items()}
+        assert sent["x-kept"] == "kept"  # an ordinary header still goes through
+        assert "x-hop-secret" not in sent and "x-other-hop" not in sent
+        assert "HopSecretV4lue" not in repr(up.requests[-1])
+
+
+# What an upstream (or the CDN in front of it) may send that must not act on the client as if cliproxy said it.
+HOSTILE_RESPONSE_HEADERS = {
+    "Set-Cookie": "session=UpstreamCookieV4l; Path=/; HttpOnly",
+    "Set-Cookie2": "legacy=1",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Credentials": "true",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Alt-Svc": 'h3=":443"; ma=86400',
+    "Keep-Alive": "timeout=5",
+    "Proxy-Authenticate": "Basic realm=x",
+    "X-Powered-By": "Express",
+    "Connection": "keep-alive, x-ratelimit-hop",  # names an allow-listed-looking header: hop-by-hop after all
+    "x-ratelimit-hop": "1",
+}
+RELAYED_RESPONSE_HEADERS = {
+    "x-ratelimit-remaining-requests": "42",
+    "x-ratelimit-reset-tokens": "6ms",
+    "openai-processing-ms": "17",
+    "openai-version": "2020-10-01",
+    "openai-model": "gpt-4o-mini-2024-07-18",
+    "openai-organization": "org-demo",
+    "request-id": "req_upstream_1",
+    "retry-after-ms": "250",
+}
+
+
+class TestUpstreamResponseHeaders:
+    """Upstream response headers reach the client from an allow-list: cookies, CORS, HSTS, Alt-Svc, hop-by-hop stay behind."""
+
+    @pytest.mark.parametrize("case", ["plain", "stream", "relayed 429"])
+    async def test_only_allow_listed_headers_are_relayed(self, upstreams, tmp_path, processes, case) -> None:
+        up = await upstreams()
+        extra = {**HOSTILE_RESPONSE_HEADERS, **RELAYED_RESPONSE_HEADERS}
+        up.fail(None, Fault(headers=extra, **({"status": 429} if case == "relayed 429" else {})))
+        gw = _start(processes, tmp_path, {"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        async with aiohttp.ClientSession() as session:
+            body = {**CHAT_JSON, "stream": case == "stream"}
+            async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+                await resp.read()
+                got = {k.lower(): v for k, v in resp.headers.items()}
+                assert resp.status == (429 if case == "relayed 429" else 200)
+        assert up.faults_applied == 1  # the upstream did send them
+        for name, value in RELAYED_RESPONSE_HEADERS.items():
+            assert got.get(name) == value, (name, got)
+        for name in HOSTILE_RESPONSE_HEADERS:
+            if name.lower() != "connection":
+                assert name.lower() not in got, (name, got)
+        assert got["x-cliproxy-vendor"] == "a" and got["x-request-id"]
+        assert got["content-type"].startswith("text/event-stream" if case == "stream" else "application/json")
+        assert ("cache-control" in got) == (case == "stream")  # the upstream's no-cache, on streams only
+
+
+# =============================================================================================
+# Web pages: DNS rebinding and foreign origins
+# =============================================================================================
+
+
+class TestWebPagesCannotUseALoopbackGateway:
+    """On loopback, a Host that is not a loopback name is 421 and a foreign Origin is 403 (/v1, /api, /metrics); no Origin is fine."""
+
+    LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "LOCALHOST", "app.localhost", "[::1]", "127.0.0.2")
+    FOREIGN_HOSTS = ("evil.example", "localhost.evil.example", "127.0.0.1.nip.io", "attacker", "[::2]", "localhost:x")
+    PATHS = (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/api/vendors"), ("GET", "/metrics"), ("GET", "/healthz"))
+
+    async def test_rebound_host_is_421(self, upstreams, tmp_path, processes) -> None:
+        up = await upstreams()
+        gw = _start(processes, tmp_path, {**_management(), "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        body = json.dumps(CHAT_JSON).encode()
+        for method, path in self.PATHS:
+            data = body if method == "POST" else b""
+            extra = [*AUTH.items(), ("Content-Type", "application/json")]
+            for host in self.FOREIGN_HOSTS:
+                for with_port in (f"{host}:{gw.port}", host):
+                    request = http(method, path, extra, data).replace(b"Host: 127.0.0.1", f"Host: {with_port}".encode())
+                    status, _, text = await raw_request(gw.port, request)
+                    assert status == 421, (method, path, with_port, status, text[:300])
+                    assert json.loads(text)["error"]["code"] == "misdirected_request"
+            for host in self.LOOPBACK_HOSTS:
+                request = http(method, path, extra, data).replace(b"Host: 127.0.0.1", f"Host: {host}:{gw.port}".encode())
+                status, _, text = await raw_request(gw.port, request)
+                assert status == 200, (method, path, host, status, text[:300])
+        assert up.request_count == len(self.LOOPBACK_HOSTS)  # only the loopback-named chats went upstream
+
+    async def test_foreign_origin_is_403_and_no_origin_is_served(self, upstreams, tmp_path, processes) -> None:
+        up = await upstreams()
+        gw = _start(processes, tmp_path, {**_management(), "cors-allow-origins": ["https://app.example.com"],
+                                          "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        foreign = ("https://evil.example", "http://app.example.com", "https://app.example.com.evil.example", "null", "http://localhost:3000")
+        async with aiohttp.ClientSession() as session:
+            for method, path in self.PATHS[:4]:
+                body = CHAT_JSON if method == "POST" else None
+                for origin in foreign:
+                    async with session.request(method, gw.url + path, headers={**AUTH, "Origin": origin}, json=body) as resp:
+                        assert resp.status == 403, (method, path, origin, resp.status)
+                        error = (await resp.json())["error"]
+                        assert error["code"] == "origin_not_allowed" and error["type"] == "permission_error"
+                        assert "access-control-allow-origin" not in {k.lower() for k in resp.headers}
+                for headers in (AUTH, {**AUTH, "Origin": "https://app.example.com"}):  # no Origin, or an allowed one
+                    async with session.request(method, gw.url + path, headers=headers, json=body) as resp:
+                        assert resp.status == 200, (method, path, headers, resp.status)
+            assert up.request_count == 2  # the refused chats never went upstream
+            # Refused pages do not count as wrong management keys: the lock-out is untouched.
+            for _ in range(10):
+                async with session.get(gw.url + "/api/vendors", headers={"Authorization": "Bearer wrong", "Origin": "https://evil.example"}) as resp:
+                    assert resp.status == 403
+            status, _, _ = await api(session, gw, "GET", "/api/vendors")
+            assert status == 200
+        assert [row for row in _event_rows(tmp_path / "cliproxy.db")] == []
+
+
+# =============================================================================================
+# Vendor header values and upstream error text
+# =============================================================================================
+
+SUBSCRIPTION_KEY = "OcpSubscriptionV7bN3x"
+AUTH_KEY_HEADER = "XAuthKeyValueL2mP8q"
+PATCHED_HEADER = "PatchedHeaderK9wR4t"
+PLAIN_HEADER = "just an app name"
+
+
+class TestVendorHeaderValuesAreSecrets:
+    """Vendor `headers` values are masked in GET /api/vendors, GET /api/config, PATCH answers, events and the log."""
+
+    async def test_header_values_never_shown(self, upstreams, tmp_path, processes) -> None:
+        up = await upstreams()
+        headers = {"Ocp-Apim-Subscription-Key": SUBSCRIPTION_KEY, "X-Auth-Key": AUTH_KEY_HEADER, "X-Title": PLAIN_HEADER}
+        gw = _start(processes, tmp_path, {"log-level": "DEBUG", **_management(),
+                                          "openai-compatibility": [vendor("a", up.url, ["m"], headers=headers)]})
+        seen: list[str] = []
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON) as resp:
+                assert resp.status == 200
+            sent = {k.lower(): v for k, v in up.requests[-1].headers.items()}
+            assert sent["ocp-apim-subscription-key"] == SUBSCRIPTION_KEY and sent["x-auth-key"] == AUTH_KEY_HEADER  # still sent
+            for path in ("/api/vendors", "/api/config"):
+                status, body, text = await api(session, gw, "GET", path)
+                assert status == 200
+                seen.append(text)
+            vendors = json.loads(seen[0])["vendors"]
+            assert set(vendors[0]["headers"]) == set(headers)  # the names are shown, the values are not
+            status, body, text = await api(session, gw, "PATCH", "/api/vendors/a",
+                                           json={"headers": {"X-Auth-Key": PATCHED_HEADER, "X-Title": PLAIN_HEADER}})
+            assert status == 200, text
+            seen.append(text)
+            async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON) as resp:
+                assert resp.status == 200
+            assert {k.lower(): v for k, v in up.requests[-1].headers.items()}["x-auth-key"] == PATCHED_HEADER
+            status, body, text = await api(session, gw, "GET", "/api/events")
+            assert [e["kind"] for e in body["events"]] == ["vendor-changed"]
+            seen.append(text)
+        assert gw.stop() == 0
+        rows = repr(_event_rows(tmp_path / "cliproxy.db"))
+        log = gw.log()
+        for value in (SUBSCRIPTION_KEY, AUTH_KEY_HEADER, PATCHED_HEADER, PLAIN_HEADER):
+            for text in seen:
+                assert value not in text, f"a response shows {value}:\n{text[:2000]}"
+            assert value not in rows, f"the events table holds {value}"
+            assert value not in log, f"the log holds {value}"
+
+
+# Secrets shaped so that only real masking hides them, with characters that JSON and URL encoding change.
+ECHO_CLIENT_KEY = "Client+Key/B6w=N2d&x"  # URL-encoded in the echo
+ECHO_MGMT_KEY = 'Mgmt"Key\\Q7rT2wX9zL'  # JSON-escaped in the echo (a quote and a backslash)
+ECHO_OWN_KEY = "OwnVendorKeyJ4qL8sWw"  # base64 inside Basic credentials in the echo
+ECHO_OTHER_KEY = "OtherVendorKeyR5nV1x"  # another vendor's key, as written
+ECHO_HEADER = "HeaderSecretZ2vQ9xyz"  # a vendor header value, as written
+ECHO_ENV = {"ECHO_CLIENT": ECHO_CLIENT_KEY, "ECHO_MGMT": ECHO_MGMT_KEY, "ECHO_OWN": ECHO_OWN_KEY, "ECHO_OTHER": ECHO_OTHER_KEY, "ECHO_HEADER": ECHO_HEADER}
+
+
+class TestUpstreamErrorTextIsMasked:
+    """An upstream error is masked of every configured secret, as written, JSON-escaped, URL-encoded and base64, before it is relayed, stored or logged."""
+
+    async def test_every_secret_in_every_form(self, upstreams, tmp_path, processes) -> None:
+        from base64 import b64encode
+        from urllib.parse import quote
+
+        bad, other = await upstreams(), await upstreams()
+        echoes = [
+            quote(ECHO_CLIENT_KEY, safe=""),
+            json.dumps(ECHO_MGMT_KEY)[1:-1],
+            "Basic " + b64encode(f"user:{ECHO_OWN_KEY}".encode()).decode(),
+            ECHO_OTHER_KEY,
+            ECHO_HEADER,
+        ]
+        echo = "echo: " + " | ".join(echoes)
+        assert len(echo) < 190  # all of it fits in the stored excerpt
+        bad.fail(None, Fault(status=500, body=echo))
+        config = {
+            "api-keys": ["${ECHO_CLIENT}"],
+            "remote-management": {"secret-key": "${ECHO_MGMT}"},
+            "auto-disable": {"failure-threshold": 1},
+            "openai-compatibility": [
+                {"name": "bad", "base-url": bad.url, "api-key-entries": [{"api-key": "${ECHO_OWN}"}],
+                 "headers": {"X-Auth-Key": "${ECHO_HEADER}"}, "models": [{"name": "m"}]},
+                {"name": "other", "base-url": other.url, "api-key-entries": [{"api-key": "${ECHO_OTHER}"}],
+                 "models": [{"name": "o"}]},
+            ],
+        }
+        gw = _start(processes, tmp_path, config, env=ECHO_ENV)
+        seen: list[str] = []
+        auth = {"Authorization": f"Bearer {ECHO_MGMT_KEY}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON, headers={"x-api-key": ECHO_CLIENT_KEY}) as resp:
+                assert resp.status == 500  # the last upstream error, relayed as it came ...
+                relayed = await resp.text()
+                assert relayed.startswith("echo: ") and relayed.count("***") == len(echoes)  # ... masked
+                seen.append(relayed)
+            for path in ("/api/models/disabled", "/api/events"):
+                async with session.get(gw.url + path, headers=auth) as resp:
+                    assert resp.status == 200
+                    seen.append(await resp.text())
+        assert "echo: " in seen[1] and "echo: " in seen[2]  # the stored excerpt is there (masked, below)
+        assert gw.stop() == 0
+        rows = repr(_event_rows(tmp_path / "cliproxy.db"))
+        assert "echo: " in rows
+        log = gw.log()
+        assert "echo: " in log  # the disable's log line quotes the error
+        for form in echoes:
+            for text in (*seen, rows, log):
+                assert form not in text, f"{form!r} leaked into:\n{text[:2000]}"
 
 
 def send_sighup(gw: GatewayProcess) -> None:

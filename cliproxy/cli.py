@@ -7,6 +7,7 @@
     history        the audit history from the database file
     enable         make a pair routable again, through the running server's management API
     disable        disable a pair (optionally for a duration), through the management API
+    demo           the gateway with two demo vendors, and what to try (first run)
 
 `status` and `history` open the database read-only, so they work with the server stopped or
 running. Formatting and state rules live in `cliproxy.operator` (pure); this module does the I/O.
@@ -500,6 +501,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_duration_arg, default=10.0, metavar="SECONDS", help="give up after this long (default 10s)")
 
     p = sub.add_parser(
+        "demo",
+        help="try cliproxy: the gateway with two demo vendors (fake upstreams); Ctrl-C stops it",
+        description=(
+            "Start the gateway on a generated config with two demo vendors served by the built-in\n"
+            "fake upstream, in this one process, and print commands to try: a chat request, a stream,\n"
+            "failover, auto-disable, status, history, recovery. Ctrl-C (or SIGTERM) stops everything.\n"
+            "The config and the database stay in --dir, so status and history work afterwards."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dir", default="cliproxy-demo", help="where the config and the database go (default ./cliproxy-demo)")
+    p.add_argument("--port", type=int, default=8399, help="the gateway's port (default 8399)")
+    p.add_argument("--primary-port", type=int, default=9101, help="the demo vendor primary's port (default 9101)")
+    p.add_argument("--backup-port", type=int, default=9102, help="the demo vendor backup's port (default 9102)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
         "fake-upstream",
         help="run the fake OpenAI-compatible upstream with fault injection (drills, demos, benchmarks)",
         add_help=False,  # its own parser answers --help
@@ -507,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_fake_upstream)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo  # only this command needs it
+
+    ports = demo.DemoPorts(args.port, args.primary_port, args.backup_port)
+    try:
+        return demo.run_demo(Path(args.dir), ports)
+    except demo.DemoError as exc:
+        return _fail("demo", str(exc))
+    except MigrationError as exc:
+        return _fail("demo", str(exc), _database_fault_status(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail("demo", f"cannot set up {args.dir}: {exc}", _database_fault_status(exc))
 
 
 def cmd_fake_upstream(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,13 +176,14 @@ async def _serve_with_fakes(config_path: Path, ports: DemoPorts, cliproxy: str) 
     from .server import serve
 
     config = load_config(config_path)
+    # Checked first: the readiness probe below connects to the gateway's port, and would take
+    # another program listening there for the gateway.
+    for port, option in ((ports.gateway, "--port"), (ports.primary, "--primary-port"), (ports.backup, "--backup-port")):
+        _require_free(port, option)
     fakes = [FakeUpstream(name="primary", record=False), FakeUpstream(name="backup", record=False)]
     try:
         for fake, port in zip(fakes, (ports.primary, ports.backup)):
-            try:
-                await fake.start("127.0.0.1", port)
-            except OSError as exc:
-                raise DemoError(f"a demo vendor cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+            await fake.start("127.0.0.1", port)
         gateway = asyncio.create_task(serve(config))
         if await _answers(ports.gateway, gateway):
             print(instructions(ports, config_path, Path(config.database), cliproxy), flush=True)
@@ -189,6 +191,15 @@ async def _serve_with_fakes(config_path: Path, ports: DemoPorts, cliproxy: str) 
     finally:
         for fake in fakes:
             await fake.stop()
+
+
+def _require_free(port: int, option: str) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoError(f"127.0.0.1:{port} is in use ({exc.strerror or exc}); pick another with {option}") from None
 
 
 async def _answers(port: int, server: asyncio.Task[int]) -> bool:

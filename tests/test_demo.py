@@ -164,6 +164,16 @@ class TestDemo:
         assert (demo.dir / "config.yaml").read_text() == edited
 
 
+    def test_a_port_in_use_is_one_line_and_nothing_printed(self, demo: Demo):
+        with socket.socket() as other:  # another program on the gateway's port
+            other.bind(("127.0.0.1", demo.ports.gateway))
+            other.listen()
+            assert demo.start().process is not None
+            assert demo.process.wait(timeout=30) == 1
+        assert demo.out.read_text() == ""  # no instructions for a gateway that is not there
+        assert demo.err.read_text() == f"cliproxy demo: error: 127.0.0.1:{demo.ports.gateway} is in use (Address already in use); pick another with --port\n"
+
+
 class TestSelfCommand:
     """The printed `cliproxy` runs in a new shell: PATH's when it is this one, else an explicit path."""
 

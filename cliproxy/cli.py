@@ -7,12 +7,15 @@
     history        the audit history from the database file
     enable         make a pair routable again, through the running server's management API
     disable        disable a pair (optionally for a duration), through the management API
+    demo           the gateway with two demo vendors, and what to try (first run)
 
 `status` and `history` open the database read-only, so they work with the server stopped or
 running. Formatting and state rules live in `cliproxy.operator` (pure); this module does the I/O.
 
-Exit codes: 0 success; 1 the operation failed (database unreadable, migration failed, server not
-running or refused the call); 2 usage or configuration errors.
+Exit codes: 0 success; 1 the operation failed (database unreadable for status/history, server not
+running or refused the call, port in use, database busy); 2 usage or configuration errors; 3 the
+database cannot be used (a migration fails, the file is not a database or cannot be opened, its
+schema is newer than this version). 2 and 3 are permanent: the systemd unit does not restart on them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -45,11 +49,16 @@ from .store import (
     read_events,
 )
 
-__all__ = ["build_parser", "default_url", "main"]
+__all__ = ["build_parser", "default_url", "installed_version", "main"]
 
 log = logging.getLogger("cliproxy")
 
 DEFAULT_CONFIG = "config.yaml"
+
+#: A usage or config error (argparse exits 2 too): restarting cannot fix it.
+EXIT_CONFIG = 2
+#: The database cannot be used: restarting cannot fix it either (the unit's RestartPreventExitStatus).
+EXIT_DATABASE = 3
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -61,7 +70,7 @@ def _load_or_exit(path: str) -> Config:
         return load_config(path)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -72,9 +81,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# SQLite's codes for "another connection holds the lock": waiting and retrying can fix those.
+_TRANSIENT_SQLITE_ERRORS = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+
+
+def _database_fault_status(exc: BaseException) -> int:
+    """EXIT_DATABASE for a database fault that stays until someone acts, 1 for a busy database."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if getattr(cause, "sqlite_errorname", None) in _TRANSIENT_SQLITE_ERRORS:
+            return 1
+        cause = cause.__cause__
+    return EXIT_DATABASE
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    config = _load_or_exit(path)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        # One line, so the journal shows the whole reason next to the unit's failure.
+        problems = "; ".join(error.problems)
+        return _fail("serve", f"invalid configuration in {path}: {problems}", EXIT_CONFIG)
+    db = _database(config)
+    # The app migrates at start-up too (a no-op after this); doing it here first turns a database
+    # that cannot be used into one line and a status systemd will not restart on, not a traceback.
+    try:
+        apply_migrations(db)
+    except MigrationError as exc:
+        return _fail("serve", str(exc), _database_fault_status(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail("serve", f"cannot open database {db}: {exc}", _database_fault_status(exc))
     from .server import serve
 
     return asyncio.run(serve(config))
@@ -140,9 +177,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             return 0
         applied = apply_migrations(db)
     except MigrationError as exc:
-        return _fail("migrate", str(exc))
+        return _fail("migrate", str(exc), _database_fault_status(exc))
     except (sqlite3.Error, OSError) as exc:
-        return _fail("migrate", f"cannot migrate database {db}: {exc}")
+        return _fail("migrate", f"cannot migrate database {db}: {exc}", _database_fault_status(exc))
     if not applied:
         print(f"{db}: up to date")
     else:
@@ -368,12 +405,21 @@ def cmd_disable(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def installed_version() -> str:
+    """The version of the installed distribution (pyproject's `version`), from its metadata."""
+    try:
+        return metadata.version("cliproxy")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cliproxy",
         description="OpenAI-compatible LLM API gateway",
         epilog="Run `cliproxy COMMAND --help` for the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=f"cliproxy {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
@@ -393,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply pending database migrations",
         "Apply the pending migrations to the config's `database` (created if missing), each in one\n"
         "transaction. The server also does this at start-up. A failing migration leaves the database\n"
-        "as it was and exits 1.",
+        "as it was and exits 3.",
     )
     p.add_argument("--dry-run", action="store_true", help="list the pending migrations; change nothing")
 
@@ -455,6 +501,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_duration_arg, default=10.0, metavar="SECONDS", help="give up after this long (default 10s)")
 
     p = sub.add_parser(
+        "demo",
+        help="try cliproxy: the gateway with two demo vendors (fake upstreams); Ctrl-C stops it",
+        description=(
+            "Start the gateway on a generated config with two demo vendors served by the built-in\n"
+            "fake upstream, in this one process, and print commands to try: a chat request, a stream,\n"
+            "failover, auto-disable, status, history, recovery. Ctrl-C (or SIGTERM) stops everything.\n"
+            "The config and the database stay in --dir, so status and history work afterwards."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dir", default="cliproxy-demo", help="where the config and the database go (default ./cliproxy-demo)")
+    p.add_argument("--port", type=int, default=8399, help="the gateway's port (default 8399)")
+    p.add_argument("--primary-port", type=int, default=9101, help="the demo vendor primary's port (default 9101)")
+    p.add_argument("--backup-port", type=int, default=9102, help="the demo vendor backup's port (default 9102)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
         "fake-upstream",
         help="run the fake OpenAI-compatible upstream with fault injection (drills, demos, benchmarks)",
         add_help=False,  # its own parser answers --help
@@ -462,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_fake_upstream)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo  # only this command needs it
+
+    ports = demo.DemoPorts(args.port, args.primary_port, args.backup_port)
+    try:
+        return demo.run_demo(Path(args.dir), ports)
+    except demo.DemoError as exc:
+        return _fail("demo", str(exc))
+    except MigrationError as exc:
+        return _fail("demo", str(exc), _database_fault_status(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail("demo", f"cannot set up {args.dir}: {exc}", _database_fault_status(exc))
 
 
 def cmd_fake_upstream(args: argparse.Namespace) -> int:

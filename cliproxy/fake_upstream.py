@@ -817,7 +817,9 @@ class _ReqState:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible upstream with fault injection.")
+    parser = argparse.ArgumentParser(
+        prog="cliproxy fake-upstream", description="Fake OpenAI-compatible upstream with fault injection."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--chunks", type=int, default=5, help="content chunks per stream")

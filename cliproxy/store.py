@@ -1,7 +1,8 @@
 """Durable storage of auto-disable state: the append-only event history and the disabled pairs.
 
-All SQL of the project lives here. The schema is plain SQL in `migrations/NNNN_name.sql`, applied
-in order, each file in one transaction together with its row in `schema_migrations`.
+All SQL of the project lives here. The schema is plain SQL in `cliproxy/migrations/NNNN_name.sql`
+(package data), applied in order, each file in one transaction together with its row in
+`schema_migrations`.
 
 Timestamps: the rest of the program holds wall-clock epoch seconds (floats); the database holds
 ISO-8601 UTC text with milliseconds (`2026-11-21T23:59:01.123Z`), readable in the sqlite3 shell and
@@ -42,6 +43,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -423,17 +425,21 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 def default_migrations_dir() -> Path:
-    """Where the migration files are: `cliproxy/migrations` if packaged as package data, else the
-    repository's `migrations/` next to the package (source checkout or editable install)."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
-        if (candidate / "0001_initial.sql").is_file():
-            return candidate
-    raise MigrationError(
-        f"cannot find the migrations directory (looked in {package_dir / 'migrations'} and "
-        f"{package_dir.parent / 'migrations'}); pass migrations_dir explicitly",
-        path=package_dir.parent / "migrations",
-    )
+    """The migration files shipped with the package (`cliproxy/migrations`, package data).
+
+    Found through `importlib.resources`, so a wheel install, an editable install and a source
+    checkout all read the same files; a package installed without them is a broken install.
+    """
+    directory = resources.files("cliproxy") / "migrations"
+    # A wheel is unpacked into plain files, so this is a Path; the runner lists the directory and
+    # names files in its errors, which a zip-imported Traversable could not offer.
+    if not isinstance(directory, Path) or not (directory / "0001_initial.sql").is_file():
+        raise MigrationError(
+            f"the migration files are missing from the installed package (looked in {directory}); "
+            "reinstall cliproxy",
+            path=Path(str(directory)),
+        )
+    return directory
 
 
 def _discover(migrations_dir: Path | None) -> list[_Migration]:
@@ -556,6 +562,19 @@ def _apply_one(conn: sqlite3.Connection, migration: _Migration) -> bool:
         ) from exc
 
 
+def _refuse_newer_schema(db_path: Path, applied: set[int], migrations: list[_Migration]) -> None:
+    """A database migrated by a newer cliproxy has tables this version does not know how to keep
+    consistent: refuse to run on it rather than write rows the newer code would misread."""
+    known = max((m.version for m in migrations), default=0)
+    newest = max(applied, default=0)
+    if newest > known:
+        raise MigrationError(
+            f"database {db_path} has schema version {newest}, newer than this cliproxy knows "
+            f"(up to {known}): it was used by a newer cliproxy; upgrade cliproxy (or restore a backup)",
+            path=db_path,
+        )
+
+
 def apply_migrations(path: str | os.PathLike, migrations_dir: Path | None = None) -> list[str]:
     """Apply the pending migrations to the database at `path` (created, with its parent directory,
     if missing), in version order, each in its own transaction with its `schema_migrations` row.
@@ -569,6 +588,7 @@ def apply_migrations(path: str | os.PathLike, migrations_dir: Path | None = None
     applied: list[str] = []
     with closing(_connect_rw(db_path)) as conn:
         done = _applied_versions(conn)
+        _refuse_newer_schema(db_path, done, migrations)
         for migration in migrations:
             if migration.version not in done and _apply_one(conn, migration):
                 applied.append(migration.name)
@@ -585,6 +605,7 @@ def pending_migrations(path: str | os.PathLike, migrations_dir: Path | None = No
         return [m.name for m in migrations]
     with closing(_connect_ro(path)) as conn:
         done = _applied_versions(conn)
+    _refuse_newer_schema(Path(path), done, migrations)
     return [m.name for m in migrations if m.version not in done]
 
 

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Install cliproxy as a systemd service on this host. Run as root from a checkout:
+# Install cliproxy as a systemd service on this host. Run as root from a checkout (or an unpacked sdist):
 #
-#   sudo scripts/install-service.sh [--config FILE] [--bin PATH] [--now]
+#   sudo scripts/install-service.sh [--config FILE] [--bin PATH | --from WHEEL_OR_DIR] [--now]
 #
 #   --config FILE  the config to install as /etc/cliproxy/config.yaml (default: ./config.yaml of
 #                  the checkout). An existing /etc/cliproxy/config.yaml is never overwritten.
 #   --bin PATH     use this `cliproxy` executable instead of installing one into /opt/cliproxy/venv.
+#   --from SOURCE  what pip installs into the venv: a wheel file or a source directory
+#                  (default: this checkout).
 #   --now          start (or restart) the service at the end; otherwise it is only enabled.
+#   --prefix DIR   install under DIR instead of /: DIR/opt/cliproxy, DIR/etc/cliproxy,
+#                  DIR/var/lib/cliproxy and DIR/etc/systemd/system, with the config and the unit
+#                  pointing at those paths (staging, packaging, tests).
+#   --no-systemd   skip what needs root or a running systemd: the user, file ownership,
+#                  systemctl and --now (the files are still written). Needs no root.
 #
 # What it does, each step safe to repeat:
 #   - a system user and group `cliproxy` (no login, home /var/lib/cliproxy);
@@ -21,11 +28,17 @@
 set -euo pipefail
 
 SERVICE_USER=cliproxy
-CONFIG_DIR=/etc/cliproxy
-STATE_DIR=/var/lib/cliproxy
-DATABASE="$STATE_DIR/cliproxy.db"
-PREFIX=/opt/cliproxy
-UNIT_PATH=/etc/systemd/system/cliproxy.service
+# The paths below are under ROOT_DIR, which --prefix changes (default: the real root).
+ROOT_DIR=""
+set_paths() {
+    CONFIG_DIR="$ROOT_DIR/etc/cliproxy"
+    STATE_DIR="$ROOT_DIR/var/lib/cliproxy"
+    DATABASE="$STATE_DIR/cliproxy.db"
+    PREFIX="$ROOT_DIR/opt/cliproxy"
+    UNIT_DIR="$ROOT_DIR/etc/systemd/system"
+    UNIT_PATH="$UNIT_DIR/cliproxy.service"
+}
+set_paths
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
@@ -57,23 +70,36 @@ if [[ "${1:-}" == "--set-database-only" ]]; then
 fi
 
 SOURCE_CONFIG="$REPO/config.yaml"
+SOURCE="$REPO"
 BIN=""
 START=0
+SYSTEMD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --config) SOURCE_CONFIG="${2:?--config needs a file}"; shift 2 ;;
         --bin) BIN="${2:?--bin needs a path}"; shift 2 ;;
+        --from) SOURCE="${2:?--from needs a wheel or a directory}"; shift 2 ;;
         --now) START=1; shift ;;
-        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --prefix)
+            mkdir -p "${2:?--prefix needs a directory}"
+            ROOT_DIR="$(cd "$2" && pwd)"; set_paths; shift 2 ;;
+        --no-systemd) SYSTEMD=0; shift ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
 
-[[ "$(id -u)" -eq 0 ]] || die "run as root (sudo $0)"
-command -v systemctl >/dev/null || die "systemctl not found: this host does not run systemd"
+if [[ "$SYSTEMD" -eq 1 ]]; then
+    [[ "$(id -u)" -eq 0 ]] || die "run as root (sudo $0), or pass --no-systemd"
+    command -v systemctl >/dev/null || die "systemctl not found: this host does not run systemd (--no-systemd writes the files only)"
+    OWNER=(-o "$SERVICE_USER" -g "$SERVICE_USER")
+else
+    OWNER=()  # files stay owned by whoever runs this
+    START=0
+fi
 
 # 1. The user.
-if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+if [[ "$SYSTEMD" -eq 1 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
     nologin="$(command -v nologin || echo /usr/sbin/nologin)"
     useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell "$nologin" "$SERVICE_USER"
     say "created system user $SERVICE_USER"
@@ -83,37 +109,47 @@ fi
 if [[ -z "$BIN" ]]; then
     command -v python3 >/dev/null || die "python3 not found (or pass --bin PATH)"
     [[ -x "$PREFIX/venv/bin/python" ]] || python3 -m venv "$PREFIX/venv"
-    "$PREFIX/venv/bin/pip" install --quiet --upgrade "$REPO"
+    "$PREFIX/venv/bin/pip" install --quiet --upgrade "$SOURCE"
     BIN="$PREFIX/venv/bin/cliproxy"
     say "installed cliproxy into $PREFIX/venv"
 fi
 [[ -x "$BIN" ]] || die "not an executable: $BIN"
 
 # 3. The config (never overwritten) and the state directory.
-install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$CONFIG_DIR"
+install -d "${OWNER[@]}" -m 0750 "$CONFIG_DIR"
 if [[ ! -e "$CONFIG_DIR/config.yaml" ]]; then
     [[ -f "$SOURCE_CONFIG" ]] || die "no config to install: $SOURCE_CONFIG"
-    install -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0600 "$SOURCE_CONFIG" "$CONFIG_DIR/config.yaml"
+    install "${OWNER[@]}" -m 0600 "$SOURCE_CONFIG" "$CONFIG_DIR/config.yaml"
     say "installed $SOURCE_CONFIG as $CONFIG_DIR/config.yaml"
 else
     say "keeping the existing $CONFIG_DIR/config.yaml"
 fi
 set_database "$CONFIG_DIR/config.yaml"
-install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE_DIR"
-if [[ -e "$DATABASE" ]]; then
+install -d "${OWNER[@]}" -m 0750 "$STATE_DIR"
+if [[ "$SYSTEMD" -eq 1 && -e "$DATABASE" ]]; then
     chown "$SERVICE_USER:$SERVICE_USER" "$DATABASE"*
 fi
 
-# 4. The unit.
+# 4. The unit (its paths follow --prefix; they are the real ones by default).
 tmp_unit="$(mktemp)"
 trap 'rm -f "$tmp_unit"' EXIT
-sed "s|^ExecStart=.*cliproxy serve|ExecStart=$BIN serve|" "$HERE/cliproxy.service" >"$tmp_unit"
+sed -e "s|^ExecStart=.*cliproxy serve|ExecStart=$BIN serve|" \
+    -e "s|/etc/cliproxy|$CONFIG_DIR|g" -e "s|/var/lib/cliproxy|$STATE_DIR|g" "$HERE/cliproxy.service" >"$tmp_unit"
+install -d "$UNIT_DIR"
 install -m 0644 "$tmp_unit" "$UNIT_PATH"
-systemctl daemon-reload
-systemctl enable cliproxy.service >/dev/null
-say "installed and enabled $UNIT_PATH"
+if [[ "$SYSTEMD" -eq 1 ]]; then
+    systemctl daemon-reload
+    systemctl enable cliproxy.service >/dev/null
+    say "installed and enabled $UNIT_PATH"
+else
+    say "installed $UNIT_PATH (not enabled: --no-systemd)"
+fi
 
-if ! runuser -u "$SERVICE_USER" -- "$BIN" check-config --config "$CONFIG_DIR/config.yaml"; then
+as_service_user=()
+if [[ "$SYSTEMD" -eq 1 ]]; then
+    as_service_user=(runuser -u "$SERVICE_USER" --)
+fi
+if ! "${as_service_user[@]}" "$BIN" check-config --config "$CONFIG_DIR/config.yaml"; then
     say "warning: $CONFIG_DIR/config.yaml does not validate yet; fix it before starting the service"
     START=0
 fi
@@ -121,6 +157,8 @@ fi
 if [[ "$START" -eq 1 ]]; then
     systemctl restart cliproxy.service
     say "started: systemctl status cliproxy; journalctl -u cliproxy -f"
+elif [[ "$SYSTEMD" -eq 0 ]]; then
+    say "run it with: $BIN serve --config $CONFIG_DIR/config.yaml"
 else
     say "start it with: systemctl start cliproxy; then: journalctl -u cliproxy -f"
 fi

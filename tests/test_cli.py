@@ -315,14 +315,14 @@ class TestMigrate:
         second = run_cli("migrate", cwd=tmp_path, env={"CLIPROXY_CONFIG": str(config)})
         assert second.returncode == 0 and "up to date" in second.stdout
 
-    def test_failing_migration_exits_1_with_one_line(self, tmp_path: Path):
+    def test_failing_migration_exits_3_with_one_line(self, tmp_path: Path):
         db = tmp_path / "cliproxy.db"
         with closing(sqlite3.connect(db)) as conn:  # a table in the way of 0001_initial
             conn.execute("CREATE TABLE events (x)")
             conn.commit()
         config = write_config(tmp_path, db)
         result = run_cli("migrate", "--config", str(config), cwd=tmp_path)
-        assert result.returncode == 1
+        assert result.returncode == 3  # the database cannot be used (cli.EXIT_DATABASE)
         assert result.stdout == ""
         assert "Traceback" not in result.stderr
         assert result.stderr.count("\n") == 1
@@ -334,7 +334,7 @@ class TestMigrate:
     def test_not_a_database(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
         db = tmp_path / "cliproxy.db"
         db.write_bytes(b"this is not an SQLite file at all" * 100)
-        assert main(["migrate", "--config", str(write_config(tmp_path, db))]) == 1
+        assert main(["migrate", "--config", str(write_config(tmp_path, db))]) == 3
         err = capsys.readouterr().err
         assert err.startswith("cliproxy migrate: error: ") and "not a database" in err
 

@@ -514,7 +514,8 @@ class TestServiceFiles:
         assert unit["ExecStart"][0].endswith("cliproxy serve --config /etc/cliproxy/config.yaml")
         assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
         assert unit["Restart"] == ["on-failure"]
-        assert unit["RestartPreventExitStatus"] == ["2"]  # `cliproxy serve` exits 2 on an invalid config
+        # `cliproxy serve` exits 2 on an invalid config, 3 on a database it cannot use: both permanent.
+        assert unit["RestartPreventExitStatus"] == ["2 3"]
         assert unit["StateDirectory"] == ["cliproxy"]
         assert unit["User"] == ["cliproxy"] and unit["Group"] == ["cliproxy"]
         assert unit["NoNewPrivileges"] == ["yes"] and unit["PrivateTmp"] == ["yes"]

@@ -29,7 +29,7 @@ from cliproxy.store import (
     round_timestamp,
 )
 
-REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "cliproxy" / "migrations"
 
 T0 = 1795132741.123  # 2026-11-19T23:59:01.123Z: millisecond precision, so it round-trips exactly
 SETTINGS = {"failure_threshold": 5, "time_window_seconds": 60.0, "disable_duration_seconds": 300.0}
@@ -221,7 +221,17 @@ class TestMigrations:
         with pytest.raises(MigrationError, match=r"1_initial\.sql is not named NNNN_name\.sql"):
             pending_migrations(db, migrations)
 
-    def test_default_directory_is_the_repository_one(self):
+    def test_a_schema_newer_than_the_shipped_migrations_is_refused(self, db: Path):
+        apply_migrations(db)
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("INSERT INTO schema_migrations VALUES (99, '0099_future.sql', '2030-01-01T00:00:00.000Z')")
+        before = snapshot(db)
+        for call in (apply_migrations, pending_migrations):
+            with pytest.raises(MigrationError, match=r"schema version 99, newer than this cliproxy knows \(up to 1\)"):
+                call(db)
+        assert snapshot(db) == before
+
+    def test_default_directory_is_the_package_data(self):
         assert default_migrations_dir() == REPO_MIGRATIONS
 
     async def test_open_creates_the_parent_directory_and_migrates(self, db: Path):

@@ -7,7 +7,7 @@ A configured pair's state, by precedence (the first that holds is the state; the
 also hold are named in the detail):
 
     vendor-off          the vendor has `enabled: false`
-    no-key              the vendor's api-key entries are all empty (an unset ${VAR})
+    no-key              the vendor's api-key entries are all empty (`${VAR:-}` with VAR unset)
     manually-disabled   the model entry has `enabled: false` (permanent), or a manual disable
                         row in the database is in force (timed, or without an end)
     auto-disabled       an automatic disable row is in force
@@ -15,6 +15,10 @@ also hold are named in the detail):
                         has passed, the human label says "enabled (expired, not yet recorded)":
                         routing already ignores it, the server writes the `enabled` event on its
                         next sweep (or at start-up when it is stopped)
+
+A key that comes from a `${VAR}` not set where the CLI runs (the server's unit reads it from a
+file the operator's shell does not) is unknown, not missing: the pair is not shown as `no-key`;
+its detail says `key from ${VAR} (not set here; assumed set for the server)`.
 
 Rows in the database for pairs that are no longer configured are reported apart, as
 `not-configured`: the server keeps them and ignores them.
@@ -30,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
-from .config import PairKey
+from .config import PairKey, Vendor
 from .events import DisabledRecord, Event
 from .routing import RoutingTable
 
@@ -202,6 +206,8 @@ class PairStatus:
     model_enabled: bool | None = None
     missing_key: bool | None = None
     disables: tuple[DisableView, ...] = ()
+    #: The unset variables the vendor's key comes from, when that is why it looks empty here.
+    key_variables: tuple[str, ...] = ()
 
 
 def _describe(view: DisableView, *, name: bool) -> str:
@@ -236,6 +242,7 @@ def _status_of(
     vendor_enabled: bool | None = None,
     model_enabled: bool | None = None,
     missing_key: bool | None = None,
+    key_variables: tuple[str, ...] = (),
 ) -> PairStatus:
     in_force = [v for v in views if v.in_force]
     manual = [v for v in in_force if v.record.reason == "manual"]
@@ -264,6 +271,9 @@ def _status_of(
         state = "enabled"
         label = EXPIRED_LABEL if expired else LABELS["enabled"]
         details = []
+    if key_variables:
+        sources = ", ".join(f"${{{variable}}}" for variable in key_variables)
+        details.append(f"key from {sources} (not set here; assumed set for the server)")
     if expired:
         details.extend(f"{_describe(v, name=True)} (the server records the re-enable at its next sweep or start-up)" for v in expired)
     return PairStatus(
@@ -279,13 +289,30 @@ def _status_of(
         model_enabled=model_enabled,
         missing_key=missing_key,
         disables=tuple(views),
+        key_variables=key_variables,
     )
 
 
 def pair_statuses(
-    table: RoutingTable, disabled: Iterable[DisabledRecord], now: float
+    table: RoutingTable,
+    disabled: Iterable[DisabledRecord],
+    now: float,
+    unset_key_variables: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[PairStatus], list[PairStatus]]:
-    """(every configured pair in config order, pairs with database rows that are not configured)."""
+    """(every configured pair in config order, pairs with database rows that are not configured).
+
+    `unset_key_variables`: vendor name -> the unset `${VAR}`s its api-keys come from (a lenient
+    load); such a vendor's key is unknown here, not missing.
+    """
+    unknown = unset_key_variables or {}
+
+    def key_of(vendor: Vendor) -> tuple[bool | None, tuple[str, ...]]:
+        """(missing_key, the variables it comes from): None and the names when only the shell lacks them."""
+        variables = unknown.get(vendor.name, ())
+        if vendor.missing_key and variables:
+            return None, variables
+        return vendor.missing_key, ()
+
     rows: dict[PairKey, list[DisableView]] = {}
     for record in disabled:
         rows.setdefault((record.vendor, record.model), []).append(DisableView.at(record, now))
@@ -297,7 +324,8 @@ def pair_statuses(
             configured=True,
             vendor_enabled=pair.vendor.enabled,
             model_enabled=pair.model.enabled,
-            missing_key=pair.vendor.missing_key,
+            missing_key=key_of(pair.vendor)[0],
+            key_variables=key_of(pair.vendor)[1],
         )
         for key, pair in table.pairs.items()
     ]
@@ -356,6 +384,7 @@ def status_json(statuses: Iterable[PairStatus]) -> list[dict[str, Any]]:
             "vendor_enabled": s.vendor_enabled,
             "model_enabled": s.model_enabled,
             "missing_key": s.missing_key,
+            "key_variables_unset": list(s.key_variables),
             "disables": [_disable_json(v) for v in s.disables],
         }
         for s in statuses

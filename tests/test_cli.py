@@ -439,6 +439,81 @@ class TestStatus:
         assert result.returncode == 2 and "Traceback" not in result.stderr and "port:" in result.stderr
 
 
+class TestWithoutTheServersEnvironment:
+    """`status`, `history`, `enable` and `disable` run where the config's `${VAR}`s are unset (the
+    unit reads them from a file the operator's shell does not): they need only the database, host
+    and port, and a key they cannot see is reported as unknown, not missing."""
+
+    VARIABLES = {
+        "CLIPROXY_TEST_VAULT_KEY": "sk-vault-0001",
+        "CLIPROXY_TEST_CLIENT_KEY": "client-0001",
+        "CLIPROXY_TEST_MGMT_KEY": "mgmt-0001",
+        "CLIPROXY_TEST_RETRIES": "2",
+    }
+
+    def config(self, tmp_path: Path, db: Path, **extra: Any) -> Path:
+        data = config_data(db, **extra)
+        data["api-keys"] = ["${CLIPROXY_TEST_CLIENT_KEY}"]
+        data["request-retry"] = "${CLIPROXY_TEST_RETRIES}"  # not valid as "": read as absent
+        data["remote-management"] = {"secret-key": "${CLIPROXY_TEST_MGMT_KEY}"}
+        data["openai-compatibility"].append(
+            {
+                "name": "vaulted",
+                "base-url": "http://127.0.0.1:9/v1",
+                "api-key-entries": [{"api-key": "${CLIPROXY_TEST_VAULT_KEY}"}],
+                "models": [{"name": "m3"}],
+            }
+        )
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def test_status_and_history_in_a_shell_without_the_variables(self, tmp_path: Path):
+        db = tmp_path / "cliproxy.db"
+        seed(db, time.time())
+        config = self.config(tmp_path, db)
+        strict = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+        assert strict.returncode == 2 and "CLIPROXY_TEST_VAULT_KEY is not set" in strict.stderr  # serve still refuses
+
+        status = run_cli("status", "--config", str(config), cwd=tmp_path)
+        assert (status.returncode, status.stderr) == (0, "")
+        vaulted = row_of(status.stdout, "vaulted", "m3")
+        assert re.search(r"vaulted +m3 +m3 +enabled +key from \$\{CLIPROXY_TEST_VAULT_KEY\} \(not set here; assumed set for the server\)$", vaulted)
+        assert "no key" not in vaulted
+        assert "no key" in row_of(status.stdout, "keyless", "m2")  # `${VAR:-}`: empty on purpose, really no key
+        assert re.search(r"llama, acme/llama +auto-disabled +4m", row_of(status.stdout, "meta/llama-3.1:8b"))
+        assert "8 pairs: 3 enabled, 1 auto-disabled, 2 manually disabled, 1 vendor off, 1 no key" in status.stdout
+
+        as_json = run_cli("status", "--json", "--config", str(config), cwd=tmp_path)
+        assert as_json.returncode == 0
+        by_model = {o["model"]: o for o in json.loads(as_json.stdout)}
+        assert by_model["m3"]["state"] == "enabled" and by_model["m3"]["missing_key"] is None
+        assert by_model["m3"]["key_variables_unset"] == ["CLIPROXY_TEST_VAULT_KEY"]
+        assert by_model["m2"]["missing_key"] is True and by_model["m2"]["key_variables_unset"] == []
+
+        history = run_cli("history", "--since", "24h", "--config", str(config), cwd=tmp_path)
+        assert (history.returncode, history.stderr) == (0, "")
+        assert "7 event(s)" in history.stdout
+
+        with_them = run_cli("status", "--json", "--config", str(config), cwd=tmp_path, env=self.VARIABLES)
+        m3 = next(o for o in json.loads(with_them.stdout) if o["model"] == "m3")
+        assert (m3["missing_key"], m3["key_variables_unset"], m3["detail"]) == (False, [], "")
+
+    def test_enable_finds_the_address_without_the_variables(self, tmp_path: Path):
+        port = unused_port()
+        config = self.config(tmp_path, tmp_path / "x.db", port=port)
+        result = run_cli("enable", "vaulted", "m3", "--config", str(config), cwd=tmp_path, env={"CLIPROXY_MANAGEMENT_KEY": SECRET})
+        assert result.returncode == 1
+        assert result.stderr == f"cliproxy enable: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+
+    def test_an_unset_variable_in_what_the_command_needs_is_still_an_error(self, tmp_path: Path):
+        config = self.config(tmp_path, Path("${CLIPROXY_TEST_STATE_DIR}/cliproxy.db"))
+        result = run_cli("status", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "database: environment variable CLIPROXY_TEST_STATE_DIR is not set" in result.stderr
+        assert not list(tmp_path.glob("*.db"))
+
+
 # --------------------------------------------------------------------------------------------
 # history
 # --------------------------------------------------------------------------------------------

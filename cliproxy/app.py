@@ -16,7 +16,8 @@ from .admin_auth import Lockout, management_auth_middleware
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS, OUTCOMES, RUNTIME, STORE, TRACKER
+from .inflight import InFlight
+from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, RUNTIME, STORE, TRACKER
 from .logs import access_middleware, stamp_response
 from .metrics import Metrics
 from .reload import ConfigManager
@@ -114,6 +115,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
+    app[IN_FLIGHT] = InFlight()  # what a shutdown waits for, then cuts (cliproxy.server)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses

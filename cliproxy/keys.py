@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .admin_auth import Lockout
 from .events import OutcomeSink
+from .inflight import InFlight
 from .metrics import Metrics
 from .runtime import LiveRuntime
 from .store import Store
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from .reload import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
-           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER"]
+           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "IN_FLIGHT", "RELAYED_STATUS"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -48,3 +49,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_COUNTED = web.RequestKey("stream_counted", bool)
 #: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.
 CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")
+
+#: The requests being handled now: the shutdown waits for them for the grace, then cuts them.
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+#: The status of a response once its headers have gone out (what the client was told).
+RELAYED_STATUS = web.RequestKey("relayed_status", int)

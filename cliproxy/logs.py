@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from .config import LoggingSettings
-from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
+from .keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from .redact import mask_secrets
 
 __all__ = [
@@ -217,6 +217,7 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["x-request-id"] = request_id
+    request[RELAYED_STATUS] = response.status
     if ACCESS_INFO in request and response.headers.get("Content-Type", "").startswith(_SSE):
         metrics = request.app.get(METRICS)
         if metrics is not None:
@@ -232,8 +233,11 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Outermost: request id in, then one access line and the metrics once the handler is done."""
     started = time.perf_counter()
     request[REQUEST_ID] = _request_id(request)
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter(request)
     status = 500
     response: web.StreamResponse | None = None
+    cut_by_shutdown = False
     try:
         response = await handler(request)
         status = response.status
@@ -241,14 +245,22 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:  # redirects and the like pass the error middleware as exceptions
         status = exc.status
         raise
-    except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
-        status = 499  # the client went away (nginx's number for it)
+    except asyncio.CancelledError:
+        cut_by_shutdown = in_flight.was_cut(request)
+        # Cut by the shutdown: the status the client was given; else the client went away (nginx's 499).
+        status = request.get(RELAYED_STATUS, 503) if cut_by_shutdown else 499
+        raise
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        status = 499
         raise
     finally:
-        _after(request, response, status, time.perf_counter() - started)
+        in_flight.leave(request)
+        _after(request, response, status, time.perf_counter() - started, cut_by_shutdown=cut_by_shutdown)
 
 
-def _after(request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float) -> None:
+def _after(
+    request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float, *, cut_by_shutdown: bool = False
+) -> None:
     info = request.get(ACCESS_INFO)
     if info is not None:
         metrics = request.app.get(METRICS)
@@ -285,7 +297,7 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
         "latency_ms": round(elapsed * 1000, 1),
         "ttfb_ms": ttfb,
         "bytes": size,
-        "outcome": info.outcomes[-1] if info is not None and info.outcomes else None,
+        "outcome": "shutdown" if cut_by_shutdown else info.outcomes[-1] if info is not None and info.outcomes else None,
         "request_id": request[REQUEST_ID],
     }
     # makeRecord + handle: what `log()` does, minus the stack walk that finds the caller's line.

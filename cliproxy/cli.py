@@ -187,7 +187,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for note in notes:
             print(note, file=sys.stderr)
         return 0
-    print(f"database {db}, times in UTC, now {operator.format_time(now)}")
+    print(f"database {db}, times in UTC, now {operator.iso(now)}")
     print()
     if configured:
         print(operator.status_table(configured))

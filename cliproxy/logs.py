@@ -38,6 +38,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from .config import LoggingSettings
 from .keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from .redact import mask_secrets
+from .times import format_timestamp
 
 __all__ = [
     "JsonFormatter",
@@ -66,17 +67,6 @@ def _no_secrets() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 # Formatters
 # ---------------------------------------------------------------------------------------------
-
-
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
-
-
-def _iso(created: float) -> str:
-    """`2025-01-01T12:00:00.123Z`; the seconds part is formatted once per second."""
-    second = int(created)
-    if _second[0] != second:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
 
 
 # What the credential-shape pattern of `cliproxy.redact` needs to find anything; text (lowercased)
@@ -108,7 +98,7 @@ class TextFormatter(logging.Formatter):
         self._secrets = secrets
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        return _iso(record.created)
+        return format_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         if getattr(record, "cliproxy_access", None) is not None:
@@ -126,7 +116,7 @@ class JsonFormatter(logging.Formatter):
         self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname, "logger": record.name}
+        line: dict[str, Any] = {"time": format_timestamp(record.created), "level": record.levelname, "logger": record.name}
         access = getattr(record, "cliproxy_access", None)
         event = getattr(record, "cliproxy_event", None)
         if access is not None:

@@ -248,11 +248,11 @@ class TestPairStates:
         }
         assert by_pair["acme", "gpt-x"].names == ("fast", "acme/fast")
         assert by_pair["acme", "meta/llama-3.1:8b"].detail == (
-            "4m12s left, until 2027-01-15T08:04:12Z, 5 failures, last error: 503 upstream said: Service Unavailable"
+            "4m12s left, until 2027-01-15T08:04:12.000Z, 5 failures, last error: 503 upstream said: Service Unavailable"
         )
-        assert by_pair["acme", "expired-one"].detail.startswith("auto-disabled ended 2027-01-15T08:00:00Z, 5 failures")
+        assert by_pair["acme", "expired-one"].detail.startswith("auto-disabled ended 2027-01-15T08:00:00.000Z, 5 failures")
         assert "5 failures" in by_pair["acme", "meta/llama-3.1:8b"].detail
-        assert by_pair["acme", "qwen"].detail == "1h03m left, until 2027-01-15T09:03:00Z, by 127.0.0.1"
+        assert by_pair["acme", "qwen"].detail == "1h03m left, until 2027-01-15T09:03:00.000Z, by 127.0.0.1"
         assert by_pair["acme", "retired"].detail == "permanent: enabled: false in the config"
         assert "vendor enabled: false" in by_pair["offco", "m1"].detail
         assert by_pair["offco", "m1"].detail.startswith("vendor enabled: false in the config; auto-disabled, 5m00s left")
@@ -715,7 +715,7 @@ class TestManagementCalls:
         server.answer = (200, {"model": "pool", "pairs": pairs}, {})
         assert await self.call("disable", "acme", "pool", "--duration", "600", "--url", url, "--key", SECRET) == 0
         assert capsys.readouterr().out == (
-            f"acme pool: disabled for 10m00s, until 2030-01-01T00:10:00Z (2 pairs: acme/m-a, acme/m-b) (via {url})\n"
+            f"acme pool: disabled for 10m00s, until 2030-01-01T00:10:00.000Z (2 pairs: acme/m-a, acme/m-b) (via {url})\n"
         )
 
     async def test_key_echoed_by_the_server_is_masked(self, stub, capsys):

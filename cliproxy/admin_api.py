@@ -30,7 +30,6 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +45,7 @@ from .redact import SecretMasker, mask_key, mask_secrets
 from .routing import Pair
 from .reload import ConfigManager
 from .runtime import Runtime
-from .store import format_timestamp
+from .times import format_timestamp, parse_since
 from .tracker import FailureTracker
 from .writeback import model_path, vendor_enabled_edits, vendor_path
 
@@ -481,7 +480,7 @@ class EventsQuerySchema(StrictBody):
     vendor = fields.String()
     model = fields.String(metadata={"description": "the upstream model name"})
     kind = fields.String(validate=validate.OneOf(_EVENT_KINDS))
-    since = fields.String(metadata={"description": "an ISO-8601 time, or a duration back from now: 90s, 30m, 24h, 7d, 2w"})
+    since = fields.String(metadata={"description": "an ISO-8601 date or time, or a duration back from now: 90 (seconds), 90s, 30m, 1h30m, 24h, 7d"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     before_id = fields.Integer(validate=validate.Range(min=1, max=_MAX_ID), metadata={"description": "next_before_id of the previous page"})
 
@@ -1033,24 +1032,6 @@ def _keeps_management_on(config: Config) -> None:
             param="remote-management.secret-key",
             code="would_disable_management",
         )
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(text: str, now: float) -> float:
-    """`24h`, `30m`, `7d`, `90s`, `2w` back from `now`, or an ISO-8601 time (naive means UTC)."""
-    match = _DURATION.match(text)
-    if match:
-        return now - float(match.group(1)) * _UNIT[match.group(2)]
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError("must be an ISO-8601 time or a duration such as 30m, 24h or 7d") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 @endpoint("GET", "/api/events", summary="The audit history, newest first", response=EventPageSchema, query=EventsQuerySchema,

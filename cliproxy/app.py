@@ -17,7 +17,10 @@ from .browser_guard import browser_guard_middleware, cors_response_headers
 from .config import Config
 from .errors import ProxyError, error_body
 from .events import OutcomeSink
-from .keys import ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER
+from .inflight import InFlight
+from .keys import (
+    ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
+)
 from .logs import access_middleware, stamp_response
 from .metrics import Metrics
 from .overload import OverloadLog
@@ -125,6 +128,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
     app.on_cleanup.append(_close_overload_log)
+    app[IN_FLIGHT] = InFlight()  # what a shutdown waits for, then cuts (cliproxy.server)
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses

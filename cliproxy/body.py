@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from collections.abc import Iterator
 from json.decoder import scanstring
 from json.scanner import make_scanner
 from typing import Any

@@ -40,7 +40,7 @@ from . import operator
 from .config import Config
 from .events import EventKind
 from .routing import RoutingTable
-from .settings import ConfigError, load_config
+from .settings import ConfigError, LenientConfig, load_config, load_config_leniently
 from .store import (
     MigrationError,
     apply_migrations,
@@ -71,6 +71,16 @@ def _load_or_exit(path: str) -> Config:
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def _load_leniently_or_exit(path: str) -> LenientConfig:
+    """For the commands that need only the database, host and port: the `${VAR}`s of keys and
+    secrets may be unset in the operator's shell (the unit reads them from its own file)."""
+    try:
+        return load_config_leniently(path)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -194,7 +204,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load_or_exit(_config_path(args))
+    loaded = _load_leniently_or_exit(_config_path(args))
+    config = loaded.config
     db = _database(config)
     now = time.time()
     notes: list[str] = []
@@ -206,13 +217,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         disabled = []
         notes.append(f"no database at {db}: nothing is disabled (the server creates it at start-up)")
-    configured, orphans = operator.pair_statuses(RoutingTable(config), disabled, now)
+    unset_keys = {v.name: loaded.unset_key_variables(i) for i, v in enumerate(config.vendors)}
+    configured, orphans = operator.pair_statuses(RoutingTable(config), disabled, now, unset_keys)
     if args.json:
         _print_json(operator.status_json([*configured, *orphans]))
         for note in notes:
             print(note, file=sys.stderr)
         return 0
-    print(f"database {db}, times in UTC, now {operator.format_time(now)}")
+    print(f"database {db}, times in UTC, now {operator.iso(now)}")
     print()
     if configured:
         print(operator.status_table(configured))
@@ -257,7 +269,7 @@ def _limit_arg(text: str) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    config = _load_or_exit(_config_path(args))
+    config = _load_leniently_or_exit(_config_path(args)).config
     db = _database(config)
     if not db.is_file():
         note = f"no database at {db}: no history yet"
@@ -341,7 +353,7 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
     if not key:
         # Refuse locally: a keyless call would count towards the server's lock-out of this address.
         return _fail(action, f"no management key: pass --key or set {KEY_ENV}", 2)
-    base = (args.url or default_url(_load_or_exit(_config_path(args)))).rstrip("/")
+    base = (args.url or default_url(_load_leniently_or_exit(_config_path(args)).config)).rstrip("/")
     body: dict[str, Any] = {}
     duration = getattr(args, "duration", None)
     if duration is not None:
@@ -451,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         "database (opened read-only: works with the server stopped or running).\n\n"
         "states: enabled | auto-disabled | manually disabled | vendor off | no key;\n"
         "'enabled (expired, not yet recorded)' is a disable whose time is over that the server has\n"
-        "not written back yet. Disabled pairs that are no longer configured are listed apart.",
+        "not written back yet. Disabled pairs that are no longer configured are listed apart.\n\n"
+        "${VAR}s of keys and secrets need not be set here: a key from an unset variable is shown\n"
+        "as 'key from ${VAR}', not as 'no key'.",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (ISO times, seconds)")
 

@@ -24,6 +24,10 @@ Pure: no aiohttp import; the middleware turns `headers` into response headers.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
+
+from .times import format_duration
 
 __all__ = [
     "ProxyError",
@@ -39,6 +43,7 @@ __all__ = [
     "UpstreamUnavailable",
     "UpstreamTimeout",
     "NoVendorAvailable",
+    "Unavailability",
     "ServiceUnavailable",
     "GatewayOverloaded",
     "error_body",
@@ -132,10 +137,49 @@ class UpstreamTimeout(UpstreamUnavailable):
     code = "upstream_timeout"
 
 
+@dataclass(frozen=True, slots=True)
+class Unavailability:
+    """Why none of a model's pairs could take a request, each cause counted apart."""
+
+    vendors_off: int = 0
+    vendors_without_key: int = 0
+    models_off: int = 0
+    #: Seconds until each auto-disabled pair comes back.
+    auto_disabled: tuple[float, ...] = ()
+    #: Seconds until each pair disabled by an operator comes back; None: until enabled.
+    manually_disabled: tuple[float | None, ...] = ()
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 class NoVendorAvailable(ProxyError):
     status = 503
     error_type = "service_unavailable"
     code = "no_available_vendor"
+
+    @classmethod
+    def for_model(cls, name: str, why: Unavailability) -> NoVendorAvailable:
+        """`no vendor available for model 'x': 1 vendor switched off, 2 pairs auto-disabled (first back
+        in 42s)`, with Retry-After when some pair comes back by itself. Built only on the 503."""
+        causes: list[str] = []
+        if why.vendors_off:
+            causes.append(_count(why.vendors_off, "vendor switched off", "vendors switched off"))
+        if why.vendors_without_key:
+            causes.append(_count(why.vendors_without_key, "vendor without an api key", "vendors without an api key"))
+        if why.models_off:
+            causes.append(_count(why.models_off, "model switched off", "models switched off"))
+        if why.auto_disabled:
+            first = format_duration(min(why.auto_disabled))
+            causes.append(f"{_count(len(why.auto_disabled), 'pair', 'pairs')} auto-disabled (first back in {first})")
+        if why.manually_disabled:
+            timed = [w for w in why.manually_disabled if w is not None]
+            when = f"first back in {format_duration(min(timed))}" if timed else "until enabled"
+            causes.append(f"{_count(len(why.manually_disabled), 'pair', 'pairs')} disabled by an operator ({when})")
+        waits = [*why.auto_disabled, *(w for w in why.manually_disabled if w is not None)]
+        headers = {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
+        return cls(f"no vendor available for model '{name}': {', '.join(causes) or 'no pair serves it'}", headers=headers)
 
 
 class ServiceUnavailable(ProxyError):

@@ -7,10 +7,10 @@ setup and access shell) so that the tracker does not import the web layer.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 from .events import Event
+from .times import format_timestamp
 
 __all__ = ["event_fields", "log_event", "render_fields"]
 
@@ -23,10 +23,10 @@ def render_fields(fields: dict[str, Any]) -> str:
 
 
 def event_fields(event: Event) -> dict[str, Any]:
-    """The fields of an event as the tracker logs them (times in ISO 8601 UTC)."""
+    """The fields of an event as the tracker logs them (times as in the database: `...T23:59:01.123Z`)."""
 
     def iso(t: float | None) -> str | None:
-        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+        return None if t is None else format_timestamp(t)
 
     fields: dict[str, Any] = {
         "event": event.kind,

@@ -66,6 +66,10 @@ class OutcomeSink:
         """For Retry-After: seconds until the pair comes back, None when unknown or never."""
         return None
 
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual"] | None:
+        """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto", or None."""
+        return None
+
 
 EventKind = Literal[
     "disabled",  # auto-disable tripped

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .admin_auth import Lockout
 from .events import OutcomeSink
+from .inflight import InFlight
 from .metrics import Metrics
 from .overload import OverloadLog
 from .runtime import LiveRuntime
@@ -21,7 +22,8 @@ if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from .reload import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
-           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN"]
+           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
+           "RELAYED_STATUS"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -53,3 +55,9 @@ CORS_ORIGIN = web.RequestKey("cors_origin", str)
 CONFIG_MANAGER: web.AppKey[ConfigManager] = web.AppKey("config_manager")
 #: One throttled log line per interval when cliproxy runs out of descriptors, buffers or memory.
 OVERLOAD_LOG = web.AppKey("overload_log", OverloadLog)
+
+#: The requests being handled now: the shutdown waits for them for the grace, then cuts them.
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+#: The status of a response once its headers have gone out (what the client was told).
+RELAYED_STATUS = web.RequestKey("relayed_status", int)

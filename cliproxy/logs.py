@@ -36,8 +36,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from .config import LoggingSettings
-from .keys import ACCESS_INFO, METRICS, REQUEST_ID, RUNTIME, STREAM_COUNTED
+from .keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from .redact import SecretMasker, mask_secrets
+from .times import format_timestamp
 
 __all__ = [
     "JsonFormatter",
@@ -66,17 +67,6 @@ def _no_secrets() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 # Formatters
 # ---------------------------------------------------------------------------------------------
-
-
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
-
-
-def _iso(created: float) -> str:
-    """`2025-01-01T12:00:00.123Z`; the seconds part is formatted once per second."""
-    second = int(created)
-    if _second[0] != second:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
 
 
 # What the credential-shape pattern of `cliproxy.redact` needs to find anything; text (lowercased)
@@ -111,7 +101,7 @@ class TextFormatter(logging.Formatter):
         self._secrets = secrets
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        return _iso(record.created)
+        return format_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         if getattr(record, "cliproxy_access", None) is not None:
@@ -129,7 +119,7 @@ class JsonFormatter(logging.Formatter):
         self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname, "logger": record.name}
+        line: dict[str, Any] = {"time": format_timestamp(record.created), "level": record.levelname, "logger": record.name}
         access = getattr(record, "cliproxy_access", None)
         event = getattr(record, "cliproxy_event", None)
         if access is not None:
@@ -220,6 +210,7 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["x-request-id"] = request_id
+    request[RELAYED_STATUS] = response.status
     if ACCESS_INFO in request and response.headers.get("Content-Type", "").startswith(_SSE):
         metrics = request.app.get(METRICS)
         if metrics is not None:
@@ -235,8 +226,11 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Outermost: request id in, then one access line and the metrics once the handler is done."""
     started = time.perf_counter()
     request[REQUEST_ID] = _request_id(request)
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter(request)
     status = 500
     response: web.StreamResponse | None = None
+    cut_by_shutdown = False
     try:
         response = await handler(request)
         status = response.status
@@ -244,14 +238,22 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:  # redirects and the like pass the error middleware as exceptions
         status = exc.status
         raise
-    except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
-        status = 499  # the client went away (nginx's number for it)
+    except asyncio.CancelledError:
+        cut_by_shutdown = in_flight.was_cut(request)
+        # Cut by the shutdown: the status the client was given; else the client went away (nginx's 499).
+        status = request.get(RELAYED_STATUS, 503) if cut_by_shutdown else 499
+        raise
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        status = 499
         raise
     finally:
-        _after(request, response, status, time.perf_counter() - started)
+        in_flight.leave(request)
+        _after(request, response, status, time.perf_counter() - started, cut_by_shutdown=cut_by_shutdown)
 
 
-def _after(request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float) -> None:
+def _after(
+    request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float, *, cut_by_shutdown: bool = False
+) -> None:
     info = request.get(ACCESS_INFO)
     if info is not None:
         metrics = request.app.get(METRICS)
@@ -288,7 +290,7 @@ def _after(request: web.Request, response: web.StreamResponse | None, status: in
         "latency_ms": round(elapsed * 1000, 1),
         "ttfb_ms": ttfb,
         "bytes": size,
-        "outcome": info.outcomes[-1] if info is not None and info.outcomes else None,
+        "outcome": "shutdown" if cut_by_shutdown else info.outcomes[-1] if info is not None and info.outcomes else None,
         "request_id": request[REQUEST_ID],
     }
     # makeRecord + handle: what `log()` does, minus the stack walk that finds the caller's line.

@@ -7,7 +7,7 @@ A configured pair's state, by precedence (the first that holds is the state; the
 also hold are named in the detail):
 
     vendor-off          the vendor has `enabled: false`
-    no-key              the vendor's api-key entries are all empty (an unset ${VAR})
+    no-key              the vendor's api-key entries are all empty (`${VAR:-}` with VAR unset)
     manually-disabled   the model entry has `enabled: false` (permanent), or a manual disable
                         row in the database is in force (timed, or without an end)
     auto-disabled       an automatic disable row is in force
@@ -16,23 +16,25 @@ also hold are named in the detail):
                         routing already ignores it, the server writes the `enabled` event on its
                         next sweep (or at start-up when it is stopped)
 
+A key that comes from a `${VAR}` not set where the CLI runs (the server's unit reads it from a
+file the operator's shell does not) is unknown, not missing: the pair is not shown as `no-key`;
+its detail says `key from ${VAR} (not set here; assumed set for the server)`.
+
 Rows in the database for pairs that are no longer configured are reported apart, as
 `not-configured`: the server keeps them and ignores them.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
-from .config import PairKey
+from .config import PairKey, Vendor
 from .events import DisabledRecord, Event
 from .routing import RoutingTable
+from .times import format_duration, format_time, format_timestamp, parse_duration, parse_iso, parse_since
 
 __all__ = [
     "DisableView",
@@ -65,77 +67,14 @@ LABELS: Mapping[str, str] = {
 }
 EXPIRED_LABEL = "enabled (expired, not yet recorded)"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
 # --------------------------------------------------------------------------------------------
 # Durations and times
 # --------------------------------------------------------------------------------------------
 
 
-def format_duration(seconds: float) -> str:
-    """Seconds -> `42s`, `4m12s`, `1h03m`, `2d4h` (rounded up to the whole second; negatives as 0s)."""
-    total = max(0, math.ceil(seconds - 1e-9))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h{total % 3600 // 60:02d}m"
-    return f"{total // 86400}d{total % 86400 // 3600}h"
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhdw]))")
-
-
-def parse_duration(text: str) -> float:
-    """`90`, `90s`, `10m`, `1h30m`, `2d`, `1w` -> seconds (> 0). ValueError otherwise."""
-    value = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        seconds = float(value)
-    elif value and re.fullmatch(f"{_DURATION.pattern}+", value):
-        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(value))
-    else:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1h30m, 2d)")
-    if not seconds > 0:
-        raise ValueError(f"duration must be greater than zero: {text!r}")
-    return seconds
-
-
-def parse_since(text: str, now: float) -> float:
-    """`30m`, `24h`, `7d` (that long before `now`) or an ISO-8601 date/time (naive = UTC) -> epoch."""
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return parse_iso(text)
-    except ValueError:
-        raise ValueError(
-            f"not a duration or ISO-8601 time: {text!r} (use e.g. 30m, 24h, 7d, 2026-11-21, 2026-11-21T08:00:00Z)"
-        ) from None
-
-
-def parse_iso(text: str) -> float:
-    """ISO-8601 date or time (`Z`, an offset, or naive = UTC) -> epoch seconds. ValueError otherwise."""
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return (moment - _EPOCH).total_seconds()
-
-
 def iso(epoch: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC with milliseconds, as the database stores it (None stays None)."""
-    if epoch is None:
-        return None
-    moment = _EPOCH + timedelta(milliseconds=round(epoch * 1000))
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
-
-
-def format_time(epoch: float) -> str:
-    """Epoch seconds -> `2026-11-21T23:59:01Z` (UTC, whole seconds) for tables."""
-    moment = _EPOCH + timedelta(seconds=math.floor(epoch))
-    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+    return None if epoch is None else format_timestamp(epoch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +141,8 @@ class PairStatus:
     model_enabled: bool | None = None
     missing_key: bool | None = None
     disables: tuple[DisableView, ...] = ()
+    #: The unset variables the vendor's key comes from, when that is why it looks empty here.
+    key_variables: tuple[str, ...] = ()
 
 
 def _describe(view: DisableView, *, name: bool) -> str:
@@ -211,10 +152,10 @@ def _describe(view: DisableView, *, name: bool) -> str:
     if record.disabled_until is None:
         parts = ["no end"]
     elif view.expired:
-        parts = [f"ended {format_time(record.disabled_until)}"]
+        parts = [f"ended {format_timestamp(record.disabled_until)}"]
     else:
         assert view.remaining_seconds is not None
-        parts = [f"{format_duration(view.remaining_seconds)} left", f"until {format_time(record.disabled_until)}"]
+        parts = [f"{format_duration(view.remaining_seconds)} left", f"until {format_timestamp(record.disabled_until)}"]
     if name or view.expired:
         parts[0] = f"{what} {parts[0]}" if view.expired else f"{what}, {parts[0]}"
     if record.reason == "auto" and record.failure_count:
@@ -236,6 +177,7 @@ def _status_of(
     vendor_enabled: bool | None = None,
     model_enabled: bool | None = None,
     missing_key: bool | None = None,
+    key_variables: tuple[str, ...] = (),
 ) -> PairStatus:
     in_force = [v for v in views if v.in_force]
     manual = [v for v in in_force if v.record.reason == "manual"]
@@ -264,6 +206,9 @@ def _status_of(
         state = "enabled"
         label = EXPIRED_LABEL if expired else LABELS["enabled"]
         details = []
+    if key_variables:
+        sources = ", ".join(f"${{{variable}}}" for variable in key_variables)
+        details.append(f"key from {sources} (not set here; assumed set for the server)")
     if expired:
         details.extend(f"{_describe(v, name=True)} (the server records the re-enable at its next sweep or start-up)" for v in expired)
     return PairStatus(
@@ -279,13 +224,30 @@ def _status_of(
         model_enabled=model_enabled,
         missing_key=missing_key,
         disables=tuple(views),
+        key_variables=key_variables,
     )
 
 
 def pair_statuses(
-    table: RoutingTable, disabled: Iterable[DisabledRecord], now: float
+    table: RoutingTable,
+    disabled: Iterable[DisabledRecord],
+    now: float,
+    unset_key_variables: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[PairStatus], list[PairStatus]]:
-    """(every configured pair in config order, pairs with database rows that are not configured)."""
+    """(every configured pair in config order, pairs with database rows that are not configured).
+
+    `unset_key_variables`: vendor name -> the unset `${VAR}`s its api-keys come from (a lenient
+    load); such a vendor's key is unknown here, not missing.
+    """
+    unknown = unset_key_variables or {}
+
+    def key_of(vendor: Vendor) -> tuple[bool | None, tuple[str, ...]]:
+        """(missing_key, the variables it comes from): None and the names when only the shell lacks them."""
+        variables = unknown.get(vendor.name, ())
+        if vendor.missing_key and variables:
+            return None, variables
+        return vendor.missing_key, ()
+
     rows: dict[PairKey, list[DisableView]] = {}
     for record in disabled:
         rows.setdefault((record.vendor, record.model), []).append(DisableView.at(record, now))
@@ -297,7 +259,8 @@ def pair_statuses(
             configured=True,
             vendor_enabled=pair.vendor.enabled,
             model_enabled=pair.model.enabled,
-            missing_key=pair.vendor.missing_key,
+            missing_key=key_of(pair.vendor)[0],
+            key_variables=key_of(pair.vendor)[1],
         )
         for key, pair in table.pairs.items()
     ]
@@ -356,6 +319,7 @@ def status_json(statuses: Iterable[PairStatus]) -> list[dict[str, Any]]:
             "vendor_enabled": s.vendor_enabled,
             "model_enabled": s.model_enabled,
             "missing_key": s.missing_key,
+            "key_variables_unset": list(s.key_variables),
             "disables": [_disable_json(v) for v in s.disables],
         }
         for s in statuses
@@ -384,13 +348,13 @@ def history_table(events: Iterable[Event], *, error_width: int = 60) -> str:
         ("TIME", "KIND", "VENDOR", "MODEL", "REASON/CAUSE", "FAILURES", "DISABLED UNTIL", "ACTOR", "LAST ERROR"),
         (
             (
-                format_time(e.at),
+                format_timestamp(e.at),
                 e.kind,
                 e.vendor,
                 e.model,
                 _reason_cause(e),
                 e.failure_count,
-                format_time(e.disabled_until) if e.disabled_until is not None else None,
+                format_timestamp(e.disabled_until) if e.disabled_until is not None else None,
                 e.actor,
                 _last_error(e, error_width),
             )
@@ -459,7 +423,7 @@ def confirmation(action: str, vendor: str, model: str, duration: float | None, r
                 except ValueError:
                     pass
                 break
-        text = f"{vendor} {model}: disabled for {format_duration(duration)}, until {format_time(until)}"
+        text = f"{vendor} {model}: disabled for {format_duration(duration)}, until {format_timestamp(until)}"
     if len(served) > 1 or (served and served[0] != f"{vendor}/{model}"):
         text += f" ({len(served)} pair{'s' if len(served) != 1 else ''}: {', '.join(served)})"
     return text

@@ -76,6 +76,9 @@ class Route:
     tiers: tuple[tuple[Pair, ...], ...]
     switched_off: int
     counters: tuple[count, ...] = field(default=())
+    #: The pairs with this name that the config switches off (vendor, model or an unset key):
+    #: read only to explain a 503.
+    switched_off_pairs: tuple[Pair, ...] = ()
 
     def ordered(self) -> list[Pair]:
         """Highest tier first; each tier rotated one step further on every call (round robin)."""
@@ -101,7 +104,7 @@ class RoutingTable:
         #: Public names of every pair, for "which pairs serve this name" in the management API.
         self.names_of: dict[PairKey, tuple[str, ...]] = {}
         grouped: dict[str, list[Pair]] = {}
-        switched_off: dict[str, int] = {}
+        switched_off: dict[str, list[Pair]] = {}
         for vendor in config.vendors:
             keys = KeyRotation(tuple(e for e in vendor.api_key_entries if e.api_key))
             timeouts = vendor.timeouts.over(config.timeouts)
@@ -125,7 +128,7 @@ class RoutingTable:
                     if pair.enabled_in_config:
                         grouped.setdefault(name, []).append(pair)
                     else:
-                        switched_off[name] = switched_off.get(name, 0) + 1
+                        switched_off.setdefault(name, []).append(pair)
         self.routes: dict[str, Route] = {}
         for name in {*grouped, *switched_off}:
             pairs = grouped.get(name, [])
@@ -134,8 +137,9 @@ class RoutingTable:
             self.routes[name] = Route(
                 name=name,
                 tiers=tiers,
-                switched_off=switched_off.get(name, 0),
+                switched_off=len(switched_off.get(name, ())),
                 counters=tuple(count() for _ in tiers),
+                switched_off_pairs=tuple(switched_off.get(name, ())),
             )
         #: What /v1/models lists: names with at least one pair switched on, sorted for stable output.
         self.public_models: tuple[str, ...] = tuple(sorted(n for n, r in self.routes.items() if r.tiers))

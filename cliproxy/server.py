@@ -4,11 +4,16 @@ Start-up: the database is opened and migrated and the disabled pairs restored (t
 start-up, in `runner.setup()`), then the port is bound, and only then is systemd told
 `READY=1`, so a unit that depends on cliproxy finds it answering.
 
-SIGTERM or SIGINT: `STOPPING=1`, then `runner.cleanup()`, which (aiohttp 3.14) closes the
-listening socket at once (new connections are refused), closes idle keep-alive connections,
-waits up to `shutdown_timeout` for each request in flight (streams included) to finish, then
-cancels what is left and runs the app's cleanup: the upstream session is closed, the tracker
-flushes its pending writes (bounded) and the database is closed. The exit status is 0.
+SIGTERM or SIGINT: `STOPPING=1`; the listening sockets close at once (new connections are
+refused) and keep-alive connections are told to close once their request is done; requests in
+flight (streams included) get up to `shutdown-grace-seconds` to finish, and what is left is
+cancelled and logged with outcome `shutdown`. Then `runner.cleanup()` runs the app's cleanup:
+the upstream session is closed, the tracker flushes its pending writes (bounded) and the database
+is closed. The exit status is 0.
+
+The grace is kept here (`cliproxy.inflight`), not by aiohttp's `shutdown_timeout`: aiohttp waits
+that long, then asks the request to stop (a streaming handler does not notice) and waits that long
+again before cancelling, so a 1 s grace cut a stream at about 2 s.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from aiohttp import web
 from .app import create_app
 from .config import Config
 from .errors import error_body
-from .keys import CONFIG_MANAGER, OVERLOAD_LOG, RUNTIME
+from .keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
 from .logs import configure_logging
 from .overload import OverloadLog, local_resource_error
 from .sdnotify import notify
@@ -178,7 +183,8 @@ async def serve(config: Config) -> int:
         app,
         handler_cancellation=True,  # a client that goes away cancels its upstream request at once
         access_log=None,  # cliproxy.logs writes the access line
-        shutdown_timeout=config.shutdown_grace_seconds,
+        # `_drain` has kept the grace and cut what was left: aiohttp only closes connections.
+        shutdown_timeout=_AFTER_CUT_SECONDS,
         keepalive_timeout=config.keepalive_timeout,
     )
     try:
@@ -208,7 +214,24 @@ async def serve(config: Config) -> int:
     await stop.wait()
     notify("STOPPING=1\nSTATUS=shutting down")
     log.info("shutting down: letting requests in flight finish for up to %ss", config.shutdown_grace_seconds)
+    await _drain(runner, config.shutdown_grace_seconds)
     await runner.cleanup()
     log.info("cliproxy stopped")
     return 0
 
+
+#: How long requests cancelled at the end of the grace get to unwind (close their upstream, log).
+_AFTER_CUT_SECONDS = 0.5
+
+
+async def _drain(runner: web.AppRunner, grace: float) -> None:
+    """Refuse new connections, let requests in flight finish for up to `grace` seconds, cut the rest."""
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # keep-alive connections close once their request is done
+    in_flight = runner.app[IN_FLIGHT]
+    if await in_flight.wait_idle(grace):
+        return
+    log.warning("shutdown grace of %ss is over: cutting %d request(s) still in flight", grace, in_flight.cut())
+    await in_flight.wait_idle(_AFTER_CUT_SECONDS)

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,17 @@ from .config import (
     Vendor,
 )
 
-__all__ = ["ConfigError", "load_config", "parse_config", "expand_env", "ENV_PATTERN"]
+__all__ = [
+    "ConfigError",
+    "ENV_PATTERN",
+    "LENIENT_NEEDED",
+    "LenientConfig",
+    "expand_env",
+    "load_config",
+    "load_config_leniently",
+    "parse_config",
+    "parse_config_leniently",
+]
 
 
 class ConfigError(Exception):
@@ -59,8 +69,29 @@ class ConfigError(Exception):
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Expand `${VAR}` in every string of a parsed YAML tree; unset variables without a default are problems."""
+#: In a lenient load, the keys whose value must still be known: an unset variable there is an error.
+LENIENT_NEEDED = frozenset({"database", "host", "port"})
+
+# A whole-value placeholder whose variable is unset, in the second pass of a lenient load: the key
+# is left out, so its default applies (`port: ${PORT}` reads as no `port` at all).
+_LEAVE_OUT = object()
+
+
+def expand_env(
+    value: Any,
+    env: Mapping[str, str],
+    path: str,
+    problems: list[str],
+    *,
+    unset: dict[str, list[str]] | None = None,
+    leave_out: frozenset[str] = frozenset(),
+) -> Any:
+    """Expand `${VAR}` in every string of a parsed YAML tree; unset variables without a default are problems.
+
+    With `unset` (a lenient load), an unset variable outside `LENIENT_NEEDED` is no problem: it
+    expands to "" and its name is recorded under the value's key path. A whole-value placeholder
+    at a path in `leave_out` drops its key instead.
+    """
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -74,10 +105,15 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
                 return env[name]
             if default is not None:
                 return default
+            if unset is not None and path.split(".", 1)[0].split("[", 1)[0] not in LENIENT_NEEDED:
+                unset.setdefault(path, []).append(name)
+                return ""
             problems.append(f"{path or '<root>'}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
             return ""
 
         expanded = ENV_PATTERN.sub(substitute, value)
+        if path in leave_out and ENV_PATTERN.fullmatch(value):
+            return _LEAVE_OUT
         if expanded != value and ENV_PATTERN.fullmatch(value):
             # A whole-value placeholder may stand for a number or a boolean: `port: ${PORT:-8317}`.
             # Anything else (`*abc`, `@x`, `[`, `a: b`) stays the text it is.
@@ -90,9 +126,13 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
             return typed if typed is None or isinstance(typed, (bool, int, float)) else expanded
         return expanded
     if isinstance(value, dict):
-        return {k: expand_env(v, env, _join(path, str(k)), problems) for k, v in value.items()}
+        expanded_items = {
+            k: expand_env(v, env, _join(path, str(k)), problems, unset=unset, leave_out=leave_out) for k, v in value.items()
+        }
+        return {k: v for k, v in expanded_items.items() if v is not _LEAVE_OUT}
     if isinstance(value, list):
-        return [expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        expanded_list = [expand_env(v, env, f"{path}[{i}]", problems, unset=unset, leave_out=leave_out) for i, v in enumerate(value)]
+        return [v for v in expanded_list if v is not _LEAVE_OUT]
     return value
 
 
@@ -388,8 +428,7 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     return [f"{path or '<root>'}: {messages}"]
 
 
-def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str | None = None) -> Config:
-    """Validate a YAML document; raise `ConfigError` listing every problem."""
+def _load_yaml(text: str, source: str | None) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -403,9 +442,20 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: the configuration must be a mapping of keys"], source)
+    return raw
+
+
+def _validate(
+    raw: dict[str, Any],
+    env: Mapping[str, str],
+    *,
+    unset: dict[str, list[str]] | None = None,
+    leave_out: frozenset[str] = frozenset(),
+) -> tuple[Config | None, list[str]]:
+    """(the config, []) or (None, every problem as a `path: message` line)."""
     problems: list[str] = []
     try:
-        expanded = expand_env(raw, os.environ if env is None else env, "", problems)
+        expanded = expand_env(raw, env, "", problems, unset=unset, leave_out=leave_out)
         config = ConfigSchema().load(expanded)
     except ValidationError as exc:
         problems.extend(_flatten(exc.messages))
@@ -414,17 +464,68 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
         problems = ["<root>: the document is nested too deeply, or an alias (*name) refers to itself"]
         config = None
     if problems or config is None:
-        raise ConfigError(sorted(set(problems), key=problems.index), source)
+        return None, sorted(set(problems), key=problems.index)
+    return config, []
+
+
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str | None = None) -> Config:
+    """Validate a YAML document; raise `ConfigError` listing every problem."""
+    config, problems = _validate(_load_yaml(text, source), os.environ if env is None else env)
+    if config is None:
+        raise ConfigError(problems, source)
     return config
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; the resulting `Config` remembers its path."""
+@dataclass(frozen=True, slots=True)
+class LenientConfig:
+    """A config read without some of its environment, and which values that left unknown."""
+
+    config: Config
+    #: Key path (`openai-compatibility[1].api-key-entries[0].api-key`) -> the unset variables in it.
+    unset: Mapping[str, tuple[str, ...]]
+
+    def unset_key_variables(self, vendor_index: int) -> tuple[str, ...]:
+        """The unset variables in the `api-key`s of the vendor at this position of `openai-compatibility`."""
+        prefix = f"openai-compatibility[{vendor_index}].api-key-entries["
+        return tuple(dict.fromkeys(n for path, names in self.unset.items() if path.startswith(prefix) for n in names))
+
+
+def parse_config_leniently(
+    text: str, *, env: Mapping[str, str] | None = None, source: str | None = None
+) -> LenientConfig:
+    """Like `parse_config`, for commands that read the config only for the database, host and port
+    (`cliproxy status`, `history`, `enable`, `disable`): an unset `${VAR}` is no error except in
+    those keys. It reads as "" (an `api-key` then looks empty: `LenientConfig.unset` says why), or,
+    where "" is not a valid value (`request-retry: ${RETRIES}`), as if the key were absent."""
+    raw = _load_yaml(text, source)
+    environment = os.environ if env is None else env
+    unset: dict[str, list[str]] = {}
+    config, problems = _validate(raw, environment, unset=unset)
+    if config is None and unset:
+        refused = frozenset(line.split(": ", 1)[0] for line in problems) & unset.keys()
+        if refused:
+            config, problems = _validate(raw, environment, unset={}, leave_out=refused)
+    if config is None:
+        raise ConfigError(problems, source)
+    return LenientConfig(config, {path: tuple(names) for path, names in unset.items()})
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"], str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"], str(path)) from None
-    config = parse_config(text, env=env, source=str(path))
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; the resulting `Config` remembers its path."""
+    config = parse_config(_read_text(path), env=env, source=str(path))
     return replace(config, path=str(path))
+
+
+def load_config_leniently(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> LenientConfig:
+    """`parse_config_leniently` on a file; the `Config` remembers its path."""
+    loaded = parse_config_leniently(_read_text(path), env=env, source=str(path))
+    return replace(loaded, config=replace(loaded.config, path=str(path)))

@@ -42,7 +42,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -50,6 +49,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import aiosqlite
 
 from cliproxy.events import DisabledRecord, ErrorInfo, Event
+from cliproxy.times import format_timestamp, parse_iso
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -75,24 +75,12 @@ _T = TypeVar("_T")
 # Timestamps
 # --------------------------------------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
-
-
-def format_timestamp(epoch_seconds: float) -> str:
-    """Epoch seconds -> `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), rounded to the nearest millisecond."""
-    ms = round(epoch_seconds * 1000)
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+# One format for every timestamp cliproxy writes: `cliproxy.times` (re-exported here for callers).
 
 
 def parse_timestamp(text: str) -> float:
     """ISO-8601 text as stored (`...Z`, or with an offset; naive means UTC) -> epoch seconds."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    ms = round((moment - _EPOCH) / _ONE_MS)
-    return ms / 1000
+    return parse_iso(text)
 
 
 def round_timestamp(epoch_seconds: float) -> float:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from cliproxy import failures
 from cliproxy.config import AutoDisableSettings, PairKey
@@ -212,6 +212,17 @@ class FailureTracker(OutcomeSink):
                 return None
             wait = max(wait, manual.disabled_until - now)
         return wait
+
+    def disabled_by(self, pair: PairKey) -> Literal["auto", "manual"] | None:
+        """"manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else None."""
+        if pair not in self._settings:
+            return None
+        now = self._clock()
+        manual = self._manual.get(pair)
+        if manual is not None and self._manual_in_force(manual, now):
+            return "manual"
+        state = self._states.get(pair)
+        return "auto" if state is not None and failures.is_disabled(state, now) else None
 
     # ------------------------------------------------------------------ operator actions
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import rewrite_model
-from .errors import GatewayOverloaded, NoVendorAvailable, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable
 from .events import ErrorInfo, Outcome, OutcomeSink
 from .overload import OverloadLog, local_resource_error
 from .redact import excerpt, mask_secrets
@@ -147,10 +147,8 @@ async def choose_upstream(
     forwarded = _forwardable_headers(request)
     subpath = request.match_info.get("subpath") or request.path[len("/v1") :]
     last_failure: _Failed | None = None
-    skipped = 0
     for pair in route.ordered():
         if not sink.is_available(pair.key):
-            skipped += 1
             continue
         if info.attempts >= max_attempts:
             break
@@ -168,7 +166,7 @@ async def choose_upstream(
 
     if last_failure is not None:
         raise _final_error(last_failure, info)
-    raise _nothing_available(route, skipped, sink)
+    raise _nothing_available(route, sink)
 
 
 async def _open(
@@ -447,19 +445,22 @@ def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
     return UpstreamUnavailable(message, headers=headers)
 
 
-def _nothing_available(route: Route, skipped: int, sink: OutcomeSink) -> ProxyError:
-    if skipped == 0:
-        off = route.switched_off
-        return NoVendorAvailable(
-            f"no vendor is available for model '{route.name}': its {off} pair(s) are switched off in the configuration"
-        )
-    waits = [w for p in route.ordered() if (w := sink.seconds_until_available(p.key)) is not None]
-    headers = {"Retry-After": str(max(1, int(min(waits) + 0.999)))} if waits else {}
-    return NoVendorAvailable(
-        f"no vendor is available for model '{route.name}': all {skipped} pair(s) are disabled"
-        + (f"; the first comes back in {headers['Retry-After']}s" if waits else ""),
-        headers=headers,
-    )
+def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
+    """The 503 when no pair of `route` could be tried, each cause counted apart (built only here)."""
+    vendors_off = {p.vendor.name for p in route.switched_off_pairs if not p.vendor.enabled}
+    keyless = {p.vendor.name for p in route.switched_off_pairs if p.vendor.enabled and p.vendor.missing_key}
+    models_off = sum(1 for p in route.switched_off_pairs if p.vendor.routable and not p.model.enabled)
+    auto: list[float] = []
+    manual: list[float | None] = []
+    for pair in route.ordered():
+        reason = sink.disabled_by(pair.key)
+        wait = sink.seconds_until_available(pair.key)
+        if reason == "manual":
+            manual.append(wait)
+        elif reason == "auto":
+            auto.append(wait or 0.0)
+    why = Unavailability(len(vendors_off), len(keyless), models_off, tuple(auto), tuple(manual))
+    return NoVendorAvailable.for_model(route.name, why)
 
 
 def _overload_log(request: web.Request) -> OverloadLog:

@@ -129,8 +129,48 @@ class TestAllDisabled:
         assert resp.status == 503
         body = await resp.json()
         assert body["error"]["code"] == "no_available_vendor"
-        assert "all 2 pair(s) are disabled" in body["error"]["message"]
+        assert body["error"]["message"] == "no vendor available for model 'm': 2 pairs auto-disabled (first back in 50s)"
         assert resp.headers["Retry-After"] == "50"  # a comes back first: 60 - 10
+
+    async def test_503_message_counts_each_cause_apart(self, upstreams, gateway):
+        """Vendors off, vendors without a key, models off, auto-disabled and operator-disabled pairs."""
+        a1, a2, other = await upstreams(), await upstreams(), await upstreams()
+        a1.fail(None, Fault(status=500))
+        a2.fail(None, Fault(status=500))
+        clock = FakeClock()
+        gw = await gateway(
+            {
+                "auto-disable": {"failure-threshold": 1},
+                "openai-compatibility": [
+                    vendor("a1", a1.url, ["m"], priority=3, **{"auto-disable": {"disable-duration-seconds": 60}}),
+                    vendor("a2", a2.url, ["m"], priority=2, **{"auto-disable": {"disable-duration-seconds": 120}}),
+                    vendor("op", other.url, ["m"], priority=1),
+                    vendor("off", other.url, ["m"], enabled=False),
+                    vendor("keyless", other.url, ["m"], **{"api-key-entries": [{"api-key": ""}]}),
+                    vendor("b", other.url, [{"name": "m", "enabled": False}]),
+                ],
+            },
+            clock=clock,
+        )
+        await gw.app[TRACKER].manual_disable(("op", "m"), 600, actor="test")
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 500  # a1 then a2 fail
+        clock.advance(18)
+        resp = await gw.client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 503
+        assert (await resp.json())["error"]["message"] == (
+            "no vendor available for model 'm': 1 vendor switched off, 1 vendor without an api key, "
+            "1 model switched off, 2 pairs auto-disabled (first back in 42s), "
+            "1 pair disabled by an operator (first back in 9m42s)"
+        )
+        assert resp.headers["Retry-After"] == "42"
+        assert not other.requests
+
+    async def test_503_when_the_config_switches_every_pair_off(self, upstreams, gateway):
+        up = await upstreams()
+        gw = await gateway({"openai-compatibility": [vendor("off", up.url, ["m"], enabled=False), vendor("b", up.url, [{"name": "m", "enabled": False}])]})
+        resp = await gw.client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 503 and "Retry-After" not in resp.headers
+        assert (await resp.json())["error"]["message"] == "no vendor available for model 'm': 1 vendor switched off, 1 model switched off"
 
 
 class TestConcurrency:

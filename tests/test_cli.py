@@ -248,11 +248,11 @@ class TestPairStates:
         }
         assert by_pair["acme", "gpt-x"].names == ("fast", "acme/fast")
         assert by_pair["acme", "meta/llama-3.1:8b"].detail == (
-            "4m12s left, until 2027-01-15T08:04:12Z, 5 failures, last error: 503 upstream said: Service Unavailable"
+            "4m12s left, until 2027-01-15T08:04:12.000Z, 5 failures, last error: 503 upstream said: Service Unavailable"
         )
-        assert by_pair["acme", "expired-one"].detail.startswith("auto-disabled ended 2027-01-15T08:00:00Z, 5 failures")
+        assert by_pair["acme", "expired-one"].detail.startswith("auto-disabled ended 2027-01-15T08:00:00.000Z, 5 failures")
         assert "5 failures" in by_pair["acme", "meta/llama-3.1:8b"].detail
-        assert by_pair["acme", "qwen"].detail == "1h03m left, until 2027-01-15T09:03:00Z, by 127.0.0.1"
+        assert by_pair["acme", "qwen"].detail == "1h03m left, until 2027-01-15T09:03:00.000Z, by 127.0.0.1"
         assert by_pair["acme", "retired"].detail == "permanent: enabled: false in the config"
         assert "vendor enabled: false" in by_pair["offco", "m1"].detail
         assert by_pair["offco", "m1"].detail.startswith("vendor enabled: false in the config; auto-disabled, 5m00s left")
@@ -437,6 +437,81 @@ class TestStatus:
         bad.write_text("port: nope\nopenai-compatibility:\n  - name: x\n")
         result = run_cli("status", "--config", str(bad), cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr and "port:" in result.stderr
+
+
+class TestWithoutTheServersEnvironment:
+    """`status`, `history`, `enable` and `disable` run where the config's `${VAR}`s are unset (the
+    unit reads them from a file the operator's shell does not): they need only the database, host
+    and port, and a key they cannot see is reported as unknown, not missing."""
+
+    VARIABLES = {
+        "CLIPROXY_TEST_VAULT_KEY": "sk-vault-0001",
+        "CLIPROXY_TEST_CLIENT_KEY": "client-0001",
+        "CLIPROXY_TEST_MGMT_KEY": "mgmt-0001",
+        "CLIPROXY_TEST_RETRIES": "2",
+    }
+
+    def config(self, tmp_path: Path, db: Path, **extra: Any) -> Path:
+        data = config_data(db, **extra)
+        data["api-keys"] = ["${CLIPROXY_TEST_CLIENT_KEY}"]
+        data["request-retry"] = "${CLIPROXY_TEST_RETRIES}"  # not valid as "": read as absent
+        data["remote-management"] = {"secret-key": "${CLIPROXY_TEST_MGMT_KEY}"}
+        data["openai-compatibility"].append(
+            {
+                "name": "vaulted",
+                "base-url": "http://127.0.0.1:9/v1",
+                "api-key-entries": [{"api-key": "${CLIPROXY_TEST_VAULT_KEY}"}],
+                "models": [{"name": "m3"}],
+            }
+        )
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def test_status_and_history_in_a_shell_without_the_variables(self, tmp_path: Path):
+        db = tmp_path / "cliproxy.db"
+        seed(db, time.time())
+        config = self.config(tmp_path, db)
+        strict = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+        assert strict.returncode == 2 and "CLIPROXY_TEST_VAULT_KEY is not set" in strict.stderr  # serve still refuses
+
+        status = run_cli("status", "--config", str(config), cwd=tmp_path)
+        assert (status.returncode, status.stderr) == (0, "")
+        vaulted = row_of(status.stdout, "vaulted", "m3")
+        assert re.search(r"vaulted +m3 +m3 +enabled +key from \$\{CLIPROXY_TEST_VAULT_KEY\} \(not set here; assumed set for the server\)$", vaulted)
+        assert "no key" not in vaulted
+        assert "no key" in row_of(status.stdout, "keyless", "m2")  # `${VAR:-}`: empty on purpose, really no key
+        assert re.search(r"llama, acme/llama +auto-disabled +4m", row_of(status.stdout, "meta/llama-3.1:8b"))
+        assert "8 pairs: 3 enabled, 1 auto-disabled, 2 manually disabled, 1 vendor off, 1 no key" in status.stdout
+
+        as_json = run_cli("status", "--json", "--config", str(config), cwd=tmp_path)
+        assert as_json.returncode == 0
+        by_model = {o["model"]: o for o in json.loads(as_json.stdout)}
+        assert by_model["m3"]["state"] == "enabled" and by_model["m3"]["missing_key"] is None
+        assert by_model["m3"]["key_variables_unset"] == ["CLIPROXY_TEST_VAULT_KEY"]
+        assert by_model["m2"]["missing_key"] is True and by_model["m2"]["key_variables_unset"] == []
+
+        history = run_cli("history", "--since", "24h", "--config", str(config), cwd=tmp_path)
+        assert (history.returncode, history.stderr) == (0, "")
+        assert "7 event(s)" in history.stdout
+
+        with_them = run_cli("status", "--json", "--config", str(config), cwd=tmp_path, env=self.VARIABLES)
+        m3 = next(o for o in json.loads(with_them.stdout) if o["model"] == "m3")
+        assert (m3["missing_key"], m3["key_variables_unset"], m3["detail"]) == (False, [], "")
+
+    def test_enable_finds_the_address_without_the_variables(self, tmp_path: Path):
+        port = unused_port()
+        config = self.config(tmp_path, tmp_path / "x.db", port=port)
+        result = run_cli("enable", "vaulted", "m3", "--config", str(config), cwd=tmp_path, env={"CLIPROXY_MANAGEMENT_KEY": SECRET})
+        assert result.returncode == 1
+        assert result.stderr == f"cliproxy enable: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+
+    def test_an_unset_variable_in_what_the_command_needs_is_still_an_error(self, tmp_path: Path):
+        config = self.config(tmp_path, Path("${CLIPROXY_TEST_STATE_DIR}/cliproxy.db"))
+        result = run_cli("status", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "database: environment variable CLIPROXY_TEST_STATE_DIR is not set" in result.stderr
+        assert not list(tmp_path.glob("*.db"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,7 +715,7 @@ class TestManagementCalls:
         server.answer = (200, {"model": "pool", "pairs": pairs}, {})
         assert await self.call("disable", "acme", "pool", "--duration", "600", "--url", url, "--key", SECRET) == 0
         assert capsys.readouterr().out == (
-            f"acme pool: disabled for 10m00s, until 2030-01-01T00:10:00Z (2 pairs: acme/m-a, acme/m-b) (via {url})\n"
+            f"acme pool: disabled for 10m00s, until 2030-01-01T00:10:00.000Z (2 pairs: acme/m-a, acme/m-b) (via {url})\n"
         )
 
     async def test_key_echoed_by_the_server_is_masked(self, stub, capsys):

@@ -433,7 +433,7 @@ class TestFormatters:
         disabled, rejected = [json.loads(x) for x in stream.getvalue().splitlines()]
         assert disabled["level"] == "WARNING" and disabled["message"] == "disabled"
         assert (disabled["vendor"], disabled["model"], disabled["reason"], disabled["failure_count"]) == ("a", "m", "auto", 3)
-        assert disabled["disabled_until"] == "2027-01-15T08:05:00.000+00:00"
+        assert disabled["disabled_until"] == "2027-01-15T08:05:00.000Z"
         assert (disabled["last_error_status"], disabled["last_error"]) == (500, "boom")
         assert rejected["level"] == "WARNING" and rejected["detail"] == {"problems": ["port: bad"]}
 

@@ -181,6 +181,29 @@ class TestGracefulShutdown:
             await asyncio.sleep(0.02)
         assert up.streams_in_flight == 0
 
+    async def test_grace_is_kept_and_the_cut_stream_is_logged_as_shutdown(self, upstreams, tmp_path, processes):
+        """grace 1 s: the client's stream ends 1.0-1.5 s after SIGTERM; its access line says `shutdown`."""
+        up = await upstreams(chunks=200, chunk_delay=0.05)
+        gw = GatewayProcess(tmp_path, {"shutdown-grace-seconds": 1, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        processes.append(gw.start())
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/v1/chat/completions", json=STREAM, headers={"x-request-id": "cut-1"}) as resp:
+                assert resp.status == 200
+                await resp.content.readany()
+                started = time.monotonic()
+                gw.process.send_signal(signal.SIGTERM)
+                body = b""
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    while chunk := await resp.content.readany():
+                        body += chunk
+                ended = time.monotonic() - started
+        assert b"[DONE]" not in body
+        assert 1.0 <= ended <= 1.5, f"the stream ended {ended:.3f}s after SIGTERM with a 1 s grace"
+        assert await wait_exit(gw.process, 15) == 0
+        [line] = [line for line in gw.log().splitlines() if "request_id='cut-1'" in line]
+        assert "outcome='shutdown'" in line and "status=200" in line, line
+        assert "client_disconnect" not in line and "status=499" not in line
+
     async def test_idle_shutdown_is_quick_and_flushes(self, tmp_path, processes):
         gw = GatewayProcess(
             tmp_path,

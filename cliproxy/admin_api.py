@@ -13,8 +13,10 @@ Two axes make a pair unavailable, kept apart as in the tracker:
 
 `enabled` in a response means "routable now" (every axis allows it); `config_enabled` is what the
 model entry of config.yaml says. A disable is committed before it is reported: every handler that
-reports or changes disabled state first waits for the tracker's pending writes to reach SQLite,
-and answers 503 when the database does not take them within `COMMIT_TIMEOUT_SECONDS`.
+reports or changes disabled state first waits for the tracker's writes queued so far to reach
+SQLite (503 when the database does not take them within `COMMIT_TIMEOUT_SECONDS`), then builds its
+answer from the tracker's committed view, so a transition that happened meanwhile and is not yet
+committed is not shown either.
 
 Upstream keys only ever leave masked (`redact.mask_key`); `GET /api/config.yaml` returns the file
 as it is on disk, which holds `${VAR}` placeholders rather than their values (a key written
@@ -37,7 +39,6 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from . import failures
 from .config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, Timeouts, Vendor
 from .errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
 from .events import EventKind
@@ -639,25 +640,27 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
 
 
 def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: float) -> dict[str, Any]:
+    # Disables come from the tracker's committed view (what SQLite holds), never from memory, which
+    # may already hold a newer transition that kill -9 would lose. Counts are live (never persisted).
     key = pair.key
     state = tracker.state(key)
-    auto_disabled = state is not None and failures.is_disabled(state, now)
-    manual = tracker.manual_record(key)
+    auto = tracker.committed_record(key, "auto")
+    manual = tracker.committed_record(key, "manual")
     return {
         "vendor": pair.vendor.name,
         "model": pair.model.name,
         "alias": pair.model.alias,
         "names": list(runtime.table.names_of.get(key, ())),
-        "enabled": pair.enabled_in_config and tracker.is_available(key),
+        "enabled": pair.enabled_in_config and auto is None and manual is None,
         "config_enabled": pair.model.enabled,
         "vendor_enabled": pair.vendor.enabled,
         "missing_key": pair.vendor.missing_key,
-        "auto_disabled": auto_disabled,
+        "auto_disabled": auto is not None,
         "failure_count": state.failure_count if state else 0,
         "window_started_at": _iso(state.window_started_at) if state else None,
-        "disabled_at": _iso(state.disabled_at) if auto_disabled and state else None,
-        "disabled_until": _iso(state.disabled_until) if auto_disabled and state else None,
-        "remaining_seconds": _remaining(state.disabled_until, now) if auto_disabled and state else None,
+        "disabled_at": _iso(auto.disabled_at) if auto else None,
+        "disabled_until": _iso(auto.disabled_until) if auto else None,
+        "remaining_seconds": _remaining(auto.disabled_until, now) if auto else None,
         "last_error": _last_error(state.last_error) if state else None,
         "manual_disable": None if manual is None else {
             "disabled_at": _iso(manual.disabled_at),
@@ -672,7 +675,7 @@ def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: flo
 def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list[dict[str, Any]]:
     table = runtime.table
     out: list[dict[str, Any]] = []
-    for record in tracker.disabled_pairs():
+    for record in tracker.committed_disabled_pairs():
         pair = table.pairs.get((record.vendor, record.model))
         out.append({
             "vendor": record.vendor,
@@ -714,15 +717,16 @@ def _vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now:
     models = []
     for model in vendor.models:
         key = (vendor.name, model.name)
-        state = tracker.state(key)
+        auto_disabled = tracker.committed_record(key, "auto") is not None  # committed view, as in _pair_status
+        manual_disabled = tracker.committed_record(key, "manual") is not None
         models.append({
             "name": model.name,
             "alias": model.alias,
             "names": list(runtime.table.names_of.get(key, ())),
-            "enabled": vendor.routable and model.enabled and tracker.is_available(key),
+            "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled,
             "config_enabled": model.enabled,
-            "auto_disabled": state is not None and failures.is_disabled(state, now),
-            "manual_disabled": tracker.manual_record(key) is not None,
+            "auto_disabled": auto_disabled,
+            "manual_disabled": manual_disabled,
             "auto_disable": _overrides(model.auto_disable),
         })
     return {

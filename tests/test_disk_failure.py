@@ -289,3 +289,41 @@ class TestFullDisk:
         await asyncio.sleep(1.0)
         kinds = [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)]
         assert "config-reloaded" in kinds, f"events: {kinds}; log: {gw.log()[-1500:]}"
+
+
+class TestReportsShowOnlyCommittedState:
+    """While the database is locked a pair trips: neither /metrics nor the management API shows it until it is committed."""
+
+    async def test_locked_database_hides_the_uncommitted_disable(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        config = _config(bad, good)
+        config["auto-disable"]["disable-duration-seconds"] = 600  # stays disabled through the test
+        gw = GatewayProcess(tmp_path, config)
+        processes.append(gw.start())
+        db = tmp_path / "cliproxy.db"
+        blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+        series = 'cliproxy_pair_disabled{model="m",reason="auto",vendor="bad"}'
+        counter = 'cliproxy_pair_disables_total{model="m",reason="auto",vendor="bad"}'
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            await client.wait_ready(200, timeout=5)
+            blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                assert [await client.chat() for _ in range(2)] == [(200, "good")] * 2  # bad fails twice: disabled in memory
+                assert (await client.chat()) == (200, "good")
+                await _wait_log(gw, "store write failed", timeout=8)  # the disable is queued, not committed
+                assert await client.metric(series) is None
+                assert await client.metric(counter) is None
+                assert await client.metric('cliproxy_pairs_disabled{reason="auto"}') == 0
+                status, body = await client.api("/api/models/disabled")
+                assert status == 503, body
+                assert await client.metric(series) is None  # still not, after the API's wait ran out
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            status, body = await client.api("/api/models/disabled")  # waits for the commit
+            assert status == 200, body
+            assert [(e["vendor"], e["reason"]) for e in body["disabled"]] == [("bad", "auto")]
+            assert await client.metric(series) == 1
+            assert await client.metric(counter) == 1

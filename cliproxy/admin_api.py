@@ -1019,7 +1019,8 @@ async def get_config_yaml(request: web.Request) -> web.Response:
           body_content="application/yaml", errors=(400, 503), tags=("config",))
 async def put_config_yaml(request: web.Request) -> web.Response:
     """Validated first: an invalid file gives 400 listing every problem and nothing is written. Otherwise
-    written atomically and loaded at once; answers like `GET /api/config`."""
+    written atomically and loaded at once; answers like `GET /api/config` once its audit event is
+    committed (503 when the database does not take it: the new file is in force meanwhile)."""
     manager = request.app[CONFIG_MANAGER]
     raw = await request.read()
     try:
@@ -1027,6 +1028,7 @@ async def put_config_yaml(request: web.Request) -> web.Response:
     except UnicodeDecodeError:
         raise InvalidRequest("the body must be UTF-8 text") from None
     await manager.replace_text(text, actor=request[ADMIN_ACTOR], check=_keeps_management_on)
+    await _committed(request, after_change=True)  # 200 only once its config-reloaded event is in SQLite
     return _config_response(request)
 
 

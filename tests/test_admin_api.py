@@ -25,6 +25,7 @@ from cliproxy.config import Config
 from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
+from cliproxy.store import read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
@@ -876,6 +877,27 @@ class TestDatabaseNotAcceptingWrites:
         assert (row["vendor"], row["reason"]) == ("bad", "auto")
         [event] = await a.events(kind="disabled")
         assert event.vendor == "bad"
+
+
+    async def test_put_config_yaml_answers_once_its_event_is_committed(self, admin, upstreams, tmp_path, monkeypatch):
+        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        new = a.file().replace("name: m", "name: m2")
+        blocker = sqlite3.connect(tmp_path / "cliproxy.db", isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            reply = await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})
+            assert reply.status == 503, reply.text
+            assert "database is not accepting writes" in reply.json["error"]["message"]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        reply = await a.call("PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"})
+        assert reply.status == 200
+        stored = read_events(tmp_path / "cliproxy.db", kind="config-reloaded")  # the file itself, no flush
+        assert [e.detail.get("reason") for e in stored] == ["api", "api"]  # both in SQLite once answered
 
 
 # ---------------------------------------------------------------------------------------------

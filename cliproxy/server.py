@@ -24,6 +24,7 @@ from .config import Config
 from .keys import CONFIG_MANAGER, RUNTIME
 from .logs import configure_logging
 from .sdnotify import notify
+from .writeback import remove_leftover_temp_files
 
 __all__ = ["serve"]
 
@@ -35,6 +36,7 @@ async def serve(config: Config) -> int:
     app = create_app(config)
     # Secrets are read from the live app on every line, so a reloaded config is masked too.
     configure_logging(config.logging, secrets=lambda: app[RUNTIME].current.secrets)
+    _remove_leftover_temp_files(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -85,3 +87,15 @@ async def serve(config: Config) -> int:
     log.info("cliproxy stopped")
     return 0
 
+
+def _remove_leftover_temp_files(config: Config) -> None:
+    """A write-back cut by kill -9 leaves its temporary copy of config.yaml behind: remove it now."""
+    if not config.path:
+        return
+    try:
+        removed = remove_leftover_temp_files(config.path)
+    except OSError as exc:
+        log.warning("could not look for leftover temporary config files beside %s: %s", config.path, exc.strerror or exc)
+        return
+    for path in removed:
+        log.warning("removed %s, left by a config write-back that was interrupted", path)

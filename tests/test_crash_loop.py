@@ -374,3 +374,22 @@ class TestKillRightAfterAcknowledgement:
                 body = await resp.json()
             timed = [e for e in body["disabled"] if e["source"] == "timed"]
             assert [(e["vendor"], e["model"], e["disabled_until"]) for e in timed] == [("b", "m2", until)]
+
+
+class TestLeftoverTempFiles:
+    """A write-back cut by kill -9 leaves `.config.yaml.XXXXXXXX.tmp`: the next start removes it, and nothing else."""
+
+    async def test_removed_at_start_up(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        import tempfile
+
+        flaky, good = await upstreams(), await upstreams()
+        gw = GatewayProcess(tmp_path, _config(flaky, good))
+        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.writeback names it
+        os.write(fd, b"port: 1\n")  # half a config
+        os.close(fd)
+        unrelated = tmp_path / ".config.yaml.notes.tmp"
+        unrelated.write_text("the operator's")
+        processes.append(gw.start())
+        assert not Path(leftover).exists()
+        assert unrelated.exists()
+        assert f"removed {leftover}" in gw.log()

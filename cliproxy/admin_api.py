@@ -892,7 +892,8 @@ async def enable_model(request: web.Request) -> web.Response:
     actor = request[ADMIN_ACTOR]
     tracker = request.app[TRACKER]
     for pair in pairs:
-        await tracker.manual_enable(pair.key, actor)
+        # A pair switched off in the config gets its one `manual-enable` event from the write-back below.
+        await tracker.manual_enable(pair.key, actor, record_if_nothing_cleared=pair.model.enabled)
     await _write_enabled(request.app[CONFIG_MANAGER], pairs, True, actor, kind="manual-enable")
     await _committed(request, after_change=True)
     return _status_response(request, name, [p.key for p in pairs])

@@ -279,11 +279,13 @@ class FailureTracker(OutcomeSink):
         )
         self._emit(event, _Write(event, set_disabled=record))
 
-    async def manual_enable(self, pair: PairKey, actor: str) -> None:
+    async def manual_enable(self, pair: PairKey, actor: str, *, record_if_nothing_cleared: bool = True) -> bool:
         """Clear the auto-disable and the timed manual disable and reset the failure count.
 
         One `enabled` event (cause manual) per disable cleared, or one `manual-enable` event when
-        nothing was disabled. A disable whose time had already passed is recorded as expired first.
+        nothing was disabled (not with `record_if_nothing_cleared=False`: the caller records the
+        action itself, e.g. as the config write-back that switches the pair back on). A disable
+        whose time had already passed is recorded as expired first. True when a disable was cleared.
         """
         vendor, model = pair
         now = self._now()
@@ -311,9 +313,10 @@ class FailureTracker(OutcomeSink):
             )
             self._emit(event, _Write(event, clear_disabled=(vendor, model, _MANUAL)))
             cleared = True
-        if not cleared:
+        if not cleared and record_if_nothing_cleared:
             event = Event(kind="manual-enable", at=now, vendor=vendor, model=model, actor=actor)
             self._emit(event, _Write(event))
+        return cleared
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -482,6 +482,16 @@ openai-compatibility:
         assert "manual-enable" in kinds and "enabled" in kinds
         assert (await a.chat("qwen")).status == 200
 
+    async def test_enabling_a_pair_switched_off_in_the_config_writes_one_event(self, admin, upstreams, tmp_path, monkeypatch):
+        a, _ = await self._start(admin, upstreams, tmp_path, monkeypatch)
+        assert (await a.post("/api/models/qwen/disable")).status == 200
+        assert (await a.post("/api/models/qwen/enable")).status == 200
+        events = [(e.kind, e.vendor, e.model) for e in await a.events()]
+        assert events.count(("manual-enable", "main", "qwen2.5:7b")) == 1, events
+        assert (await a.post("/api/models/qwen/enable")).status == 200  # nothing to clear: still one event per call
+        events = [(e.kind, e.vendor, e.model) for e in await a.events()]
+        assert events.count(("manual-enable", "main", "qwen2.5:7b")) == 2, events
+
     async def test_without_a_config_file_a_permanent_disable_is_503(self, gateway, upstreams, tmp_path):
         up = await upstreams()
         from tests.conftest import make_config

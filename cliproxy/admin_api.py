@@ -171,7 +171,8 @@ class DisabledPairSchema(Schema):
             "model-config / vendor-config: `enabled: false` in config.yaml"
         },
     )
-    disabled_at = _ts("when it was disabled; null for a config-file disable")
+    disabled_at = _ts("when it was disabled; for a config-file disable, from the management call that wrote it "
+                      "(null when the file was edited by hand)")
     disabled_until = _ts("when it ends; null when it has no end")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "null when it has no end"})
     failure_count = fields.Integer(required=True)
@@ -713,6 +714,39 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
     return out
 
 
+#: How far back in a pair's (or vendor's) history the event that switched it off in the config is looked for.
+_CONFIG_SWITCH_LOOKBACK = 50
+
+
+def _switched_off_by(events: Sequence[Any], key: str) -> Any | None:
+    """The event that wrote `enabled: false` (as `key`), if it is the latest event that set it; None
+    when the latest one switched it on, or there is none (the file was edited by hand)."""
+    for event in events:  # newest first
+        detail = event.detail or {}
+        if event.kind == "manual-disable" and event.disabled_until is None:
+            return event
+        if event.kind == "manual-enable":
+            return None
+        if event.kind in ("model-changed", "vendor-changed") and key in detail:
+            return event if detail[key] is False else None
+    return None
+
+
+async def _config_switch_events(store: Any, entries: list[dict[str, Any]]) -> None:
+    """Fill `disabled_at` and `actor` of the config-file disables from the audit events that made them."""
+    for entry in entries:
+        if entry["source"] == "model-config":
+            events = await store.events(vendor=entry["vendor"], model=entry["model"], limit=_CONFIG_SWITCH_LOOKBACK)
+            event = _switched_off_by([e for e in events if e.kind != "vendor-changed"], "enabled")
+        elif entry["source"] == "vendor-config":
+            events = await store.events(vendor=entry["vendor"], kind="vendor-changed", limit=_CONFIG_SWITCH_LOOKBACK)
+            event = _switched_off_by(events, "enabled")
+        else:
+            continue
+        if event is not None:
+            entry["disabled_at"], entry["actor"] = _iso(event.at), event.actor
+
+
 def _vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: float) -> dict[str, Any]:
     models = []
     for model in vendor.models:
@@ -867,7 +901,9 @@ async def list_disabled(request: web.Request) -> web.Response:
     """Every disable in force: automatic and timed manual ones (from the tracker) and `enabled: false`
     in config.yaml (model or vendor). A pair under two disables appears once per disable."""
     await _committed(request)
-    return _json(DisabledListSchema, {"disabled": _disabled_list(request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]())})
+    entries = _disabled_list(request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]())
+    await _config_switch_events(request.app[STORE], entries)
+    return _json(DisabledListSchema, {"disabled": entries})
 
 
 @endpoint("GET", "/api/models/{model:.+}/status", summary="Status of the pairs serving a model", response=ModelStatusSchema,
@@ -905,7 +941,8 @@ async def _write_enabled(manager: ConfigManager, pairs: Sequence[Pair], enabled:
         if pair.model.enabled == enabled:
             continue
         await manager.apply_edits(
-            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name
+            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name,
+            reason=None if enabled else "manual",  # a permanent manual-disable, like a timed one
         )
 
 

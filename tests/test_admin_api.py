@@ -25,7 +25,7 @@ from cliproxy.config import Config
 from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
-from cliproxy.store import read_events
+from cliproxy.store import format_timestamp, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
@@ -491,6 +491,28 @@ openai-compatibility:
         assert (await a.post("/api/models/qwen/enable")).status == 200  # nothing to clear: still one event per call
         events = [(e.kind, e.vendor, e.model) for e in await a.events()]
         assert events.count(("manual-enable", "main", "qwen2.5:7b")) == 2, events
+
+    async def test_config_disables_show_when_and_who_from_their_event(self, admin, upstreams, tmp_path, monkeypatch):
+        a, _ = await self._start(admin, upstreams, tmp_path, monkeypatch)
+        assert (await a.post("/api/models/qwen/disable")).status == 200
+        [event] = await a.events(kind="manual-disable")
+        assert (event.reason, event.disabled_until) == ("manual", None)  # like a timed one, without an end
+        assert (await a.call("PATCH", "/api/vendors/main/models/other", json={"enabled": False})).status == 200
+        [model_changed] = await a.events(kind="model-changed")
+        rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
+        assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (format_timestamp(event.at), "127.0.0.1")
+        assert (rows["other"]["disabled_at"], rows["other"]["actor"]) == (format_timestamp(model_changed.at), "127.0.0.1")
+        # Switched back on through the API, then off again by hand: no event did that.
+        assert (await a.post("/api/models/qwen/enable")).status == 200
+        a.config_path.write_text(a.file().replace("enabled: true", "enabled: false"))
+        assert await a.app[CONFIG_MANAGER].reload(reason="test")
+        rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
+        assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (None, None)
+        assert (await a.call("PATCH", "/api/vendors/main/models/other", json={"enabled": True})).status == 200
+        assert (await a.call("PATCH", "/api/vendors/main", json={"enabled": False})).status == 200
+        [vendor_changed] = await a.events(kind="vendor-changed")
+        vendor_rows = [r for r in (await a.get("/api/models/disabled")).json["disabled"] if r["source"] == "vendor-config"]
+        assert vendor_rows and all((r["disabled_at"], r["actor"]) == (format_timestamp(vendor_changed.at), "127.0.0.1") for r in vendor_rows)
 
     async def test_without_a_config_file_a_permanent_disable_is_503(self, gateway, upstreams, tmp_path):
         up = await upstreams()

@@ -176,6 +176,7 @@ class DisabledPairSchema(Schema):
     disabled_until = _ts("when it ends; null when it has no end")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "null when it has no end"})
     failure_count = fields.Integer(required=True)
+    last_failure_at = _ts("the pair's last counted failure; null when none is known")
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     actor = fields.String(required=True, allow_none=True, metadata={"description": "the management client that disabled it"})
     in_config = fields.Boolean(required=True, metadata={"description": "false for a pair no longer in config.yaml (it routes nothing)"})
@@ -218,6 +219,7 @@ class PairStatusSchema(Schema):
     auto_disabled = fields.Boolean(required=True)
     failure_count = fields.Integer(required=True, metadata={"description": "failures in the current counting window"})
     window_started_at = _ts("start of the current counting window")
+    last_failure_at = _ts("the pair's last counted failure; null when none is known (not kept across restarts unless it tripped a disable)")
     disabled_at = _ts("start of the automatic disable")
     disabled_until = _ts("end of the automatic disable")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "of the automatic disable"})
@@ -385,6 +387,7 @@ class EventSchema(Schema):
     disabled_until = _ts("end of the disable concerned")
     failure_count = fields.Integer(required=True, allow_none=True)
     window_started_at = _ts("start of the counting window")
+    last_failure_at = _ts("the pair's last counted failure (on `disabled` events)")
     settings = fields.Dict(required=True, allow_none=True, metadata={"description": "the auto-disable settings in force"})
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     actor = fields.String(required=True, allow_none=True, metadata={"description": "the management client's address"})
@@ -659,6 +662,7 @@ def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: flo
         "auto_disabled": auto is not None,
         "failure_count": state.failure_count if state else 0,
         "window_started_at": _iso(state.window_started_at) if state else None,
+        "last_failure_at": _iso(_last_failure_at(state, auto)),
         "disabled_at": _iso(auto.disabled_at) if auto else None,
         "disabled_until": _iso(auto.disabled_until) if auto else None,
         "remaining_seconds": _remaining(auto.disabled_until, now) if auto else None,
@@ -671,6 +675,12 @@ def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: flo
         },
         "auto_disable": _effective(pair.auto_disable),
     }
+
+
+def _last_failure_at(state: Any, record: Any) -> float | None:
+    """The later of the live count's last failure and the one a committed disable recorded."""
+    times = [t for t in (state.last_failure_at if state else None, record.last_failure_at if record else None) if t is not None]
+    return max(times) if times else None
 
 
 def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list[dict[str, Any]]:
@@ -688,6 +698,7 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
             "disabled_until": _iso(record.disabled_until),
             "remaining_seconds": _remaining(record.disabled_until, now),
             "failure_count": record.failure_count,
+            "last_failure_at": _iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
             "last_error": _last_error(record.last_error),
             "actor": record.actor,
             "in_config": pair is not None,
@@ -706,6 +717,7 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
             "disabled_until": None,
             "remaining_seconds": None,
             "failure_count": state.failure_count if state else 0,
+            "last_failure_at": _iso(_last_failure_at(state, None)),
             "last_error": _last_error(state.last_error) if state else None,
             "actor": None,
             "in_config": True,
@@ -1125,7 +1137,8 @@ async def list_events(request: web.Request) -> web.Response:
             "id": event.id, "kind": event.kind, "at": _iso(event.at), "vendor": event.vendor, "model": event.model,
             "reason": event.reason, "cause": event.cause, "disabled_at": _iso(event.disabled_at),
             "disabled_until": _iso(event.disabled_until), "failure_count": event.failure_count,
-            "window_started_at": _iso(event.window_started_at), "settings": event.settings,
+            "window_started_at": _iso(event.window_started_at), "last_failure_at": _iso(event.last_failure_at),
+            "settings": event.settings,
             "last_error": _last_error(event.last_error), "actor": event.actor, "detail": detail,
         })
     next_before = events[-1].id if len(events) == limit and events else None

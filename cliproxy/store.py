@@ -153,6 +153,7 @@ _EVENT_COLUMNS = (
     "last_error",
     "actor",
     "detail",
+    "last_failure_at",
 )
 
 _DISABLED_COLUMNS = (
@@ -166,6 +167,7 @@ _DISABLED_COLUMNS = (
     "last_status",
     "last_error",
     "actor",
+    "last_failure_at",
 )
 
 #: Event.settings key -> events column holding a copy of it for queries.
@@ -221,6 +223,7 @@ def event_to_row(event: Event) -> dict[str, Any]:
         "last_error": event.last_error.message if event.last_error else None,
         "actor": event.actor,
         "detail": _json_out(event.detail),
+        "last_failure_at": _ts_out(event.last_failure_at),
     }
     for key, column in _SETTINGS_COLUMNS.items():
         row[column] = settings.get(key)
@@ -245,6 +248,7 @@ def row_to_event(row: Mapping[str, Any]) -> Event:
         last_error=_error_in(row),
         actor=row["actor"],
         detail=_json_in(row["detail"]),
+        last_failure_at=_ts_in(row["last_failure_at"]),
     )
 
 
@@ -261,6 +265,7 @@ def disabled_to_row(record: DisabledRecord) -> dict[str, Any]:
         "last_status": record.last_error.status if record.last_error else None,
         "last_error": record.last_error.message if record.last_error else None,
         "actor": record.actor,
+        "last_failure_at": _ts_out(record.last_failure_at),
     }
 
 
@@ -276,6 +281,7 @@ def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
         window_started_at=_ts_in(row["window_started_at"]),
         last_error=_error_in(row),
         actor=row["actor"],
+        last_failure_at=_ts_in(row["last_failure_at"]),
     )
 
 

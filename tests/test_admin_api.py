@@ -25,7 +25,7 @@ from cliproxy.config import Config
 from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
-from cliproxy.store import format_timestamp, read_events
+from cliproxy.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
@@ -193,6 +193,30 @@ async def trip(admin: Admin, times: int = 2) -> None:
 def pair_of(reply: Reply, vendor_name: str) -> dict[str, Any]:
     [pair] = [p for p in reply.json["pairs"] if p["vendor"] == vendor_name]
     return pair
+
+
+class TestLastFailure:
+    """The time of a pair's last counted failure: in its status, the disabled list and the `disabled` event."""
+
+    async def test_last_failure_at_everywhere(self, admin, upstreams):
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        clock = FakeClock()
+        a = await admin(two_vendors(bad.url, good.url), clock=clock)
+        assert pair_of(await a.get("/api/models/m/status"), "bad")["last_failure_at"] is None
+        await a.chat()  # one failure: counted, not yet disabled
+        first = format_timestamp(clock())
+        assert pair_of(await a.get("/api/models/m/status"), "bad")["last_failure_at"] == first
+        clock.advance(7)
+        await a.chat()  # the second trips the disable
+        tripped = format_timestamp(clock())
+        status = pair_of(await a.get("/api/models/m/status"), "bad")
+        assert status["auto_disabled"] and status["last_failure_at"] == tripped
+        [row] = (await a.get("/api/models/disabled")).json["disabled"]
+        assert row["last_failure_at"] == tripped
+        [event] = (await a.get("/api/events?kind=disabled")).json["events"]
+        assert event["last_failure_at"] == tripped
+        assert read_disabled(a.gw.app[STORE].path)[0].last_failure_at == clock()  # in the table, for restarts and the CLI
 
 
 # ---------------------------------------------------------------------------------------------

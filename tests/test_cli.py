@@ -83,7 +83,7 @@ def auto_pair(vendor: str, model: str, at: float, until: float, *, failures: int
     )  # fmt: skip
     record = DisabledRecord(
         vendor=vendor, model=model, reason="auto", disabled_at=at, disabled_until=until, failure_count=failures,
-        window_started_at=at - 10, last_error=error,
+        window_started_at=at - 10, last_error=error, last_failure_at=at,
     )  # fmt: skip
     return event, record
 
@@ -298,9 +298,9 @@ class TestMigrate:
         assert "0001_initial.sql" in capsys.readouterr().out
         assert not db.exists(), "--dry-run creates nothing"
         assert main(["migrate", "--config", str(config)]) == 0
-        assert capsys.readouterr().out.strip() == f"{db}: applied 0001_initial.sql"
+        assert capsys.readouterr().out.strip() == f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql"
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0
@@ -391,6 +391,7 @@ class TestStatus:
         llama = next(o for o in data if o["model"] == "meta/llama-3.1:8b")
         [d] = llama["disables"]
         assert d["disabled_until"] == format_timestamp(ms(now + 252.5))
+        assert d["last_failure_at"] == format_timestamp(ms(now - 48))  # the failure that tripped it
         assert 240 < d["remaining_seconds"] <= 252.5
         expired = next(o for o in data if o["model"] == "expired-one")
         assert expired["label"] == "enabled (expired, not yet recorded)" and expired["disables"][0]["expired"] is True

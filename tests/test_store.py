@@ -126,19 +126,19 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        assert pending_migrations(db) == ["0001_initial.sql"]
+        assert pending_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
         assert not db.exists(), "pending_migrations must not create the database"
-        assert apply_migrations(db) == ["0001_initial.sql"]
+        assert apply_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
         with closing(sqlite3.connect(db)) as conn:
             assert columns(conn, "schema_migrations") == ["version", "name", "applied_at"]
             assert columns(conn, "events") == [
                 "id", "at", "kind", "vendor", "model", "reason", "cause", "disabled_at", "disabled_until",
                 "failure_count", "window_started_at", "threshold", "window_seconds", "duration_seconds",
-                "settings", "last_status", "last_error", "actor", "detail",
+                "settings", "last_status", "last_error", "actor", "detail", "last_failure_at",
             ]  # fmt: skip
             assert columns(conn, "disabled_pairs") == [
                 "vendor", "model", "reason", "disabled_at", "disabled_until", "failure_count",
-                "window_started_at", "last_status", "last_error", "actor", "event_id",
+                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at",
             ]  # fmt: skip
             pk = {row[1]: row[5] for row in conn.execute("PRAGMA table_info(disabled_pairs)") if row[5]}
             assert pk == {"vendor": 1, "model": 2, "reason": 3}
@@ -148,7 +148,7 @@ class TestMigrations:
             assert indexes["events_kind_at"] == ["kind", "at"]
             assert indexes["events_at"] == ["at"]
             versions = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
-        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql")]
+        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql"), (2, "0002_last_failure_at.sql")]
         parse_timestamp(versions[0][2])
         assert pending_migrations(db) == []
 

@@ -189,7 +189,9 @@ class TestAutoDisable:
             failure_count=3,
             window_started_at=T0,
             last_error=ErrorInfo(503, "upstream down"),
+            last_failure_at=T0 + 1.5,
         )
+        assert event.last_failure_at == T0 + 1.5  # the failure that tripped it
         assert tracker.disabled_pairs() == [store.rows[("acme", "gpt-x", "auto")]]
 
     async def test_stamps_are_rounded_to_the_millisecond(self, store: MemoryStore, make_tracker: MakeTracker) -> None:

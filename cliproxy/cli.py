@@ -7,6 +7,7 @@
     history        the audit history from the database file
     enable         make a pair routable again, through the running server's management API
     disable        disable a pair (optionally for a duration), through the management API
+    backup         a consistent copy of the database, safe while the server runs
 
 `status` and `history` open the database read-only, so they work with the server stopped or
 running. Formatting and state rules live in `cliproxy.operator` (pure); this module does the I/O.
@@ -40,6 +41,7 @@ from .settings import ConfigError, load_config
 from .store import (
     MigrationError,
     apply_migrations,
+    backup,
     pending_migrations,
     read_disabled,
     read_events,
@@ -368,6 +370,29 @@ def cmd_disable(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# backup
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = _load_or_exit(_config_path(args))
+    db = _database(config)
+    if not db.is_file():
+        return _fail("backup", f"no database at {db}")
+    try:
+        result = backup(db, args.path, overwrite=args.force)
+    except FileExistsError as exc:
+        return _fail("backup", str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail("backup", f"cannot back up {db} to {args.path}: {exc}")
+    print(
+        f"{db} -> {result.path}: {result.events} events, {result.disabled_pairs} disabled pair rows, "
+        f"{result.size_bytes} bytes"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cliproxy",
@@ -423,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_limit_arg, default=50, metavar="N", help="at most N events (default 50)")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (ISO times, seconds)")
+
+    p = add(
+        "backup",
+        cmd_backup,
+        "write a consistent copy of the database (safe while the server runs)",
+        "Copy the config's `database` to PATH with SQLite's online backup API: one consistent moment,\n"
+        "WAL content included, while the server keeps writing (`cp` of a WAL database is not a backup).\n"
+        "Refuses an existing PATH unless --force. To restore: stop the server, copy the backup over\n"
+        "the database file, delete its -wal and -shm files, start the server.",
+    )
+    p.add_argument("path", metavar="PATH", help="the file to write")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
 
     management = (
         "\n\nGoes through the running server's management API. The key comes from --key or\n"

@@ -113,6 +113,8 @@ def _read(db: Path, reader: Callable[[Path], _T]) -> _T:
     except sqlite3.Error as exc:
         if "no such table" in str(exc):
             raise _Unreadable(f"database {db} has no schema yet ({exc}); run `cliproxy migrate`") from None
+        if "no such column" in str(exc):  # written by an older version; the server migrates it at start-up
+            raise _Unreadable(f"database {db} has an older schema ({exc}); run `cliproxy migrate`") from None
         raise _Unreadable(f"cannot read database {db}: {exc}") from None
     except OSError as exc:
         raise _Unreadable(f"cannot read database {db}: {exc}") from None

@@ -858,3 +858,16 @@ class TestBackup:
         result = run_cli("backup", str(tmp_path / "b.db"), "--config", str(config), cwd=tmp_path)
         assert result.returncode == 1 and "no database at" in result.stderr
         assert not (tmp_path / "b.db").exists()
+
+
+def test_status_on_a_database_of_an_older_version_says_to_migrate(tmp_path: Path) -> None:
+    from cliproxy.store import default_migrations_dir
+
+    old = tmp_path / "old-migrations"
+    old.mkdir()
+    (old / "0001_initial.sql").write_text((default_migrations_dir() / "0001_initial.sql").read_text())
+    db = tmp_path / "cliproxy.db"
+    apply_migrations(db, old)  # the schema before 0002
+    result = run_cli("status", "--config", str(write_config(tmp_path, db)), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "older schema" in result.stderr and "cliproxy migrate" in result.stderr and "Traceback" not in result.stderr

@@ -13,8 +13,10 @@ Two axes make a pair unavailable, kept apart as in the tracker:
 
 `enabled` in a response means "routable now" (every axis allows it); `config_enabled` is what the
 model entry of config.yaml says. A disable is committed before it is reported: every handler that
-reports or changes disabled state first waits for the tracker's pending writes to reach SQLite,
-and answers 503 when the database does not take them within `COMMIT_TIMEOUT_SECONDS`.
+reports or changes disabled state first waits for the tracker's writes queued so far to reach
+SQLite (503 when the database does not take them within `COMMIT_TIMEOUT_SECONDS`), then builds its
+answer from the tracker's committed view, so a transition that happened meanwhile and is not yet
+committed is not shown either.
 
 Upstream keys only ever leave masked (`redact.mask_key`); `GET /api/config.yaml` returns the file
 as it is on disk, which holds `${VAR}` placeholders rather than their values (a key written
@@ -36,7 +38,6 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from . import failures
 from .config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, Timeouts, Vendor
 from .errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
 from .events import EventKind
@@ -169,10 +170,12 @@ class DisabledPairSchema(Schema):
             "model-config / vendor-config: `enabled: false` in config.yaml"
         },
     )
-    disabled_at = _ts("when it was disabled; null for a config-file disable")
+    disabled_at = _ts("when it was disabled; for a config-file disable, from the management call that wrote it "
+                      "(null when the file was edited by hand)")
     disabled_until = _ts("when it ends; null when it has no end")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "null when it has no end"})
     failure_count = fields.Integer(required=True)
+    last_failure_at = _ts("the pair's last counted failure; null when none is known")
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     actor = fields.String(required=True, allow_none=True, metadata={"description": "the management client that disabled it"})
     in_config = fields.Boolean(required=True, metadata={"description": "false for a pair no longer in config.yaml (it routes nothing)"})
@@ -215,6 +218,7 @@ class PairStatusSchema(Schema):
     auto_disabled = fields.Boolean(required=True)
     failure_count = fields.Integer(required=True, metadata={"description": "failures in the current counting window"})
     window_started_at = _ts("start of the current counting window")
+    last_failure_at = _ts("the pair's last counted failure; null when none is known (not kept across restarts unless it tripped a disable)")
     disabled_at = _ts("start of the automatic disable")
     disabled_until = _ts("end of the automatic disable")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "of the automatic disable"})
@@ -383,6 +387,7 @@ class EventSchema(Schema):
     disabled_until = _ts("end of the disable concerned")
     failure_count = fields.Integer(required=True, allow_none=True)
     window_started_at = _ts("start of the counting window")
+    last_failure_at = _ts("the pair's last counted failure (on `disabled` events)")
     settings = fields.Dict(required=True, allow_none=True, metadata={"description": "the auto-disable settings in force"})
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     actor = fields.String(required=True, allow_none=True, metadata={"description": "the management client's address"})
@@ -635,25 +640,28 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
 
 
 def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: float) -> dict[str, Any]:
+    # Disables come from the tracker's committed view (what SQLite holds), never from memory, which
+    # may already hold a newer transition that kill -9 would lose. Counts are live (never persisted).
     key = pair.key
     state = tracker.state(key)
-    auto_disabled = state is not None and failures.is_disabled(state, now)
-    manual = tracker.manual_record(key)
+    auto = tracker.committed_record(key, "auto")
+    manual = tracker.committed_record(key, "manual")
     return {
         "vendor": pair.vendor.name,
         "model": pair.model.name,
         "alias": pair.model.alias,
         "names": list(runtime.table.names_of.get(key, ())),
-        "enabled": pair.enabled_in_config and tracker.is_available(key),
+        "enabled": pair.enabled_in_config and auto is None and manual is None,
         "config_enabled": pair.model.enabled,
         "vendor_enabled": pair.vendor.enabled,
         "missing_key": pair.vendor.missing_key,
-        "auto_disabled": auto_disabled,
+        "auto_disabled": auto is not None,
         "failure_count": state.failure_count if state else 0,
         "window_started_at": _iso(state.window_started_at) if state else None,
-        "disabled_at": _iso(state.disabled_at) if auto_disabled and state else None,
-        "disabled_until": _iso(state.disabled_until) if auto_disabled and state else None,
-        "remaining_seconds": _remaining(state.disabled_until, now) if auto_disabled and state else None,
+        "last_failure_at": _iso(_last_failure_at(state, auto)),
+        "disabled_at": _iso(auto.disabled_at) if auto else None,
+        "disabled_until": _iso(auto.disabled_until) if auto else None,
+        "remaining_seconds": _remaining(auto.disabled_until, now) if auto else None,
         "last_error": _last_error(state.last_error) if state else None,
         "manual_disable": None if manual is None else {
             "disabled_at": _iso(manual.disabled_at),
@@ -665,10 +673,16 @@ def _pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: flo
     }
 
 
+def _last_failure_at(state: Any, record: Any) -> float | None:
+    """The later of the live count's last failure and the one a committed disable recorded."""
+    times = [t for t in (state.last_failure_at if state else None, record.last_failure_at if record else None) if t is not None]
+    return max(times) if times else None
+
+
 def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list[dict[str, Any]]:
     table = runtime.table
     out: list[dict[str, Any]] = []
-    for record in tracker.disabled_pairs():
+    for record in tracker.committed_disabled_pairs():
         pair = table.pairs.get((record.vendor, record.model))
         out.append({
             "vendor": record.vendor,
@@ -680,6 +694,7 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
             "disabled_until": _iso(record.disabled_until),
             "remaining_seconds": _remaining(record.disabled_until, now),
             "failure_count": record.failure_count,
+            "last_failure_at": _iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
             "last_error": _last_error(record.last_error),
             "actor": record.actor,
             "in_config": pair is not None,
@@ -698,6 +713,7 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
             "disabled_until": None,
             "remaining_seconds": None,
             "failure_count": state.failure_count if state else 0,
+            "last_failure_at": _iso(_last_failure_at(state, None)),
             "last_error": _last_error(state.last_error) if state else None,
             "actor": None,
             "in_config": True,
@@ -706,19 +722,53 @@ def _disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> lis
     return out
 
 
+#: How far back in a pair's (or vendor's) history the event that switched it off in the config is looked for.
+_CONFIG_SWITCH_LOOKBACK = 50
+
+
+def _switched_off_by(events: Sequence[Any], key: str) -> Any | None:
+    """The event that wrote `enabled: false` (as `key`), if it is the latest event that set it; None
+    when the latest one switched it on, or there is none (the file was edited by hand)."""
+    for event in events:  # newest first
+        detail = event.detail or {}
+        if event.kind == "manual-disable" and event.disabled_until is None:
+            return event
+        if event.kind == "manual-enable":
+            return None
+        if event.kind in ("model-changed", "vendor-changed") and key in detail:
+            return event if detail[key] is False else None
+    return None
+
+
+async def _config_switch_events(store: Any, entries: list[dict[str, Any]]) -> None:
+    """Fill `disabled_at` and `actor` of the config-file disables from the audit events that made them."""
+    for entry in entries:
+        if entry["source"] == "model-config":
+            events = await store.events(vendor=entry["vendor"], model=entry["model"], limit=_CONFIG_SWITCH_LOOKBACK)
+            event = _switched_off_by([e for e in events if e.kind != "vendor-changed"], "enabled")
+        elif entry["source"] == "vendor-config":
+            events = await store.events(vendor=entry["vendor"], kind="vendor-changed", limit=_CONFIG_SWITCH_LOOKBACK)
+            event = _switched_off_by(events, "enabled")
+        else:
+            continue
+        if event is not None:
+            entry["disabled_at"], entry["actor"] = _iso(event.at), event.actor
+
+
 def _vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: float) -> dict[str, Any]:
     models = []
     for model in vendor.models:
         key = (vendor.name, model.name)
-        state = tracker.state(key)
+        auto_disabled = tracker.committed_record(key, "auto") is not None  # committed view, as in _pair_status
+        manual_disabled = tracker.committed_record(key, "manual") is not None
         models.append({
             "name": model.name,
             "alias": model.alias,
             "names": list(runtime.table.names_of.get(key, ())),
-            "enabled": vendor.routable and model.enabled and tracker.is_available(key),
+            "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled,
             "config_enabled": model.enabled,
-            "auto_disabled": state is not None and failures.is_disabled(state, now),
-            "manual_disabled": tracker.manual_record(key) is not None,
+            "auto_disabled": auto_disabled,
+            "manual_disabled": manual_disabled,
             "auto_disable": _overrides(model.auto_disable),
         })
     return {
@@ -860,7 +910,9 @@ async def list_disabled(request: web.Request) -> web.Response:
     """Every disable in force: automatic and timed manual ones (from the tracker) and `enabled: false`
     in config.yaml (model or vendor). A pair under two disables appears once per disable."""
     await _committed(request)
-    return _json(DisabledListSchema, {"disabled": _disabled_list(request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]())})
+    entries = _disabled_list(request.app[RUNTIME].current, request.app[TRACKER], request.app[CLOCK]())
+    await _config_switch_events(request.app[STORE], entries)
+    return _json(DisabledListSchema, {"disabled": entries})
 
 
 @endpoint("GET", "/api/models/{model:.+}/status", summary="Status of the pairs serving a model", response=ModelStatusSchema,
@@ -885,7 +937,8 @@ async def enable_model(request: web.Request) -> web.Response:
     actor = request[ADMIN_ACTOR]
     tracker = request.app[TRACKER]
     for pair in pairs:
-        await tracker.manual_enable(pair.key, actor)
+        # A pair switched off in the config gets its one `manual-enable` event from the write-back below.
+        await tracker.manual_enable(pair.key, actor, record_if_nothing_cleared=pair.model.enabled)
     await _write_enabled(request.app[CONFIG_MANAGER], pairs, True, actor, kind="manual-enable")
     await _committed(request, after_change=True)
     return _status_response(request, name, [p.key for p in pairs])
@@ -897,7 +950,8 @@ async def _write_enabled(manager: ConfigManager, pairs: Sequence[Pair], enabled:
         if pair.model.enabled == enabled:
             continue
         await manager.apply_edits(
-            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name
+            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name,
+            reason=None if enabled else "manual",  # a permanent manual-disable, like a timed one
         )
 
 
@@ -1012,7 +1066,8 @@ async def get_config_yaml(request: web.Request) -> web.Response:
           body_content="application/yaml", errors=(400, 503), tags=("config",))
 async def put_config_yaml(request: web.Request) -> web.Response:
     """Validated first: an invalid file gives 400 listing every problem and nothing is written. Otherwise
-    written atomically and loaded at once; answers like `GET /api/config`."""
+    written atomically and loaded at once; answers like `GET /api/config` once its audit event is
+    committed (503 when the database does not take it: the new file is in force meanwhile)."""
     manager = request.app[CONFIG_MANAGER]
     raw = await request.read()
     try:
@@ -1020,6 +1075,7 @@ async def put_config_yaml(request: web.Request) -> web.Response:
     except UnicodeDecodeError:
         raise InvalidRequest("the body must be UTF-8 text") from None
     await manager.replace_text(text, actor=request[ADMIN_ACTOR], check=_keeps_management_on)
+    await _committed(request, after_change=True)  # 200 only once its config-reloaded event is in SQLite
     return _config_response(request)
 
 
@@ -1063,7 +1119,8 @@ async def list_events(request: web.Request) -> web.Response:
             "id": event.id, "kind": event.kind, "at": _iso(event.at), "vendor": event.vendor, "model": event.model,
             "reason": event.reason, "cause": event.cause, "disabled_at": _iso(event.disabled_at),
             "disabled_until": _iso(event.disabled_until), "failure_count": event.failure_count,
-            "window_started_at": _iso(event.window_started_at), "settings": event.settings,
+            "window_started_at": _iso(event.window_started_at), "last_failure_at": _iso(event.last_failure_at),
+            "settings": event.settings,
             "last_error": _last_error(event.last_error), "actor": event.actor, "detail": detail,
         })
     next_before = events[-1].id if len(events) == limit and events else None

@@ -8,6 +8,7 @@
     enable         make a pair routable again, through the running server's management API
     disable        disable a pair (optionally for a duration), through the management API
     demo           the gateway with two demo vendors, and what to try (first run)
+    backup         a consistent copy of the database, safe while the server runs
 
 `status` and `history` open the database read-only, so they work with the server stopped or
 running. Formatting and state rules live in `cliproxy.operator` (pure); this module does the I/O.
@@ -44,6 +45,7 @@ from .settings import ConfigError, LenientConfig, load_config, load_config_lenie
 from .store import (
     MigrationError,
     apply_migrations,
+    backup,
     pending_migrations,
     read_disabled,
     read_events,
@@ -158,6 +160,8 @@ def _read(db: Path, reader: Callable[[Path], _T]) -> _T:
     except sqlite3.Error as exc:
         if "no such table" in str(exc):
             raise _Unreadable(f"database {db} has no schema yet ({exc}); run `cliproxy migrate`") from None
+        if "no such column" in str(exc):  # written by an older version; the server migrates it at start-up
+            raise _Unreadable(f"database {db} has an older schema ({exc}); run `cliproxy migrate`") from None
         raise _Unreadable(f"cannot read database {db}: {exc}") from None
     except OSError as exc:
         raise _Unreadable(f"cannot read database {db}: {exc}") from None
@@ -413,6 +417,29 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# backup
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = _load_leniently_or_exit(_config_path(args)).config  # only the database path is needed
+    db = _database(config)
+    if not db.is_file():
+        return _fail("backup", f"no database at {db}")
+    try:
+        result = backup(db, args.path, overwrite=args.force)
+    except FileExistsError as exc:
+        return _fail("backup", str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail("backup", f"cannot back up {db} to {args.path}: {exc}")
+    print(
+        f"{db} -> {result.path}: {result.events} events, {result.disabled_pairs} disabled pair rows, "
+        f"{result.size_bytes} bytes"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # The parser
 # --------------------------------------------------------------------------------------------
 
@@ -483,6 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_limit_arg, default=50, metavar="N", help="at most N events (default 50)")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (ISO times, seconds)")
+
+    p = add(
+        "backup",
+        cmd_backup,
+        "write a consistent copy of the database (safe while the server runs)",
+        "Copy the config's `database` to PATH with SQLite's online backup API: one consistent moment,\n"
+        "WAL content included, while the server keeps writing (`cp` of a WAL database is not a backup).\n"
+        "Refuses an existing PATH unless --force. To restore: stop the server, copy the backup over\n"
+        "the database file, delete its -wal and -shm files, start the server.",
+    )
+    p.add_argument("path", metavar="PATH", help="the file to write")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
 
     management = (
         "\n\nGoes through the running server's management API. The key comes from --key or\n"

@@ -102,6 +102,7 @@ class Event:
     actor: str | None = None  # management client address for manual actions
     detail: dict | None = None  # anything else, JSON-encoded in the store
     id: int | None = None  # set by the store when read back
+    last_failure_at: float | None = None  # the pair's last counted failure (on `disabled` events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +118,4 @@ class DisabledRecord:
     window_started_at: float | None = None
     last_error: ErrorInfo | None = None
     actor: str | None = None
+    last_failure_at: float | None = None  # the last counted failure when an auto-disable tripped

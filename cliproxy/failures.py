@@ -84,6 +84,7 @@ class DisableTransition:
     disabled_until: float
     settings: AutoDisableSettings
     last_error: ErrorInfo | None
+    last_failure_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ def _disable(state: PairState, settings: AutoDisableSettings, now: float) -> tup
         disabled_until=until,
         settings=settings,
         last_error=state.last_error,
+        last_failure_at=state.last_failure_at,
     )
 
 
@@ -183,7 +185,7 @@ def restore(record: DisabledRecord) -> PairState:
     return PairState(
         failure_count=record.failure_count,
         window_started_at=record.window_started_at,
-        last_failure_at=record.disabled_at,
+        last_failure_at=record.last_failure_at if record.last_failure_at is not None else record.disabled_at,
         disabled_at=record.disabled_at,
         disabled_until=record.disabled_until,
         last_error=record.last_error,
@@ -220,6 +222,7 @@ def auto_record(pair: PairKey, state: PairState) -> DisabledRecord | None:
         failure_count=state.failure_count,
         window_started_at=state.window_started_at,
         last_error=state.last_error,
+        last_failure_at=state.last_failure_at,
     )
 
 
@@ -238,6 +241,7 @@ def disabled_event(pair: PairKey, t: DisableTransition) -> Event:
         window_started_at=t.window_started_at,
         settings=settings_summary(t.settings),
         last_error=t.last_error,
+        last_failure_at=t.last_failure_at,
     )
 
 

@@ -1,8 +1,9 @@
 """Probes and scrapes: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 - `/healthz`: the process answers (no auth, no I/O). For liveness checks.
-- `/readyz`: the configuration is loaded, the database answers a query within 2 s, and the
-  tracker's writes are being committed; otherwise 503 with the reasons. For load balancers.
+- `/readyz`: the configuration is loaded, the database answers a query within 2 s (and its path
+  still names the writable file the server has open: see `cliproxy.store`), and the tracker's
+  writes are being committed; otherwise 503 with the reasons. For load balancers.
 - `/metrics`: Prometheus text. Open by default; with `metrics.require-auth: true` it is guarded
   exactly like the management API (`cliproxy.admin_auth.decide`: the management key as Bearer or
   `X-Management-Key` compared in constant time, loopback unless `allow-remote`, the same
@@ -46,7 +47,8 @@ async def readiness_problems(app: web.Application) -> list[str]:
         except TimeoutError:
             ok = False
         if not ok:
-            problems.append("the database does not answer")
+            problem = getattr(store, "file_problem", None)  # deleted, replaced or unwritable under us
+            problems.append(problem or "the database does not answer")
     tracker = app.get(TRACKER)
     if tracker is not None and not tracker.persist_healthy:
         problems.append(f"writes to the database are failing ({tracker.pending_writes} pending)")

@@ -10,7 +10,9 @@ few dict updates and one `bisect` per histogram, about a microsecond.
 Label cardinality is bounded by the configuration, whatever the clients send: `model` is a
 configured client-facing name or `unknown`, `vendor` a configured vendor or `none` (no upstream
 was tried), `reason` one of the fixed outcome reasons. Tracker transitions arrive through
-`on_event` (a tracker listener); what is disabled right now is computed when Prometheus scrapes.
+`on_event` (a tracker *committed* listener) and what is disabled right now is read from the
+tracker's committed view when Prometheus scrapes: /metrics never shows a disable or an enable that
+is not yet in SQLite (it would be lost by kill -9), even while the database is locked.
 
     cliproxy_requests_total{model,vendor,status_class}      proxied requests by final status (2xx..5xx)
     cliproxy_upstream_attempts_total{model}                  upstream attempts, failovers included
@@ -152,9 +154,9 @@ class Metrics:
     # ------------------------------------------------------------------ wiring
 
     def attach(self, tracker: FailureTracker) -> None:
-        """Count the tracker's transitions and report its state at scrape time."""
+        """Count the tracker's transitions once committed and report its committed state at scrape time."""
         self._tracker = tracker
-        tracker.listeners.append(self.on_event)
+        tracker.committed_listeners.append(self.on_event)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything in this registry."""
@@ -189,7 +191,7 @@ class Metrics:
     # ------------------------------------------------------------------ tracker listener
 
     def on_event(self, event: Event) -> None:
-        """A tracker listener: count disables, enables and reloads."""
+        """A tracker committed listener: count disables, enables and reloads."""
         vendor, model = event.vendor or "", event.model or ""
         if event.kind == "disabled":
             self._disables.inc((vendor, model, "auto"))
@@ -222,7 +224,7 @@ class Metrics:
         tracker = self._tracker
         if tracker is not None:
             by_reason = {"auto": 0, "manual": 0}
-            for record in tracker.disabled_pairs():
+            for record in tracker.committed_disabled_pairs():
                 by_reason[record.reason] = by_reason.get(record.reason, 0) + 1
                 each.add_metric([record.vendor, record.model, record.reason], 1)
             for reason, n in sorted(by_reason.items()):

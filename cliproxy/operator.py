@@ -299,6 +299,7 @@ def _disable_json(view: DisableView) -> dict[str, Any]:
         "expired": view.expired,
         "failure_count": r.failure_count,
         "window_started_at": iso(r.window_started_at),
+        "last_failure_at": iso(r.last_failure_at),
         "last_status": r.last_error.status if r.last_error else None,
         "last_error": r.last_error.message if r.last_error else None,
         "actor": r.actor,

@@ -205,6 +205,7 @@ class ConfigManager:
         vendor: str | None = None,
         model: str | None = None,
         detail: dict | None = None,
+        reason: str | None = None,
     ) -> Config:
         """Edit the file in place (see `cliproxy.writeback.edit_yaml`), validate, write, swap, record ONE event.
 
@@ -236,7 +237,7 @@ class ConfigManager:
             if not changed:
                 detail["config_changed"] = False
             await self._record(
-                Event(kind=kind, at=self._clock(), vendor=vendor, model=model, actor=actor, detail=detail or None)
+                Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
             )
             return self._app[RUNTIME].current.config
 

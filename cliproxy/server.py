@@ -33,6 +33,7 @@ from .keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
 from .logs import configure_logging
 from .overload import OverloadLog, local_resource_error
 from .sdnotify import notify
+from .writeback import remove_leftover_temp_files
 
 __all__ = ["serve"]
 
@@ -163,6 +164,7 @@ async def serve(config: Config) -> int:
     app = create_app(config)
     # Secrets are read from the live app on every line, so a reloaded config is masked too.
     configure_logging(config.logging, secrets=lambda: app[RUNTIME].current.masker)
+    _remove_leftover_temp_files(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -235,3 +237,14 @@ async def _drain(runner: web.AppRunner, grace: float) -> None:
         return
     log.warning("shutdown grace of %ss is over: cutting %d request(s) still in flight", grace, in_flight.cut())
     await in_flight.wait_idle(_AFTER_CUT_SECONDS)
+def _remove_leftover_temp_files(config: Config) -> None:
+    """A write-back cut by kill -9 leaves its temporary copy of config.yaml behind: remove it now."""
+    if not config.path:
+        return
+    try:
+        removed = remove_leftover_temp_files(config.path)
+    except OSError as exc:
+        log.warning("could not look for leftover temporary config files beside %s: %s", config.path, exc.strerror or exc)
+        return
+    for path in removed:
+        log.warning("removed %s, left by a config write-back that was interrupted", path)

@@ -26,6 +26,19 @@ Two ways in:
 
 The SQL text, its parameters and the row <-> dataclass mapping are shared by both ways in.
 
+The file under the server's feet. Before every call `SQLiteStore` checks that the path still names
+the file it opened (`st_dev`, `st_ino`) and that the database and its `-wal`/`-shm` are writable
+(one `stat` and three `access` calls). SQLite maps `-shm` into memory: touching that mapping after
+the file was made immutable (`chattr +i`) kills the process with SIGBUS, and a connection to a
+deleted or replaced file writes where nobody will read. So on a problem the connection is not
+touched at all: the call fails with `DatabaseFileProblem` (an `sqlite3.OperationalError`), logged
+at ERROR once per outage, and `ping` answers False (`/readyz` 503). When the path was deleted or
+replaced and can be written again, the database is recreated there (migrations applied) and given
+what this store still holds: the events it committed in this run (the newest
+`EVENTS_KEPT_IN_MEMORY`; those already in the file are not written twice) and the current
+`disabled_pairs`. A connection left on an unwritable file is never closed (closing checkpoints
+through `-shm`): it is parked until the process exits.
+
 Errors from SQLite propagate as `sqlite3.Error` (aiosqlite raises sqlite3's own); nothing is
 swallowed (except by `ping`, whose answer is the boolean). Nothing secret is added here: error
 excerpts arrive already masked.
@@ -34,11 +47,15 @@ excerpts arrive already masked.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import logging
 import os
 import re
 import sqlite3
+import tempfile
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -53,10 +70,14 @@ from cliproxy.times import format_timestamp, parse_iso
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
+    "DatabaseFileProblem",
+    "EVENTS_KEPT_IN_MEMORY",
     "MigrationError",
     "SQLiteStore",
     "Store",
+    "BackupResult",
     "apply_migrations",
+    "backup",
     "default_migrations_dir",
     "format_timestamp",
     "parse_timestamp",
@@ -68,6 +89,12 @@ __all__ = [
 
 #: How long a statement waits for another connection's lock before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5000
+
+#: Events committed in this run that are kept in memory to refill a database file deleted or replaced
+#: under the running server (about 1 KiB each).
+EVENTS_KEPT_IN_MEMORY = 10_000
+
+_log = logging.getLogger("cliproxy.store")
 
 _T = TypeVar("_T")
 
@@ -119,6 +146,7 @@ _EVENT_COLUMNS = (
     "last_error",
     "actor",
     "detail",
+    "last_failure_at",
 )
 
 _DISABLED_COLUMNS = (
@@ -132,6 +160,7 @@ _DISABLED_COLUMNS = (
     "last_status",
     "last_error",
     "actor",
+    "last_failure_at",
 )
 
 #: Event.settings key -> events column holding a copy of it for queries.
@@ -187,6 +216,7 @@ def event_to_row(event: Event) -> dict[str, Any]:
         "last_error": event.last_error.message if event.last_error else None,
         "actor": event.actor,
         "detail": _json_out(event.detail),
+        "last_failure_at": _ts_out(event.last_failure_at),
     }
     for key, column in _SETTINGS_COLUMNS.items():
         row[column] = settings.get(key)
@@ -211,6 +241,7 @@ def row_to_event(row: Mapping[str, Any]) -> Event:
         last_error=_error_in(row),
         actor=row["actor"],
         detail=_json_in(row["detail"]),
+        last_failure_at=_ts_in(row["last_failure_at"]),
     )
 
 
@@ -227,6 +258,7 @@ def disabled_to_row(record: DisabledRecord) -> dict[str, Any]:
         "last_status": record.last_error.status if record.last_error else None,
         "last_error": record.last_error.message if record.last_error else None,
         "actor": record.actor,
+        "last_failure_at": _ts_out(record.last_failure_at),
     }
 
 
@@ -242,6 +274,7 @@ def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
         window_started_at=_ts_in(row["window_started_at"]),
         last_error=_error_in(row),
         actor=row["actor"],
+        last_failure_at=_ts_in(row["last_failure_at"]),
     )
 
 
@@ -262,6 +295,12 @@ _UPSERT_DISABLED = (
 )
 
 _DELETE_DISABLED = "DELETE FROM disabled_pairs WHERE vendor = ? AND model = ? AND reason = ?"
+
+# An event already in the file (a restored copy may hold some of the events being written back).
+_FIND_EVENT = (
+    "SELECT id FROM events WHERE at = :at AND kind = :kind AND vendor IS :vendor AND model IS :model "
+    "AND reason IS :reason AND cause IS :cause AND actor IS :actor LIMIT 1"
+)
 
 _SELECT_DISABLED = (
     f"SELECT {', '.join(_DISABLED_COLUMNS)} FROM disabled_pairs ORDER BY vendor, model, reason"
@@ -625,6 +664,57 @@ def read_events(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """What `backup` copied."""
+
+    path: Path
+    events: int
+    disabled_pairs: int
+    size_bytes: int
+
+
+def backup(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = False) -> BackupResult:
+    """A consistent copy of the database at `source`, safe while the server writes to it.
+
+    SQLite's online backup API (`sqlite3.Connection.backup`) in one step, from a read-only
+    connection: it copies the committed state as of one moment, WAL content included, which a file
+    copy of a WAL database does not promise. The copy is written to a temporary file beside
+    `destination`, checked (`PRAGMA quick_check`), fsynced and renamed into place, so a failed or
+    interrupted backup never leaves a half-written file under that name. An existing `destination`
+    is refused (FileExistsError) unless `overwrite`.
+    """
+    target = Path(destination)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists (pass --force to overwrite it)")
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory")
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        with closing(_connect_ro(source)) as src, closing(sqlite3.connect(temp, isolation_level=None)) as dst:
+            src.backup(dst)  # pages=-1: all in one step, one read transaction: one consistent moment
+            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file: no -wal beside it
+            check = dst.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"the copy fails quick_check: {check}")
+            events = dst.execute("SELECT count(*) FROM events").fetchone()[0]
+            disabled = dst.execute("SELECT count(*) FROM disabled_pairs").fetchone()[0]
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+    return BackupResult(target.resolve(), events, disabled, target.stat().st_size)
+
+
 # --------------------------------------------------------------------------------------------
 # The async store
 # --------------------------------------------------------------------------------------------
@@ -705,22 +795,165 @@ async def _in_write_transaction_async(
     return result
 
 
+class DatabaseFileProblem(sqlite3.OperationalError):
+    """The database path no longer names the writable file the store has open (deleted, replaced,
+    made unwritable); nothing was sent to SQLite."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+
+
+_parked: list[Any] = []  # connections on unwritable files: never closed, never collected
+
+
+def _park(conn: aiosqlite.Connection) -> None:
+    """Stop the connection's thread without closing the SQLite connection, and keep it for ever.
+
+    Closing it would checkpoint through the `-shm` mapping of a file that can no longer be
+    written, which kills the process with SIGBUS; the OS releases everything at exit.
+    """
+    inner = getattr(conn, "_connection", None)
+    if inner is not None:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(inner))  # not even interpreter shutdown frees it
+        _parked.append(inner)
+    conn._connection = None  # aiosqlite's stop() would close it otherwise
+    conn.stop()
+
+
 class SQLiteStore:
     """The SQLite implementation of `Store` on one aiosqlite connection; see the module doc."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, conn: aiosqlite.Connection, *, migrations_dir: Path | None = None) -> None:
         """Use `await SQLiteStore.open(path)`."""
         self.path = path
         self._conn: aiosqlite.Connection | None = conn
         self._lock = asyncio.Lock()  # one call at a time on the connection, in call order
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references to calls in flight
+        self._migrations_dir = migrations_dir
+        self._identity = _identity(path)
+        self._unwritable_at_open = self._unwritable_files()
+        self._problem: str | None = None  # set while the file is not usable (logged once)
+        self._lost = False  # the path no longer names our file: recreate before the next call
+        # What this run committed, to refill a recreated file: the newest events, and the current
+        # disabled_pairs rows with the event that wrote each.
+        self._recent: deque[Event] = deque(maxlen=EVENTS_KEPT_IN_MEMORY)
+        self._dropped = 0
+        self._disabled: dict[tuple[str, str, str], tuple[DisabledRecord, Event | None]] = {}
+        self._mirror_loaded = False
 
     @classmethod
     async def open(cls, path: str | os.PathLike, *, migrations_dir: Path | None = None) -> SQLiteStore:
         """Create the parent directory if missing, apply pending migrations, open the connection."""
         db_path = Path(path)
         await asyncio.to_thread(apply_migrations, db_path, migrations_dir)
-        return cls(db_path, await _connect_async(db_path))
+        return cls(db_path, await _connect_async(db_path), migrations_dir=migrations_dir)
+
+    @property
+    def file_problem(self) -> str | None:
+        """Why the database file is not usable now (checked afresh), or None."""
+        return self._file_problem()
+
+    def _file_problem(self, *, write: bool = True) -> str | None:
+        """Why the file cannot take a write (`write`), or a read, now; None when it can.
+
+        A read is refused only when a file became unwritable AFTER it was opened: SQLite mapped its
+        `-shm` writable then, and even a read marks it. A file unwritable from the start was
+        opened read-only by SQLite and reads are safe.
+        """
+        identity = _identity(self.path)
+        if identity is None:
+            return f"the database file {self.path} was deleted"
+        if identity != self._identity:
+            return f"the database file {self.path} was replaced by another file"
+        unwritable = self._unwritable_files()
+        if not write:
+            unwritable = [c for c in unwritable if c not in self._unwritable_at_open]
+        if unwritable:
+            return f"{unwritable[0]} is not writable"
+        return None
+
+    def _unwritable_files(self) -> list[Path]:
+        return [c for c in (self.path, *_sidecars(self.path)) if c.exists() and not os.access(c, os.W_OK)]
+
+    def _check_file(self, *, write: bool = True) -> None:
+        """Raise DatabaseFileProblem (logged at ERROR once per outage) unless the file is ours and usable."""
+        problem = self._file_problem(write=write)
+        if problem is None:
+            if self._problem is not None:
+                _log.warning("the database file %s is writable again", self.path)
+            self._problem = None
+            return
+        if problem != self._problem:
+            _log.error("database problem: %s; state changes are kept in memory and written once it is back", problem)
+        self._problem = problem
+        if _identity(self.path) != self._identity:
+            self._lost = True
+        raise DatabaseFileProblem(problem)
+
+    async def _recreate(self) -> None:
+        """The path no longer names our file: leave the old connection, open (create) the database at the
+        path, and write back the events and disabled pairs this run holds. Raises while that cannot be done."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            if [c for c in self._unwritable_files() if c not in self._unwritable_at_open]:
+                _park(old)
+            else:
+                # SQLite does not checkpoint into a file that was moved or unlinked: closing is safe.
+                try:
+                    await old.close()
+                except Exception as exc:  # the file is gone: nothing to lose here
+                    _log.warning("closing the connection to the lost database file failed: %r", exc)
+        if _identity(self.path) is None:  # a -wal/-shm without its database is stale: never replay it
+            for sidecar in _sidecars(self.path):
+                sidecar.unlink(missing_ok=True)
+        directory = self.path.parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise DatabaseFileProblem(f"the directory {directory} is not writable: cannot recreate the database")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise DatabaseFileProblem(f"{self.path} is not writable: cannot recreate the database")
+        await asyncio.to_thread(apply_migrations, self.path, self._migrations_dir)
+        conn = await _connect_async(self.path)
+        try:
+            events, rows = await _in_write_transaction_async(conn, self._refill)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self._identity = _identity(self.path)
+        self._unwritable_at_open = self._unwritable_files()
+        self._lost = False
+        self._problem = None
+        dropped = f" ({self._dropped} older events of this run were no longer held)" if self._dropped else ""
+        _log.warning(
+            "the database file %s was recreated: %d events and %d disabled pairs written back%s",
+            self.path, events, rows, dropped,
+        )
+
+    async def _refill(self, conn: aiosqlite.Connection) -> tuple[int, int]:
+        ids: dict[int, int] = {}
+        written = 0
+        for event in self._recent:
+            row = event_to_row(event)
+            found = await conn.execute_fetchall(_FIND_EVENT, row)
+            if found:
+                ids[id(event)] = found[0][0]
+                continue
+            ids[id(event)] = (await conn.execute(_INSERT_EVENT, row)).lastrowid  # type: ignore[assignment]
+            written += 1
+        await conn.execute("DELETE FROM disabled_pairs")
+        for record, event in self._disabled.values():
+            event_id = ids.get(id(event)) if event is not None else None
+            await conn.execute(_UPSERT_DISABLED, _upsert_disabled_params(record, event_id))  # type: ignore[arg-type]
+        return written, len(self._disabled)
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         task = asyncio.create_task(coro)
@@ -728,9 +961,8 @@ class SQLiteStore:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, body: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
-        conn = self._conn
-        if conn is None:
+    async def _run(self, body: Callable[[aiosqlite.Connection], Awaitable[_T]], *, write: bool = False) -> _T:
+        if self._conn is None and not self._lost:
             raise RuntimeError(f"store {self.path} is closed")
         started = False
 
@@ -738,6 +970,17 @@ class SQLiteStore:
             nonlocal started
             async with self._lock:
                 started = True
+                if self._lost:
+                    await self._recreate()
+                try:
+                    self._check_file(write=write)
+                except DatabaseFileProblem:
+                    if not self._lost:
+                        raise
+                    await self._recreate()  # deleted or replaced just now
+                conn = self._conn
+                if conn is None:
+                    raise RuntimeError(f"store {self.path} is closed")
                 return await body(conn)
 
         task = self._spawn(call())
@@ -766,13 +1009,31 @@ class SQLiteStore:
                 await conn.execute(_UPSERT_DISABLED, _upsert_disabled_params(set_disabled, event_id))
             return event_id
 
-        return await self._run(lambda conn: _in_write_transaction_async(conn, body))
+        async def transaction(conn: aiosqlite.Connection) -> int:
+            event_id = await _in_write_transaction_async(conn, body)
+            # Committed: remember it for a recreated file (under the lock, so no recreation misses it).
+            if len(self._recent) == self._recent.maxlen:
+                self._dropped += 1
+            self._recent.append(event)
+            if clear_disabled is not None:
+                self._disabled.pop(tuple(clear_disabled), None)  # type: ignore[arg-type]
+            if set_disabled is not None:
+                self._disabled[(set_disabled.vendor, set_disabled.model, set_disabled.reason)] = (set_disabled, event)
+            return event_id
+
+        if not self._mirror_loaded:
+            await self.load_disabled()
+        return await self._run(transaction, write=True)
 
     async def load_disabled(self) -> list[DisabledRecord]:
         async def body(conn: aiosqlite.Connection) -> list[DisabledRecord]:
             return [row_to_disabled(row) for row in await conn.execute_fetchall(_SELECT_DISABLED)]
 
-        return await self._run(body)
+        records = await self._run(body)
+        if not self._mirror_loaded:  # the rows of the file as opened, to refill a recreated file
+            self._disabled = {(r.vendor, r.model, r.reason): (r, None) for r in records}
+            self._mirror_loaded = True
+        return records
 
     async def events(
         self,
@@ -797,8 +1058,13 @@ class SQLiteStore:
             await conn.execute_fetchall(_PING)
             return True
 
+        if _identity(self.path) == self._identity and self._file_problem() is not None:
+            if self._problem is None:
+                self._problem = self._file_problem()
+                _log.error("database problem: %s; not ready until it is writable", self._problem)
+            return False  # unwritable: the connection is not touched at all (see the module doc)
         try:
-            return await self._run(lambda conn: _in_write_transaction_async(conn, body))
+            return await self._run(lambda conn: _in_write_transaction_async(conn, body), write=True)
         except (sqlite3.Error, RuntimeError):
             return False
 
@@ -809,6 +1075,10 @@ class SQLiteStore:
 
         async def call() -> None:
             async with self._lock:  # after the calls already queued
+                if self._file_problem(write=False) is not None and not self._lost:
+                    _log.error("the database file %s is not writable: its connection is left open until exit", self.path)
+                    _park(conn)
+                    return
                 await conn.close()
 
         await asyncio.shield(self._spawn(call()))

@@ -15,6 +15,14 @@ no awaiting, no disk. Every transition is applied in memory first (memory is aut
 to the `listeners`, and queued for ONE writer task that calls `store.record` in order, retrying a
 failing write with backoff. `flush()` waits for what has been queued so far to be committed.
 
+Reports read the COMMITTED view, never memory: `committed_disabled_pairs()` / `committed_record()`
+hold the disables whose write has returned from `store.record` (seeded from the store at start),
+and `committed_listeners` hear each event once it is committed. Memory may already hold newer
+transitions (routing uses them at once); after kill -9 those would be gone, so nothing reports them
+until they are in SQLite. Waiting (`flush`) only for the writes queued before a report began, then
+reading the committed view, can neither report an uncommitted transition nor starve behind a
+stream of new ones.
+
 Because asyncio runs one callback at a time and `record_outcome` never awaits, any number of
 concurrent failing requests trip exactly one disable.
 """
@@ -94,10 +102,15 @@ class FailureTracker(OutcomeSink):
         self._retry_max = retry_max
         self._close_timeout = close_timeout
 
-        #: Called synchronously with each transition event (metrics, log lines). Exceptions are logged.
+        #: Called synchronously with each transition event, when it is applied in memory (not yet
+        #: committed). Exceptions are logged.
         self.listeners: list[Callable[[Event], None]] = []
+        #: Called with each event once its write has been committed to the store (metrics).
+        self.committed_listeners: list[Callable[[Event], None]] = []
 
         self._states: dict[PairKey, PairState] = {}
+        # (vendor, model, reason) -> the disable as committed to the store; what reports show.
+        self._committed_view: dict[tuple[str, str, str], DisabledRecord] = {}
         self._manual: dict[PairKey, DisabledRecord] = {}
         # (disabled_until, vendor, model, reason); entries that no longer match the state are skipped.
         self._deadlines: list[tuple[float, str, str, str]] = []
@@ -132,7 +145,7 @@ class FailureTracker(OutcomeSink):
     def manual_record(self, pair: PairKey) -> DisabledRecord | None:
         """The pair's timed manual disable while it is in force, or None."""
         record = self._manual.get(pair)
-        if record is None or not self._manual_in_force(record, self._clock()):
+        if record is None or not self._in_force(record, self._clock()):
             return None
         return record
 
@@ -148,7 +161,24 @@ class FailureTracker(OutcomeSink):
                 record = failures.auto_record(pair, state)
                 assert record is not None
                 out.append(record)
-        out.extend(r for r in self._manual.values() if self._manual_in_force(r, now))
+        out.extend(r for r in self._manual.values() if self._in_force(r, now))
+        out.sort(key=lambda r: (r.vendor, r.model, r.reason))
+        return out
+
+    def committed_record(self, pair: PairKey, reason: str) -> DisabledRecord | None:
+        """The pair's disable of `reason` (auto | manual) as committed to the store, while in force."""
+        record = self._committed_view.get((pair[0], pair[1], reason))
+        if record is None or not self._in_force(record, self._clock()):
+            return None
+        return record
+
+    def committed_disabled_pairs(self) -> list[DisabledRecord]:
+        """Like `disabled_pairs()`, but only disables whose write has been committed (what reports show).
+
+        A committed disable whose time has passed is left out: a restart would end it too.
+        """
+        now = self._clock()
+        out = [r for r in self._committed_view.values() if self._in_force(r, now)]
         out.sort(key=lambda r: (r.vendor, r.model, r.reason))
         return out
 
@@ -195,7 +225,7 @@ class FailureTracker(OutcomeSink):
         if state is not None and failures.is_disabled(state, now):
             return False
         manual = self._manual.get(pair)
-        return manual is None or not self._manual_in_force(manual, now)
+        return manual is None or not self._in_force(manual, now)
 
     def seconds_until_available(self, pair: PairKey) -> float | None:
         """Seconds until both axes have ended; 0.0 when available now, None when never or unknown."""
@@ -207,7 +237,7 @@ class FailureTracker(OutcomeSink):
         if state is not None:
             wait = failures.remaining(state, now)
         manual = self._manual.get(pair)
-        if manual is not None and self._manual_in_force(manual, now):
+        if manual is not None and self._in_force(manual, now):
             if manual.disabled_until is None:
                 return None
             wait = max(wait, manual.disabled_until - now)
@@ -260,11 +290,13 @@ class FailureTracker(OutcomeSink):
         )
         self._emit(event, _Write(event, set_disabled=record))
 
-    async def manual_enable(self, pair: PairKey, actor: str) -> None:
+    async def manual_enable(self, pair: PairKey, actor: str, *, record_if_nothing_cleared: bool = True) -> bool:
         """Clear the auto-disable and the timed manual disable and reset the failure count.
 
         One `enabled` event (cause manual) per disable cleared, or one `manual-enable` event when
-        nothing was disabled. A disable whose time had already passed is recorded as expired first.
+        nothing was disabled (not with `record_if_nothing_cleared=False`: the caller records the
+        action itself, e.g. as the config write-back that switches the pair back on). A disable
+        whose time had already passed is recorded as expired first. True when a disable was cleared.
         """
         vendor, model = pair
         now = self._now()
@@ -292,9 +324,10 @@ class FailureTracker(OutcomeSink):
             )
             self._emit(event, _Write(event, clear_disabled=(vendor, model, _MANUAL)))
             cleared = True
-        if not cleared:
+        if not cleared and record_if_nothing_cleared:
             event = Event(kind="manual-enable", at=now, vendor=vendor, model=model, actor=actor)
             self._emit(event, _Write(event))
+        return cleared
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,6 +341,7 @@ class FailureTracker(OutcomeSink):
         if self._writer is not None:
             raise RuntimeError("FailureTracker already started")
         records = await self._store.load_disabled()
+        self._committed_view = {(r.vendor, r.model, r.reason): r for r in records}
         now = self._now()
         for record in records:
             self._restore(record, now)
@@ -386,7 +420,7 @@ class FailureTracker(OutcomeSink):
         return failures.ms(self._clock())
 
     @staticmethod
-    def _manual_in_force(record: DisabledRecord, now: float) -> bool:
+    def _in_force(record: DisabledRecord, now: float) -> bool:
         return record.disabled_until is None or now < record.disabled_until
 
     def _restore(self, record: DisabledRecord, now: float) -> None:
@@ -425,7 +459,7 @@ class FailureTracker(OutcomeSink):
                 self._on_auto_transition(pair, ended)
                 count += 1
         manual = self._manual.get(pair)
-        if manual is not None and not self._manual_in_force(manual, now):
+        if manual is not None and not self._in_force(manual, now):
             del self._manual[pair]
             self._end_manual(pair, manual, now, cause="expired")
             count += 1
@@ -537,11 +571,25 @@ class FailureTracker(OutcomeSink):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._retry_max)
             self._pending.popleft()
+            self._apply_committed(write)
             self._committed += 1
             if not self._persist_healthy:
                 self._log.info("store writes recovered after %d attempts", attempt)
             self._persist_healthy = True
             self._notify_committed()
+
+    def _apply_committed(self, write: _Write) -> None:
+        """The write is in the store: update the committed view the same way, tell the committed listeners."""
+        if write.clear_disabled is not None:
+            self._committed_view.pop(write.clear_disabled, None)
+        record = write.set_disabled
+        if record is not None:
+            self._committed_view[(record.vendor, record.model, record.reason)] = record
+        for listener in list(self.committed_listeners):
+            try:
+                listener(write.event)
+            except Exception:
+                self._log.exception("failure-tracker committed listener %r failed on %s", listener, write.event.kind)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -472,3 +473,22 @@ def atomic_write(path: str | os.PathLike[str], text: str) -> None:
             os.unlink(temp)
         raise
     _fsync_directory(os.path.dirname(target))
+
+
+def remove_leftover_temp_files(path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporary copies `atomic_write` leaves beside `path` when the process is killed
+    between creating one and renaming it (`.<name>.XXXXXXXX.tmp`, the `mkstemp` naming of
+    `_write_temp`). For start-up, before anything writes the file: one server runs per config, so
+    none of them is being written. Returns the paths removed.
+    """
+    target = os.path.realpath(os.fspath(path))
+    directory = os.path.dirname(target) or "."
+    leftover = re.compile(re.escape(f".{os.path.basename(target)}.") + r"[A-Za-z0-9_]{8}\.tmp")
+    removed: list[str] = []
+    for name in os.listdir(directory):
+        if leftover.fullmatch(name):
+            candidate = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(candidate)
+                removed.append(candidate)
+    return removed

@@ -25,6 +25,7 @@ from cliproxy.config import Config
 from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.openapi import build_document, openapi_path
 from cliproxy.settings import load_config
+from cliproxy.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
@@ -192,6 +193,30 @@ async def trip(admin: Admin, times: int = 2) -> None:
 def pair_of(reply: Reply, vendor_name: str) -> dict[str, Any]:
     [pair] = [p for p in reply.json["pairs"] if p["vendor"] == vendor_name]
     return pair
+
+
+class TestLastFailure:
+    """The time of a pair's last counted failure: in its status, the disabled list and the `disabled` event."""
+
+    async def test_last_failure_at_everywhere(self, admin, upstreams):
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        clock = FakeClock()
+        a = await admin(two_vendors(bad.url, good.url), clock=clock)
+        assert pair_of(await a.get("/api/models/m/status"), "bad")["last_failure_at"] is None
+        await a.chat()  # one failure: counted, not yet disabled
+        first = format_timestamp(clock())
+        assert pair_of(await a.get("/api/models/m/status"), "bad")["last_failure_at"] == first
+        clock.advance(7)
+        await a.chat()  # the second trips the disable
+        tripped = format_timestamp(clock())
+        status = pair_of(await a.get("/api/models/m/status"), "bad")
+        assert status["auto_disabled"] and status["last_failure_at"] == tripped
+        [row] = (await a.get("/api/models/disabled")).json["disabled"]
+        assert row["last_failure_at"] == tripped
+        [event] = (await a.get("/api/events?kind=disabled")).json["events"]
+        assert event["last_failure_at"] == tripped
+        assert read_disabled(a.gw.app[STORE].path)[0].last_failure_at == clock()  # in the table, for restarts and the CLI
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +505,38 @@ openai-compatibility:
         kinds = [e.kind for e in await a.events()]
         assert "manual-enable" in kinds and "enabled" in kinds
         assert (await a.chat("qwen")).status == 200
+
+    async def test_enabling_a_pair_switched_off_in_the_config_writes_one_event(self, admin, upstreams, tmp_path, monkeypatch):
+        a, _ = await self._start(admin, upstreams, tmp_path, monkeypatch)
+        assert (await a.post("/api/models/qwen/disable")).status == 200
+        assert (await a.post("/api/models/qwen/enable")).status == 200
+        events = [(e.kind, e.vendor, e.model) for e in await a.events()]
+        assert events.count(("manual-enable", "main", "qwen2.5:7b")) == 1, events
+        assert (await a.post("/api/models/qwen/enable")).status == 200  # nothing to clear: still one event per call
+        events = [(e.kind, e.vendor, e.model) for e in await a.events()]
+        assert events.count(("manual-enable", "main", "qwen2.5:7b")) == 2, events
+
+    async def test_config_disables_show_when_and_who_from_their_event(self, admin, upstreams, tmp_path, monkeypatch):
+        a, _ = await self._start(admin, upstreams, tmp_path, monkeypatch)
+        assert (await a.post("/api/models/qwen/disable")).status == 200
+        [event] = await a.events(kind="manual-disable")
+        assert (event.reason, event.disabled_until) == ("manual", None)  # like a timed one, without an end
+        assert (await a.call("PATCH", "/api/vendors/main/models/other", json={"enabled": False})).status == 200
+        [model_changed] = await a.events(kind="model-changed")
+        rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
+        assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (format_timestamp(event.at), "127.0.0.1")
+        assert (rows["other"]["disabled_at"], rows["other"]["actor"]) == (format_timestamp(model_changed.at), "127.0.0.1")
+        # Switched back on through the API, then off again by hand: no event did that.
+        assert (await a.post("/api/models/qwen/enable")).status == 200
+        a.config_path.write_text(a.file().replace("enabled: true", "enabled: false"))
+        assert await a.app[CONFIG_MANAGER].reload(reason="test")
+        rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
+        assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (None, None)
+        assert (await a.call("PATCH", "/api/vendors/main/models/other", json={"enabled": True})).status == 200
+        assert (await a.call("PATCH", "/api/vendors/main", json={"enabled": False})).status == 200
+        [vendor_changed] = await a.events(kind="vendor-changed")
+        vendor_rows = [r for r in (await a.get("/api/models/disabled")).json["disabled"] if r["source"] == "vendor-config"]
+        assert vendor_rows and all((r["disabled_at"], r["actor"]) == (format_timestamp(vendor_changed.at), "127.0.0.1") for r in vendor_rows)
 
     async def test_without_a_config_file_a_permanent_disable_is_503(self, gateway, upstreams, tmp_path):
         up = await upstreams()
@@ -876,6 +933,27 @@ class TestDatabaseNotAcceptingWrites:
         assert (row["vendor"], row["reason"]) == ("bad", "auto")
         [event] = await a.events(kind="disabled")
         assert event.vendor == "bad"
+
+
+    async def test_put_config_yaml_answers_once_its_event_is_committed(self, admin, upstreams, tmp_path, monkeypatch):
+        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        new = a.file().replace("name: m", "name: m2")
+        blocker = sqlite3.connect(tmp_path / "cliproxy.db", isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            reply = await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})
+            assert reply.status == 503, reply.text
+            assert "database is not accepting writes" in reply.json["error"]["message"]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        reply = await a.call("PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"})
+        assert reply.status == 200
+        stored = read_events(tmp_path / "cliproxy.db", kind="config-reloaded")  # the file itself, no flush
+        assert [e.detail.get("reason") for e in stored] == ["api", "api"]  # both in SQLite once answered
 
 
 # ---------------------------------------------------------------------------------------------

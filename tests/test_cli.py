@@ -83,7 +83,7 @@ def auto_pair(vendor: str, model: str, at: float, until: float, *, failures: int
     )  # fmt: skip
     record = DisabledRecord(
         vendor=vendor, model=model, reason="auto", disabled_at=at, disabled_until=until, failure_count=failures,
-        window_started_at=at - 10, last_error=error,
+        window_started_at=at - 10, last_error=error, last_failure_at=at,
     )  # fmt: skip
     return event, record
 
@@ -298,9 +298,9 @@ class TestMigrate:
         assert "0001_initial.sql" in capsys.readouterr().out
         assert not db.exists(), "--dry-run creates nothing"
         assert main(["migrate", "--config", str(config)]) == 0
-        assert capsys.readouterr().out.strip() == f"{db}: applied 0001_initial.sql"
+        assert capsys.readouterr().out.strip() == f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql"
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0
@@ -391,6 +391,7 @@ class TestStatus:
         llama = next(o for o in data if o["model"] == "meta/llama-3.1:8b")
         [d] = llama["disables"]
         assert d["disabled_until"] == format_timestamp(ms(now + 252.5))
+        assert d["last_failure_at"] == format_timestamp(ms(now - 48))  # the failure that tripped it
         assert 240 < d["remaining_seconds"] <= 252.5
         expired = next(o for o in data if o["model"] == "expired-one")
         assert expired["label"] == "enabled (expired, not yet recorded)" and expired["disables"][0]["expired"] is True
@@ -845,3 +846,103 @@ class TestCheckConfigAndHelp:
         assert script.exists(), "the README's test line installs the package, and with it the cliproxy script"
         result = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert result.returncode == 0 and "history" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# backup
+# --------------------------------------------------------------------------------------------
+
+
+class TestBackup:
+    """`cliproxy backup PATH`: a consistent copy while a real gateway keeps writing; never overwrites unasked."""
+
+    async def test_consistent_copies_while_the_gateway_writes(self, upstreams, tmp_path: Path) -> None:
+        import aiohttp
+
+        from cliproxy.store import read_events
+        from tests.conftest import vendor
+        from tests.processes import GatewayProcess
+
+        up = await upstreams()
+        models = [f"m{i}" for i in range(20)]
+        key = "backup-test-management-key-01"
+        gw = GatewayProcess(tmp_path, {"remote-management": {"secret-key": key}, "openai-compatibility": [vendor("a", up.url, models)]})
+        gw.start()
+        db = tmp_path / "cliproxy.db"
+        stop = asyncio.Event()
+        writes = 0
+
+        async def keep_writing() -> None:  # timed disables and enables, each one committed transaction
+            nonlocal writes
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+                while not stop.is_set():
+                    model = models[writes % len(models)]
+                    action = "disable" if (writes // len(models)) % 2 == 0 else "enable"
+                    async with session.post(f"{gw.url}/api/models/{model}/{action}", json={"duration_seconds": 600} if action == "disable" else None) as resp:
+                        assert resp.status == 200, await resp.text()
+                    writes += 1
+
+        writer = asyncio.create_task(keep_writing())
+        try:
+            copies = []
+            for n in range(4):
+                while writes < 5 * (n + 1):
+                    await asyncio.sleep(0.01)
+                target = tmp_path / f"backup-{n}.db"
+                result = await asyncio.to_thread(run_cli, "backup", str(target), "--config", str(gw.config_path), cwd=tmp_path)
+                assert result.returncode == 0, result.stderr
+                copies.append((target, result.stdout))
+        finally:
+            stop.set()
+            await writer
+            assert gw.stop() == 0
+        assert writes >= 20
+        final = [(e.id, e.kind, e.model, e.at) for e in sorted(read_events(db, limit=10_000), key=lambda e: e.id)]
+        for target, stdout in copies:
+            with closing(sqlite3.connect(target)) as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                rows = conn.execute("SELECT vendor, model, event_id FROM disabled_pairs").fetchall()
+                dangling = conn.execute("SELECT count(*) FROM disabled_pairs WHERE event_id NOT IN (SELECT id FROM events)").fetchone()[0]
+            assert f": {events} events, {len(rows)} disabled pair rows" in stdout, stdout
+            assert dangling == 0  # rows and events from the same moment
+            copied = [(e.id, e.kind, e.model, e.at) for e in sorted(read_events(target, limit=10_000), key=lambda e: e.id)]
+            assert copied == final[: len(copied)]  # a prefix of the history: nothing torn, nothing invented
+            assert not (tmp_path / f"{target.name}-wal").exists()  # one self-contained file
+        assert [len(read_events(t, limit=10_000)) for t, _ in copies] == sorted(len(read_events(t, limit=10_000)) for t, _ in copies)
+
+    def test_refuses_to_overwrite_unless_forced(self, tmp_path: Path) -> None:
+        db = tmp_path / "cliproxy.db"
+        apply_migrations(db)
+        config = write_config(tmp_path, db)
+        target = tmp_path / "existing.db"
+        target.write_text("keep me")
+        result = run_cli("backup", str(target), "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1
+        assert "exists" in result.stderr and "--force" in result.stderr and "Traceback" not in result.stderr
+        assert target.read_text() == "keep me"
+        result = run_cli("backup", str(target), "--force", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "0 events, 0 disabled pair rows" in result.stdout
+        with closing(sqlite3.connect(target)) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+    def test_no_database_is_an_error(self, tmp_path: Path) -> None:
+        config = write_config(tmp_path, tmp_path / "none.db")
+        result = run_cli("backup", str(tmp_path / "b.db"), "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1 and "no database at" in result.stderr
+        assert not (tmp_path / "b.db").exists()
+
+
+def test_status_on_a_database_of_an_older_version_says_to_migrate(tmp_path: Path) -> None:
+    from cliproxy.store import default_migrations_dir
+
+    old = tmp_path / "old-migrations"
+    old.mkdir()
+    (old / "0001_initial.sql").write_text((default_migrations_dir() / "0001_initial.sql").read_text())
+    db = tmp_path / "cliproxy.db"
+    apply_migrations(db, old)  # the schema before 0002
+    result = run_cli("status", "--config", str(write_config(tmp_path, db)), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "older schema" in result.stderr and "cliproxy migrate" in result.stderr and "Traceback" not in result.stderr

@@ -324,3 +324,72 @@ class TestCrashLoop:
         assert figures.rounds >= min(ROUNDS, 3)
         assert figures.checked_in_force + figures.checked_expired + figures.checked_config > 0
         print(f"\ncrash loop (seed {SEED}): {figures}")
+
+
+class TestKillRightAfterAcknowledgement:
+    """A disable that /metrics or the management API has reported survives kill -9 the moment after the report."""
+
+    async def test_reported_disables_survive(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        flaky, good = await upstreams(), await upstreams()
+        flaky.fail(None, Fault(status=500))
+        config = _config(flaky, good)
+        config["auto-disable"]["disable-duration-seconds"] = 600
+        gw = GatewayProcess(tmp_path, config)
+        processes.append(gw.start())
+        db = tmp_path / "cliproxy.db"
+        headers = {"Authorization": f"Bearer {MGMT_KEY}"}
+        series = 'cliproxy_pair_disabled{model="m1",reason="auto",vendor="a"}'
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=15)) as session:
+
+            async def scrape() -> str:
+                async with session.get(gw.url + "/metrics") as resp:
+                    return await resp.text()
+
+            # 1. An auto-disable committed while the scrapes are going on: the first scrape that shows it is followed by kill -9.
+            blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+            blocker.execute("BEGIN EXCLUSIVE")  # the disable waits in memory until the lock goes
+            for _ in range(THRESHOLD):
+                async with session.post(gw.url + "/v1/chat/completions", json={"model": "m1", "messages": []}) as resp:
+                    assert resp.status == 200
+            assert series not in await scrape()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            deadline = time.monotonic() + 10
+            while series not in await scrape():
+                assert time.monotonic() < deadline, "the disable was never reported"
+            gw.kill9()
+            gw.start()
+            async with session.get(gw.url + "/api/models/disabled", headers=headers) as resp:
+                body = await resp.json()
+            assert [(e["vendor"], e["model"], e["source"]) for e in body["disabled"]] == [("a", "m1", "auto-disable")]
+
+            # 2. A timed manual disable: kill -9 as soon as the POST has answered 200.
+            async with session.post(gw.url + "/api/models/m2/disable?vendor=b", json={"duration_seconds": 600}, headers=headers) as resp:
+                assert resp.status == 200
+                until = (await resp.json())["pairs"][0]["manual_disable"]["disabled_until"]
+            gw.kill9()
+            gw.start()
+            async with session.get(gw.url + "/api/models/disabled", headers=headers) as resp:
+                body = await resp.json()
+            timed = [e for e in body["disabled"] if e["source"] == "timed"]
+            assert [(e["vendor"], e["model"], e["disabled_until"]) for e in timed] == [("b", "m2", until)]
+
+
+class TestLeftoverTempFiles:
+    """A write-back cut by kill -9 leaves `.config.yaml.XXXXXXXX.tmp`: the next start removes it, and nothing else."""
+
+    async def test_removed_at_start_up(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        import tempfile
+
+        flaky, good = await upstreams(), await upstreams()
+        gw = GatewayProcess(tmp_path, _config(flaky, good))
+        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.writeback names it
+        os.write(fd, b"port: 1\n")  # half a config
+        os.close(fd)
+        unrelated = tmp_path / ".config.yaml.notes.tmp"
+        unrelated.write_text("the operator's")
+        processes.append(gw.start())
+        assert not Path(leftover).exists()
+        assert unrelated.exists()
+        assert f"removed {leftover}" in gw.log()

@@ -289,3 +289,246 @@ class TestFullDisk:
         await asyncio.sleep(1.0)
         kinds = [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)]
         assert "config-reloaded" in kinds, f"events: {kinds}; log: {gw.log()[-1500:]}"
+
+
+class TestReportsShowOnlyCommittedState:
+    """While the database is locked a pair trips: neither /metrics nor the management API shows it until it is committed."""
+
+    async def test_locked_database_hides_the_uncommitted_disable(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        config = _config(bad, good)
+        config["auto-disable"]["disable-duration-seconds"] = 600  # stays disabled through the test
+        gw = GatewayProcess(tmp_path, config)
+        processes.append(gw.start())
+        db = tmp_path / "cliproxy.db"
+        blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+        series = 'cliproxy_pair_disabled{model="m",reason="auto",vendor="bad"}'
+        counter = 'cliproxy_pair_disables_total{model="m",reason="auto",vendor="bad"}'
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            await client.wait_ready(200, timeout=5)
+            blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                assert [await client.chat() for _ in range(2)] == [(200, "good")] * 2  # bad fails twice: disabled in memory
+                assert (await client.chat()) == (200, "good")
+                await _wait_log(gw, "store write failed", timeout=8)  # the disable is queued, not committed
+                assert await client.metric(series) is None
+                assert await client.metric(counter) is None
+                assert await client.metric('cliproxy_pairs_disabled{reason="auto"}') == 0
+                status, body = await client.api("/api/models/disabled")
+                assert status == 503, body
+                assert await client.metric(series) is None  # still not, after the API's wait ran out
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            status, body = await client.api("/api/models/disabled")  # waits for the commit
+            assert status == 200, body
+            assert [(e["vendor"], e["reason"]) for e in body["disabled"]] == [("bad", "auto")]
+            assert await client.metric(series) == 1
+            assert await client.metric(counter) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The file itself: deleted, replaced or made immutable under the running gateway
+# ---------------------------------------------------------------------------------------------
+
+
+def _chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+def _can_chattr(tmp_path: Path) -> bool:
+    probe = tmp_path / "chattr-probe"
+    probe.touch()
+    try:
+        _chattr("+i", probe)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    _chattr("-i", probe)
+    probe.unlink()
+    return True
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Any:
+    """`chattr +i` on files (root on a filesystem that supports it); everything is made mutable again afterwards."""
+    if not _can_chattr(tmp_path):
+        pytest.skip("needs chattr +i (root on ext4/xfs/btrfs)")
+    touched: set[Path] = set()
+
+    def set_(*paths: Path) -> None:
+        touched.update(paths)
+        _chattr("+i", *paths)
+
+    def clear(*paths: Path) -> None:
+        _chattr("-i", *paths)
+
+    yield set_, clear
+    for path in touched:
+        if path.exists():
+            _chattr("-i", path)
+
+
+def _db_files(db: Path) -> list[Path]:
+    return [p for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if p.exists()]
+
+
+def _file_config(bad: FakeUpstream, good: FakeUpstream) -> dict[str, Any]:
+    config = _config(bad, good)
+    config["auto-disable"]["disable-duration-seconds"] = 600  # nothing expires during the test
+    config["openai-compatibility"].append(vendor("other", bad.url, ["m2"]))
+    return config
+
+
+async def _trip(client: Client, model: str = "m") -> None:
+    for _ in range(2):
+        async with client.session.post(client.gw.url + "/v1/chat/completions", json={**CHAT, "model": model}) as resp:
+            await resp.read()
+
+
+async def _timed_disable(client: Client, model: str, vendor_name: str) -> None:
+    async with client.session.post(
+        f"{client.gw.url}/api/models/{model}/disable?vendor={vendor_name}", json={"duration_seconds": 600},
+        headers={"Authorization": f"Bearer {MGMT_KEY}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+def _store_errors(log: str) -> list[str]:
+    """The messages the store logged at ERROR (JSON log lines)."""
+    out = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("logger") == "cliproxy.store" and record.get("level") == "ERROR":
+            out.append(record["message"])
+    return out
+
+
+def _rows(db: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return sorted(conn.execute("SELECT vendor, model, reason FROM disabled_pairs"))
+    finally:
+        conn.close()
+
+
+class TestDatabaseFileUnderTheGateway:
+    """Deleted, replaced or made immutable while the gateway runs: noticed (ERROR, /readyz 503), and nothing acknowledged is lost."""
+
+    async def test_deleted_then_recreated_with_everything_acknowledged(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+        set_immutable, clear_immutable = immutable
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        data = tmp_path / "data"
+        data.mkdir()
+        db = data / "cliproxy.db"
+        config = _file_config(bad, good)
+        config["database"] = str(db)
+        gw = GatewayProcess(tmp_path, config)
+        processes.append(gw.start())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            await client.wait_ready(200, timeout=5)
+            await _trip(client)  # bad/m auto-disabled
+            await _timed_disable(client, "m", "good")  # good/m timed manual disable (waits for the commit)
+            before = [(e.kind, e.vendor, e.at) for e in sorted(read_events(db, limit=100), key=lambda e: e.id)]
+            assert [k for k, *_ in before] == ["disabled", "manual-disable"]
+            for path in _db_files(db):
+                path.unlink()
+            set_immutable(data)  # nothing can be created there: the outage lasts until we say so
+            try:
+                await client.wait_ready(503, timeout=5)
+                status, body = await client.get("/readyz")
+                assert "was deleted" in body, body
+                await _trip(client, "m2")  # other/m2 auto-disabled meanwhile: held in memory
+                await _wait_log(gw, "store write failed", timeout=8)
+                assert any(m.startswith("database problem: the database file") and "was deleted" in m for m in _store_errors(gw.log()))
+            finally:
+                clear_immutable(data)
+            await client.wait_ready(200, timeout=12)
+            await _wait_log(gw, "was recreated", timeout=12)
+            status, body = await client.api("/api/models/disabled")
+            assert status == 200, body
+        after = [(e.kind, e.vendor, e.at) for e in sorted(read_events(db, limit=100), key=lambda e: e.id)]
+        assert after[:2] == before and [k for k, *_ in after[2:]] == ["disabled"] and after[2][1] == "other"
+        assert _rows(db) == [("bad", "m", "auto"), ("good", "m", "manual"), ("other", "m2", "auto")]
+        assert _integrity(db) == "ok"
+
+    async def test_replaced_file_gets_the_state(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        gw = GatewayProcess(tmp_path, _file_config(bad, good))
+        processes.append(gw.start())
+        db = tmp_path / "cliproxy.db"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            await client.wait_ready(200, timeout=5)
+            await _trip(client)
+            status, _ = await client.api("/api/models/disabled")  # committed
+            assert status == 200
+            other = tmp_path / "other.db"
+            sqlite3.connect(other).close()  # an empty file (the gateway applies the migrations)
+            for sidecar in _db_files(db)[1:]:
+                sidecar.unlink()
+            os.replace(other, db)
+            await _trip(client, "m2")
+            await _wait_log(gw, "was replaced by another file", timeout=8)
+            await _wait_log(gw, "was recreated", timeout=8)
+            status, body = await client.api("/api/models/disabled")
+            assert status == 200, body
+            await client.wait_ready(200, timeout=5)
+        assert _rows(db) == [("bad", "m", "auto"), ("other", "m2", "auto")]
+        assert [e.kind for e in read_events(db, limit=10)] == ["disabled", "disabled"]
+
+    async def test_immutable_files_outage_then_catch_up_and_sigterm_is_clean(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+        set_immutable, clear_immutable = immutable
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500))
+        gw = GatewayProcess(tmp_path, _file_config(bad, good))
+        processes.append(gw.start())
+        db = tmp_path / "cliproxy.db"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            await client.wait_ready(200, timeout=5)
+            await _trip(client, "m2")
+            assert (await client.api("/api/models/disabled"))[0] == 200
+            files = _db_files(db)
+            assert len(files) == 3  # WAL mode: -wal and -shm (mapped) exist
+            set_immutable(*files)
+            try:
+                await client.wait_ready(503, timeout=5)
+                await _trip(client)  # written to nothing: SQLite's mapping of -shm is not touched (that was SIGBUS)
+                await _wait_log(gw, "store write failed", timeout=8)
+                assert any("is not writable" in m for m in _store_errors(gw.log()))
+            finally:
+                clear_immutable(*files)
+            await client.wait_ready(200, timeout=12)
+            assert (await client.api("/api/models/disabled"))[0] == 200
+            assert _rows(db) == [("bad", "m", "auto"), ("other", "m2", "auto")]
+            set_immutable(*files)
+            await client.wait_ready(503, timeout=5)
+        assert gw.stop(timeout=15) == 0  # SIGTERM: a clean exit, not SIGBUS (-7)
+        clear_immutable(*files)
+        assert "Traceback" not in gw.log()
+        assert _integrity(db) == "ok"
+
+    async def test_starting_on_an_immutable_database_is_not_ready_at_once(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+        set_immutable, clear_immutable = immutable
+        good = await upstreams()
+        gw = GatewayProcess(tmp_path, _file_config(good, good))
+        gw.start()
+        assert gw.stop() == 0
+        db = tmp_path / "cliproxy.db"
+        set_immutable(*_db_files(db))
+        processes.append(gw.start())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            client = Client(gw, session)
+            status, body = await client.get("/readyz")  # the first probe, before any write was tried
+            assert status == 503 and "is not writable" in body, body
+            assert (await client.chat())[0] == 200  # it serves meanwhile
+        assert gw.stop() == 0
+        clear_immutable(*_db_files(db))

@@ -140,6 +140,7 @@ class TestThreshold:
                 disabled_until=210.0,
                 settings=settings,
                 last_error=err(),
+                last_failure_at=120.0,
             )
         ]
         assert state.failure_count == 2 and state.window_started_at == 100.0
@@ -250,6 +251,7 @@ class TestRecords:
             failure_count=3,
             window_started_at=100.0,
             last_error=err(),
+            last_failure_at=102.0,
         )
         assert failures.restore(record) == state
 

@@ -135,6 +135,7 @@ class TestMetrics:
         assert await manager.reload(reason="test") is True
         path.write_text("port: -1\n")
         assert await manager.reload(reason="test") is False
+        assert await gw.app[TRACKER].flush(timeout=5)  # /metrics counts an event once it is committed
         samples = await scrape(gw)
         assert value(samples, "cliproxy_config_reloads_total", result="reloaded") == 1
         assert value(samples, "cliproxy_config_reloads_total", result="rejected") == 1
@@ -216,6 +217,7 @@ class TestMetrics:
             clock=clock,
         )
         assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 500
+        assert await gw.app[TRACKER].flush(timeout=5)  # /metrics reports a transition once it is committed
         samples = await scrape(gw)
         assert value(samples, "cliproxy_pair_disables_total", vendor="a", model="m", reason="auto") == 1
         assert value(samples, "cliproxy_pairs_disabled", reason="auto") == 1
@@ -223,6 +225,7 @@ class TestMetrics:
         assert value(samples, "cliproxy_store_writes_healthy") == 1
         clock.advance(30)
         gw.app[TRACKER].expire_due()
+        assert await gw.app[TRACKER].flush(timeout=5)
         samples = await scrape(gw)
         assert value(samples, "cliproxy_pair_enables_total", vendor="a", model="m", cause="expired") == 1
         assert value(samples, "cliproxy_pairs_disabled", reason="auto") == 0

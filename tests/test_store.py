@@ -126,19 +126,19 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        assert pending_migrations(db) == ["0001_initial.sql"]
+        assert pending_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
         assert not db.exists(), "pending_migrations must not create the database"
-        assert apply_migrations(db) == ["0001_initial.sql"]
+        assert apply_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
         with closing(sqlite3.connect(db)) as conn:
             assert columns(conn, "schema_migrations") == ["version", "name", "applied_at"]
             assert columns(conn, "events") == [
                 "id", "at", "kind", "vendor", "model", "reason", "cause", "disabled_at", "disabled_until",
                 "failure_count", "window_started_at", "threshold", "window_seconds", "duration_seconds",
-                "settings", "last_status", "last_error", "actor", "detail",
+                "settings", "last_status", "last_error", "actor", "detail", "last_failure_at",
             ]  # fmt: skip
             assert columns(conn, "disabled_pairs") == [
                 "vendor", "model", "reason", "disabled_at", "disabled_until", "failure_count",
-                "window_started_at", "last_status", "last_error", "actor", "event_id",
+                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at",
             ]  # fmt: skip
             pk = {row[1]: row[5] for row in conn.execute("PRAGMA table_info(disabled_pairs)") if row[5]}
             assert pk == {"vendor": 1, "model": 2, "reason": 3}
@@ -148,7 +148,7 @@ class TestMigrations:
             assert indexes["events_kind_at"] == ["kind", "at"]
             assert indexes["events_at"] == ["at"]
             versions = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
-        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql")]
+        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql"), (2, "0002_last_failure_at.sql")]
         parse_timestamp(versions[0][2])
         assert pending_migrations(db) == []
 
@@ -546,3 +546,44 @@ class TestPingAndClose:
         events = await store.events(limit=100)
         assert len({e.id for e in events}) == len(events) >= 10
         assert await store.ping() is True
+
+
+class TestFileUnderTheStore:
+    """The path stops naming the file the store opened: the next call writes back what this run committed."""
+
+    async def test_a_restored_copy_gets_the_newer_events_once(self, tmp_path: Path) -> None:
+        db = tmp_path / "c.db"
+        store = await SQLiteStore.open(db)
+        try:
+            await store.load_disabled()
+            await store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
+            backup = tmp_path / "backup.db"
+            with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(backup)) as dst:
+                src.backup(dst)  # a consistent copy holding the first event
+            await store.record(disable_event("b", "m", T0 + 1), set_disabled=auto_record("b", "m", T0 + 1))
+            for sidecar in (tmp_path / "c.db-wal", tmp_path / "c.db-shm"):
+                sidecar.unlink(missing_ok=True)
+            backup.replace(db)  # the operator restores the backup under the running store
+            assert store.file_problem is not None and "replaced" in store.file_problem
+            await store.record(disable_event("c", "m", T0 + 2), set_disabled=auto_record("c", "m", T0 + 2))
+        finally:
+            await store.close()
+        assert [(e.vendor, e.at) for e in sorted(read_events(db), key=lambda e: e.id)] == [("a", T0), ("b", T0 + 1), ("c", T0 + 2)]
+        assert [(r.vendor, r.model) for r in read_disabled(db)] == [("a", "m"), ("b", "m"), ("c", "m")]
+
+    async def test_only_the_newest_events_are_held(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import cliproxy.store as store_module
+
+        monkeypatch.setattr(store_module, "EVENTS_KEPT_IN_MEMORY", 2)
+        db = tmp_path / "c.db"
+        store = await SQLiteStore.open(db)
+        try:
+            await store.load_disabled()
+            for i in range(3):
+                await store.record(disable_event("a", f"m{i}", T0 + i))
+            for path in (db, tmp_path / "c.db-wal", tmp_path / "c.db-shm"):
+                path.unlink(missing_ok=True)
+            assert await store.ping()  # recreated at once: the directory is writable
+        finally:
+            await store.close()
+        assert [e.model for e in sorted(read_events(db), key=lambda e: e.id)] == ["m1", "m2"]

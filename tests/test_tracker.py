@@ -189,7 +189,9 @@ class TestAutoDisable:
             failure_count=3,
             window_started_at=T0,
             last_error=ErrorInfo(503, "upstream down"),
+            last_failure_at=T0 + 1.5,
         )
+        assert event.last_failure_at == T0 + 1.5  # the failure that tripped it
         assert tracker.disabled_pairs() == [store.rows[("acme", "gpt-x", "auto")]]
 
     async def test_stamps_are_rounded_to_the_millisecond(self, store: MemoryStore, make_tracker: MakeTracker) -> None:
@@ -618,3 +620,43 @@ class TestCleanup:
         await eventually(lambda: tracker.state(PAIR) is None)
         assert await tracker.flush(1.0)  # the enable is queued before the record is dropped
         assert store.kinds() == ["disabled", "enabled"]
+
+
+class TestCommittedView:
+    """Reports read what the store has committed, never memory that kill -9 would lose."""
+
+    async def test_uncommitted_disable_and_enable_are_not_reported(
+        self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock
+    ) -> None:
+        store.gate = asyncio.Event()
+        tracker = await make_tracker(store)
+        committed: list[str] = []
+        tracker.committed_listeners.append(lambda e: committed.append(e.kind))
+        trip(tracker)
+        await asyncio.sleep(0.01)  # the writer is inside store.record, held by the gate
+        assert not tracker.is_available(PAIR)  # routing uses memory at once
+        assert tracker.committed_disabled_pairs() == [] and tracker.committed_record(PAIR, "auto") is None
+        assert committed == []
+        store.gate.set()
+        assert await tracker.flush(1.0)
+        [record] = tracker.committed_disabled_pairs()
+        assert (record.vendor, record.model, record.reason) == (*PAIR, "auto")
+        assert tracker.committed_record(PAIR, "auto") == record and committed == ["disabled"]
+        store.gate.clear()
+        await tracker.manual_enable(PAIR, "ops")  # in memory at once, held at the gate
+        await asyncio.sleep(0.01)
+        assert tracker.is_available(PAIR)
+        assert tracker.committed_record(PAIR, "auto") == record  # the enable is not committed yet
+        store.gate.set()
+        assert await tracker.flush(1.0)
+        assert tracker.committed_disabled_pairs() == [] and committed == ["disabled", "enabled"]
+
+    async def test_seeded_from_the_store_and_ended_by_the_clock(
+        self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock
+    ) -> None:
+        record = DisabledRecord(vendor=PAIR[0], model=PAIR[1], reason="manual", disabled_at=T0, disabled_until=T0 + 10, actor="ops")
+        store.rows[(*PAIR, "manual")] = record
+        tracker = await make_tracker(store, sweep_interval=3600.0)
+        assert tracker.committed_record(PAIR, "manual") == record
+        clock.advance(10.0)
+        assert tracker.committed_disabled_pairs() == []  # over: a restart would end it too

@@ -20,7 +20,7 @@ import signal
 from aiohttp import web
 
 from .app import create_app
-from .config import Config
+from .config import Config, nothing_routes
 from .keys import CONFIG_MANAGER, RUNTIME
 from .logs import configure_logging
 from .sdnotify import notify
@@ -75,6 +75,8 @@ async def serve(config: Config) -> int:
     for vendor in config.vendors:
         if vendor.enabled and vendor.missing_key:
             log.warning("vendor %s is off: every api-key of it is empty (is its environment variable set?)", vendor.name)
+    if (why := nothing_routes(config)) is not None:
+        log.warning("%s", why)
     log.info("cliproxy listening on http://%s:%s", config.host, config.port)
     notify(f"READY=1\nSTATUS=listening on {config.host}:{config.port}")
 

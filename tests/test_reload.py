@@ -17,9 +17,9 @@ import yaml
 from cliproxy.app import create_app
 from cliproxy.errors import InvalidRequest, NotFound
 from cliproxy.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
-from cliproxy.reload import ConfigManager, ConfigRejected, NoConfigFile
+from cliproxy.reload import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
 from cliproxy.settings import load_config
-from cliproxy.writeback import model_path, vendor_enabled_edits
+from cliproxy.writeback import atomic_write, model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
 from tests.conftest import Gateway, vendor
 from tests.test_writeback import changed_lines
@@ -414,3 +414,231 @@ class TestReplaceText:
         assert len(caught.value.problems) == 2
         assert files.path.read_text() == before
         assert await events(gw, "config-reloaded") == []
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def backdate(path: Path, seconds: float = 60.0) -> None:
+    """Make a file look saved a while ago (it has held still: no settle wait)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def three_vendors(url: str) -> dict[str, Any]:
+    return {"openai-compatibility": [vendor("v", url, ["m"]), vendor("w", url, ["n"]), vendor("x", url, ["o"])]}
+
+
+class TestOperatorsFileWins:
+    """An API change never saves a half-written file and never overwrites an operator's save (issue 11)."""
+
+    async def test_a_file_cut_by_an_editor_mid_save_is_not_saved(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        whole = files.path.read_text()
+        cut = whole[: whole.index("- name: w")]  # in-place rewrite caught after vendor v: valid YAML, valid config
+        files.path.write_text(cut)
+        running = gw.app[RUNTIME].current
+
+        async def editor_finishes() -> None:
+            await asyncio.sleep(0.1)
+            with open(files.path, "a") as handle:
+                handle.write(whole[len(cut):])
+
+        finishing = asyncio.create_task(editor_finishes())
+        with pytest.raises(ConfigChanged) as caught:
+            await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed")
+        await finishing
+        assert caught.value.status == 409 and caught.value.code == "config_changed"
+        assert files.path.read_text() == whole and gw.app[RUNTIME].current is running
+        assert await events(gw, "vendor-changed") == []
+        # retried once the save is whole: every vendor is still there
+        backdate(files.path)
+        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed")
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", False), ("w", True), ("x", True)]
+
+    async def test_a_file_still_being_written_gives_409_and_loses_nothing(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        writing = True
+
+        async def editor() -> None:
+            n = 0
+            while writing:
+                with open(files.path, "a") as handle:
+                    handle.write(f"# line {n}\n")
+                n += 1
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(editor())
+        try:
+            with pytest.raises(ConfigChanged):
+                await manager(gw).apply_edits([(("openai-compatibility", 0, "enabled"), False)], actor="x", kind="vendor-changed")
+        finally:
+            writing = False
+            await task
+        text = files.path.read_text()
+        assert "enabled: false" not in text and "# line 0\n" in text
+        assert gw.app[RUNTIME].current.config.vendors[0].enabled is True
+
+    async def test_a_changed_file_that_does_not_validate_gives_409(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        whole = files.path.read_text()
+        cut = whole[: whole.index("base-url", whole.index("- name: w"))]  # vendor w has no base-url yet
+        files.path.write_text(cut)
+        backdate(files.path)
+        with pytest.raises(ConfigChanged) as caught:
+            await manager(gw).apply_edits([(("port",), 9000)], actor="x", kind="vendor-changed")
+        assert "base-url" in caught.value.message and "sk-" not in caught.value.message
+        assert files.path.read_text() == cut
+        assert [v.name for v in gw.app[RUNTIME].current.config.vendors] == ["v", "w", "x"]
+
+    async def test_a_changed_complete_file_is_loaded_first_then_edited(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write(three_vendors(up.url))  # the operator added two vendors; the watcher has not run yet
+        operator = files.path.read_text()
+        backdate(files.path)
+        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "x", False), actor="x", kind="vendor-changed")
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", True), ("w", True), ("x", False)]
+        assert changed_lines(operator, files.path.read_text()) == ([], ["  enabled: false"])
+        [reloaded] = await events(gw, "config-reloaded")
+        assert reloaded.detail["reason"] == "file-changed" and reloaded.detail["vendors_added"] == ["w", "x"]
+
+    async def test_a_save_between_read_and_rename_is_kept_and_the_edit_redone_on_it(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        operator = files.path.read_text().replace("- name: x", "- name: y")
+        calls: list[str] = []
+
+        def edits(text: str) -> Any:
+            calls.append(text)
+            if len(calls) == 1:  # the operator's editor saves while the API computes its edit
+                atomic_write(files.path, operator)
+                backdate(files.path)
+            return vendor_enabled_edits(text, "v", False)
+
+        config = await manager(gw).apply_edits(edits, actor="x", kind="vendor-changed")
+        assert calls[1] == operator
+        assert changed_lines(operator, files.path.read_text()) == ([], ["  enabled: false"])
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", False), ("w", True), ("y", True)]
+
+    async def test_an_operator_saving_at_every_attempt_gets_409_and_keeps_the_last_save(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        saves: list[str] = []
+
+        def edits(text: str) -> Any:
+            saves.append(text.replace("port", "port") + f"# save {len(saves)}\n")
+            atomic_write(files.path, saves[-1])
+            backdate(files.path)
+            return vendor_enabled_edits(text, "v", False)
+
+        with pytest.raises(ConfigChanged):
+            await manager(gw).apply_edits(edits, actor="x", kind="vendor-changed")
+        assert files.path.read_text() == saves[-1] and len(saves) == 2
+        assert await events(gw, "vendor-changed") == []
+
+    async def test_put_refused_while_an_operators_save_is_not_loaded(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write(three_vendors(up.url))
+        operator = files.path.read_text()
+        put = f"database: {files.database}\nopenai-compatibility: []\n"
+        with pytest.raises(ConfigChanged):
+            await manager(gw).replace_text(put, actor="x")
+        assert files.path.read_text() == operator
+        assert await manager(gw).reload(reason="test") is True
+        await manager(gw).replace_text(put, actor="x")  # the PUT now replaces what was read
+        assert files.path.read_text() == put
+
+    async def test_put_refused_when_a_save_lands_before_its_rename(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        operator = files.path.read_text() + "# the operator's note\n"
+
+        def operator_saves(config: Any) -> None:  # runs after validation, before the write
+            atomic_write(files.path, operator)
+
+        with pytest.raises(ConfigChanged):
+            await manager(gw).replace_text(f"database: {files.database}\n", actor="x", check=operator_saves)
+        assert files.path.read_text() == operator
+        assert await events(gw, "config-reloaded") == []
+
+    async def test_put_may_replace_a_file_that_was_read_and_rejected(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.path.write_text("port: [\n")
+        assert await manager(gw).reload(reason="test") is False
+        fixed = f"database: {files.database}\n"
+        await manager(gw).replace_text(fixed, actor="x")
+        assert files.path.read_text() == fixed and manager(gw).last_error is None
+
+
+class TestAliasBomb:
+    """A document whose aliases expand past the bound is refused before it is expanded, everywhere."""
+
+    async def test_put_and_reload_refuse_the_billion_laughs(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        before = files.path.read_text()
+        began = time.monotonic()
+        with pytest.raises(ConfigRejected) as caught:
+            await manager(gw).replace_text(BILLION_LAUGHS, actor="x")
+        [problem] = caught.value.problems
+        assert "aliases" in problem and "alias bomb" in problem
+        assert files.path.read_text() == before
+        files.path.write_text(BILLION_LAUGHS)
+        assert await manager(gw).reload(reason="test") is False
+        assert manager(gw).last_error == [problem]
+        assert time.monotonic() - began < 2.0  # refused, not expanded (expanding takes minutes)
+        assert await chat(gw) == 200
+
+
+class TestSwitchingBackOn:
+    """Switching a vendor or a model back on through the API gives the file back byte for byte."""
+
+    async def test_off_then_on_returns_the_original_bytes(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [
+            vendor("v", up.url, ["m", {"name": "n", "enabled": True}]), vendor("w", up.url, ["o"], enabled=True),
+            vendor("x", up.url, ["p"], disabled=False),
+        ]})
+        mgr = manager(gw)
+        original = files.path.read_text()
+        for name, model in (("v", None), ("v", "m"), ("v", "n"), ("w", None), ("x", None)):
+            await mgr.apply_edits(mgr.switch(name, model, False), actor="x", kind="vendor-changed")
+            assert files.path.read_text() != original
+            await mgr.apply_edits(mgr.switch(name, model, True), actor="x", kind="vendor-changed")
+            assert files.path.read_text() == original, (name, model)
+
+
+class TestNothingRoutesWarning:
+    """A config in which no vendor is on is loaded, with a warning saying every request gets 503."""
+
+    async def test_reload_warns_when_every_vendor_is_off(self, start, files, upstreams, caplog):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        caplog.set_level(logging.WARNING, logger="cliproxy.reload")
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=False)]})
+        assert await manager(gw).reload(reason="test") is True
+        assert any("every vendor is switched off" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        files.write({"openai-compatibility": []})
+        assert await manager(gw).reload(reason="test") is True
+        assert any("no vendor is configured" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        assert await manager(gw).reload(reason="test") is True
+        assert not [r for r in caplog.records if "503" in r.getMessage()]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +27,7 @@ from cliproxy.settings import load_config
 from cliproxy.writeback import atomic_write, model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
 from tests.conftest import Gateway, vendor
+from tests.processes import GatewayProcess, free_port
 from tests.test_writeback import changed_lines
 
 PAIR = ("v", "m")
@@ -642,3 +648,128 @@ class TestNothingRoutesWarning:
         files.write({"openai-compatibility": [vendor("v", up.url, ["m"])]})
         assert await manager(gw).reload(reason="test") is True
         assert not [r for r in caplog.records if "503" in r.getMessage()]
+
+    async def test_start_up_warns_when_every_vendor_is_off(self, tmp_path):
+        gw = GatewayProcess(tmp_path, {"openai-compatibility": [
+            vendor("v", "http://127.0.0.1:9/v1", ["m"], enabled=False),
+            {**vendor("w", "http://127.0.0.1:9/v1", ["n"]), "api-key-entries": [{"api-key": "${UNSET_IN_THIS_TEST:-}"}]},
+        ]})
+        gw.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "listening" not in gw.log():
+                assert time.monotonic() < deadline, gw.log()
+                await asyncio.sleep(0.05)
+        finally:
+            assert gw.stop() == 0
+        assert "every vendor is switched off" in gw.log()
+
+
+MGMT = "mgmt-key-for-the-big-config-test"
+BIG_VENDORS, BIG_MODELS = 100, 100  # 10,000 pairs
+STREAM_CHUNKS, CHUNK_DELAY = 500, 0.02  # a 10 s stream paced at 20 ms
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the process exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def paced_upstream() -> Any:
+    """`cliproxy fake-upstream` in its own process: every stream is STREAM_CHUNKS chunks, CHUNK_DELAY apart."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cliproxy.cli", "fake-upstream", "--port", str(port),
+         "--chunks", str(STREAM_CHUNKS), "--chunk-delay", str(CHUNK_DELAY)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_listening(port, process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+class TestLargeConfigOffTheLoop:
+    """With 10,000 pairs, a PATCH and a reload run off the event loop: streams and /healthz do not stall."""
+
+    async def test_streams_and_healthz_keep_flowing_during_a_patch_and_a_reload(self, tmp_path, paced_upstream):
+        import aiohttp
+
+        gw = GatewayProcess(tmp_path, {
+            "remote-management": {"secret-key": MGMT},
+            "openai-compatibility": [
+                {"name": f"v{i}", "base-url": paced_upstream, "models": [{"name": f"m{j}"} for j in range(BIG_MODELS)]}
+                for i in range(BIG_VENDORS)
+            ],
+        })
+        gw.start(timeout=60)
+        auth = {"Authorization": f"Bearer {MGMT}"}
+        chunk_times: list[float] = []
+        health_latencies: list[float] = []
+        streaming = asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def stream() -> None:
+                    body = {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+                    async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+                        assert resp.status == 200
+                        async for line in resp.content:
+                            if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                                chunk_times.append(time.monotonic())
+                                streaming.set()
+
+                async def healthz() -> None:
+                    while True:
+                        began = time.monotonic()
+                        async with session.get(gw.url + "/healthz") as resp:
+                            assert resp.status == 200
+                            await resp.read()
+                        health_latencies.append(time.monotonic() - began)
+                        await asyncio.sleep(0.02)
+
+                async def reloads() -> int:
+                    async with session.get(gw.url + "/api/events?kind=config-reloaded&limit=1000", headers=auth) as resp:
+                        assert resp.status == 200
+                        return len((await resp.json())["events"])
+
+                streamer = asyncio.create_task(stream())
+                poller = asyncio.create_task(healthz())
+                await asyncio.wait_for(streaming.wait(), 10)
+                began = time.monotonic()
+                async with session.patch(gw.url + "/api/vendors/v50/models/m7", json={"enabled": False}, headers=auth) as resp:
+                    assert resp.status == 200, await resp.text()
+                patched = time.monotonic()
+                text = gw.config_path.read_text()
+                await asyncio.to_thread(gw.config_path.write_text, text + "# edited by hand\n")
+                deadline = time.monotonic() + 20
+                while await reloads() == 0:
+                    assert time.monotonic() < deadline, "the edit on disk was not reloaded"
+                    await asyncio.sleep(0.1)
+                reloaded = time.monotonic()
+                await streamer
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+        finally:
+            gw.stop()
+        assert reloaded < chunk_times[-1], "the PATCH and the reload must both happen while the stream flows"
+        gaps = [b - a for a, b in zip(chunk_times, chunk_times[1:])]
+        print(
+            f"\nPATCH {patched - began:.2f}s, reload seen after {reloaded - patched:.2f}s; {len(chunk_times)} chunks, "
+            f"largest gap {max(gaps) * 1000:.0f} ms; {len(health_latencies)} /healthz, slowest {max(health_latencies) * 1000:.0f} ms"
+        )
+        assert len(chunk_times) == STREAM_CHUNKS
+        assert max(gaps) < 0.100
+        assert max(health_latencies) < 0.100
+        assert "enabled: false" in gw.config_path.read_text()

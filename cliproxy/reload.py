@@ -61,10 +61,10 @@ from .writeback import (
     WritebackError,
     current_version,
     edit_yaml,
-    has_explicit_on,
     read_version,
     replace_if_unchanged,
     switch_edits,
+    switch_state,
 )
 
 __all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
@@ -222,6 +222,8 @@ class ConfigManager:
                 return False
             except (OSError, UnicodeDecodeError) as exc:
                 self._seen_stat = self._stat()
+                if isinstance(exc, FileNotFoundError):
+                    self._seen_text = ""  # seen missing: a PUT may write it again
                 message = exc.strerror if isinstance(exc, OSError) else str(exc)
                 await self._reject([f"<file>: cannot read {self.path}: {message}"], reason, actor)
                 return False
@@ -368,13 +370,16 @@ class ConfigManager:
         key = (vendor, model)
 
         def edits(text: str) -> list[tuple[Path, Any]]:
-            # Runs in apply_edits' worker thread while the lock is held: nothing else touches the set then.
-            if not enabled and has_explicit_on(text, vendor, model):
-                self._explicit_on.add(key)
-            keep_line = key in self._explicit_on
-            if enabled:
-                self._explicit_on.discard(key)
-            return switch_edits(text, vendor, model, enabled, keep_line=keep_line)
+            # Runs in apply_edits' worker thread while the lock is held: nothing else touches the set
+            # then. Called again when the edit is redone on an operator's newer text, so it only
+            # ever records what the text shows, never consumes the memory.
+            if not enabled:
+                said = switch_state(text, vendor, model)
+                if said is True:
+                    self._explicit_on.add(key)
+                elif said is None:
+                    self._explicit_on.discard(key)  # on by omission: nothing to write back later
+            return switch_edits(text, vendor, model, enabled, keep_line=key in self._explicit_on)
 
         return edits
 
@@ -429,16 +434,18 @@ class ConfigManager:
         loaded first, as a reload, and the edit applies on top of it. Otherwise 409.
         """
         text, version = await self._read(path)
-        if text == self._loaded_text:
+        if text == self._loaded_text and version is not None:
             return text, version
-        if version is not None:
-            # File times are the filesystem's wall clock, so they are compared with time.time(), not
-            # with the injected clock (which only stamps events).
-            age = time.time() - version.mtime_ns / 1e9
-            if age < self.settle_seconds:
-                await asyncio.sleep(self.settle_seconds - max(age, 0.0))
-                if await asyncio.to_thread(current_version, path) != version:
-                    raise ConfigChanged("config.yaml is being written by someone else; nothing was written: retry")
+        if version is None:
+            # Deleted, or between an editor's delete and create: an empty config is not a base to edit.
+            raise ConfigChanged("config.yaml is missing; nothing was written: retry once it is back")
+        # File times are the filesystem's wall clock, so they are compared with time.time(), not with
+        # the injected clock (which only stamps events).
+        age = time.time() - version.mtime_ns / 1e9
+        if age < self.settle_seconds:
+            await asyncio.sleep(self.settle_seconds - max(age, 0.0))
+            if await asyncio.to_thread(current_version, path) != version:
+                raise ConfigChanged("config.yaml is being written by someone else; nothing was written: retry")
         try:
             built = await asyncio.to_thread(self._build, text)
         except ConfigError as error:

@@ -52,12 +52,12 @@ __all__ = [
     "dump_scalar",
     "edit_yaml",
     "current_version",
-    "has_explicit_on",
     "model_index",
     "model_path",
     "read_version",
     "replace_if_unchanged",
     "switch_edits",
+    "switch_state",
     "vendor_enabled_edits",
     "vendor_index",
     "vendor_path",
@@ -453,13 +453,14 @@ def _switch_key(entry: MappingNode, *, vendor: bool) -> str:
     return "disabled" if vendor and _find_key(entry, "disabled") is not None else "enabled"
 
 
-def has_explicit_on(text: str, vendor_name: str, model_name: str | None = None, *, env: Mapping[str, str] | None = None) -> bool:
-    """Whether the entry switches itself on in so many words (`enabled: true`, `disabled: false`)."""
+def switch_state(text: str, vendor_name: str, model_name: str | None = None, *, env: Mapping[str, str] | None = None) -> bool | None:
+    """What the entry's switch line says: True for on in so many words (`enabled: true`, `disabled:
+    false`), False for off (or a value that is not a plain boolean), None when there is no such line."""
     _, entry = _entry(text, vendor_name, model_name, env)
     key = _switch_key(entry, vendor=model_name is None)
     found = _find_key(entry, key)
     if found is None:
-        return False
+        return None
     node = entry.value[found][1]
     if not isinstance(node, ScalarNode) or node.style is not None:
         return False

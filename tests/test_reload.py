@@ -582,6 +582,20 @@ class TestOperatorsFileWins:
         assert files.path.read_text() == operator
         assert await events(gw, "config-reloaded") == []
 
+    async def test_a_missing_file_is_not_a_base_for_an_edit_but_may_be_put_back(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        original = files.path.read_text()
+        files.path.unlink()
+        with pytest.raises(ConfigChanged):
+            await manager(gw).apply_edits([(("port",), 9000)], actor="x", kind="vendor-changed")
+        assert not files.path.exists() and [v.name for v in gw.app[RUNTIME].current.config.vendors] == ["v"]
+        with pytest.raises(ConfigChanged):  # not yet seen missing: the file may be mid-replace
+            await manager(gw).replace_text(original, actor="x")
+        assert await manager(gw).reload(reason="test") is False
+        await manager(gw).replace_text(original, actor="x")
+        assert files.path.read_text() == original
+
     async def test_put_may_replace_a_file_that_was_read_and_rejected(self, start, files, upstreams):
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
@@ -628,6 +642,27 @@ class TestSwitchingBackOn:
             assert files.path.read_text() != original
             await mgr.apply_edits(mgr.switch(name, model, True), actor="x", kind="vendor-changed")
             assert files.path.read_text() == original, (name, model)
+
+    async def test_an_explicit_on_line_survives_a_second_switch_off_and_a_redone_switch_on(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=True)]})
+        mgr = manager(gw)
+        original = files.path.read_text()
+        await mgr.apply_edits(mgr.switch("v", None, False), actor="x", kind="vendor-changed")
+        await mgr.apply_edits(mgr.switch("v", None, False), actor="x", kind="vendor-changed")  # already off
+        switch_on = mgr.switch("v", None, True)
+        saved = False
+
+        def edits(text: str) -> Any:
+            nonlocal saved
+            if not saved:  # an operator's save lands meanwhile: the switch is computed twice
+                saved = True
+                atomic_write(files.path, text + "# note\n")
+                backdate(files.path)
+            return switch_on(text)
+
+        await mgr.apply_edits(edits, actor="x", kind="vendor-changed")
+        assert files.path.read_text() == original + "# note\n"
 
 
 class TestNothingRoutesWarning:

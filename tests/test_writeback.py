@@ -28,7 +28,7 @@ from cliproxy.writeback import (
     read_version,
     replace_if_unchanged,
     switch_edits,
-    has_explicit_on,
+    switch_state,
     vendor_enabled_edits,
     vendor_index,
     vendor_path,
@@ -416,8 +416,8 @@ class TestSwitchEdits:
             assert self.switched(off, vendor, model, True) == SWITCHES
 
     def test_an_explicit_on_line_is_written_back_when_asked_to_keep_it(self):
-        assert has_explicit_on(SWITCHES, "plain", "m2") and not has_explicit_on(SWITCHES, "plain", "m1")
-        assert has_explicit_on(SWITCHES, "legacy") and not has_explicit_on(SWITCHES, "shut")
+        assert switch_state(SWITCHES, "plain", "m2") is True and switch_state(SWITCHES, "plain", "m1") is None
+        assert switch_state(SWITCHES, "legacy") is True and switch_state(SWITCHES, "shut") is False
         for vendor, model in (("plain", "m2"), ("legacy", None)):
             off = self.switched(SWITCHES, vendor, model, False)
             assert parse(off) != parse(SWITCHES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -581,6 +582,27 @@ class TestOperatorsFileWins:
             await manager(gw).replace_text(f"database: {files.database}\n", actor="x", check=operator_saves)
         assert files.path.read_text() == operator
         assert await events(gw, "config-reloaded") == []
+
+    async def test_the_api_answers_409_openai_shaped(self, start, files, upstreams):
+        up = await upstreams()
+        key = "mgmt-key-409-test-0001"
+        data = {"remote-management": {"secret-key": key}, **three_vendors(up.url)}
+        gw = await start(data)
+        files.write({**data, "port": "not a port"})  # the operator's save, not valid
+        backdate(files.path)
+        broken = files.path.read_text()
+        headers = {"Authorization": f"Bearer {key}"}
+        for method, path, body in (
+            ("PATCH", "/api/vendors/v", {"json": {"enabled": False}}),
+            ("POST", "/api/models/m/disable", {}),
+            ("PUT", "/api/config.yaml", {"data": broken.replace("not a port", "8318")}),
+        ):
+            resp = await gw.client.request(method, path, headers=headers, **body)
+            payload = await resp.json()
+            assert resp.status == 409, (path, payload)
+            assert payload["error"]["code"] == "config_changed" and payload["error"]["type"] == "invalid_request_error"
+            assert key not in json.dumps(payload)
+        assert files.path.read_text() == broken
 
     async def test_a_missing_file_is_not_a_base_for_an_edit_but_may_be_put_back(self, start, files, upstreams):
         up = await upstreams()

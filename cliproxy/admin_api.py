@@ -48,7 +48,7 @@ from .reload import ConfigManager
 from .runtime import Runtime
 from .times import format_timestamp, parse_since
 from .tracker import FailureTracker
-from .writeback import model_path, vendor_enabled_edits, vendor_path
+from .writeback import model_path, vendor_path
 
 __all__ = ["COMMIT_TIMEOUT_SECONDS", "ENDPOINTS", "Endpoint", "routes"]
 
@@ -876,11 +876,6 @@ def _vendor_named(runtime: Runtime, name: str) -> Vendor:
     raise NotFound(f"no vendor named '{name}'", param="vendor")
 
 
-def _set_enabled(pair: Pair, enabled: bool) -> Callable[[str], list[tuple[tuple[str | int, ...], Any]]]:
-    """The edit of the model entry's `enabled`, its path found in the file as it is when the edit is made."""
-    return lambda text: [((*model_path(text, pair.vendor.name, pair.model.name), "enabled"), enabled)]
-
-
 def _edits(prefix: tuple[str | int, ...], schema: Schema, data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
     """A validated PATCH body -> (config path, value) edits, keys as in config.yaml; nested mappings edited key by key."""
     edits: list[tuple[tuple[str | int, ...], Any]] = []
@@ -927,7 +922,7 @@ async def model_status(request: web.Request) -> web.Response:
 
 
 @endpoint("POST", "/api/models/{model:.+}/enable", summary="Make the pairs serving a model routable", response=ModelStatusSchema,
-          query=VendorQuerySchema, errors=(400, 503), tags=("models",))
+          query=VendorQuerySchema, errors=(400, 409, 503), tags=("models",))
 async def enable_model(request: web.Request) -> web.Response:
     """Clears the automatic and the timed manual disable and resets the failure count (tracker), and
     writes `enabled: false` on the model entry back to true (config.yaml). Does not touch the vendor's `enabled`."""
@@ -950,13 +945,14 @@ async def _write_enabled(manager: ConfigManager, pairs: Sequence[Pair], enabled:
         if pair.model.enabled == enabled:
             continue
         await manager.apply_edits(
-            _set_enabled(pair, enabled), actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name,
+            manager.switch(pair.vendor.name, pair.model.name, enabled),
+            actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name,
             reason=None if enabled else "manual",  # a permanent manual-disable, like a timed one
         )
 
 
 @endpoint("POST", "/api/models/{model:.+}/disable", summary="Disable the pairs serving a model", response=ModelStatusSchema,
-          query=VendorQuerySchema, body=DisableBodySchema, body_required=False, errors=(400, 503), tags=("models",))
+          query=VendorQuerySchema, body=DisableBodySchema, body_required=False, errors=(400, 409, 503), tags=("models",))
 async def disable_model(request: web.Request) -> web.Response:
     """With `duration_seconds`: a timed manual disable, kept in SQLite (survives restarts; an automatic
     re-enable never ends it). Without: permanent, written as `enabled: false` on the model entry of config.yaml."""
@@ -986,7 +982,7 @@ async def list_vendors(request: web.Request) -> web.Response:
 
 
 @endpoint("PATCH", "/api/vendors/{name}", summary="Change a vendor's entry in config.yaml", response=VendorViewSchema,
-          body=VendorPatchSchema, errors=(400, 503), tags=("vendors",))
+          body=VendorPatchSchema, errors=(400, 409, 503), tags=("vendors",))
 async def patch_vendor(request: web.Request) -> web.Response:
     """Writes each key of the body into the vendor's entry of config.yaml (comments and `${VAR}` kept),
     reloads, and records one `vendor-changed` event. `enabled: false` removes every pair of the vendor from routing."""
@@ -1002,13 +998,14 @@ async def patch_vendor(request: web.Request) -> web.Response:
     if isinstance(detail.get("headers"), Mapping):  # the audit row shows them as GET /api/vendors does
         detail["headers"] = _mask_headers(list(detail["headers"].items()))
     enabled = data.pop("enabled", None)
+    manager = request.app[CONFIG_MANAGER]
+    # `enabled` in the spelling the file uses (CLIProxyAPI's inverse `disabled:` is kept); on removes the off line
+    switch = manager.switch(name, None, enabled) if enabled is not None else (lambda text: [])
 
     def edits(text: str) -> list[tuple[tuple[str | int, ...], Any]]:
-        # `enabled` in the spelling the file uses (CLIProxyAPI's inverse `disabled:` is kept)
-        switch = vendor_enabled_edits(text, name, enabled) if enabled is not None else []
-        return switch + _edits(vendor_path(text, name), schema, data)
+        return switch(text) + (_edits(vendor_path(text, name), schema, data) if data else [])
 
-    await request.app[CONFIG_MANAGER].apply_edits(
+    await manager.apply_edits(
         edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail
     )
     await _committed(request, after_change=True)
@@ -1017,7 +1014,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
 
 
 @endpoint("PATCH", "/api/vendors/{name}/models/{model:.+}", summary="Change a model entry in config.yaml",
-          response=VendorModelViewSchema, body=ModelPatchSchema, errors=(400, 503), tags=("vendors",))
+          response=VendorModelViewSchema, body=ModelPatchSchema, errors=(400, 409, 503), tags=("vendors",))
 async def patch_model(request: web.Request) -> web.Response:
     """`{model}` is the entry's upstream name (or its alias when that is unique in the vendor). Writes each
     key of the body into the entry, reloads, records one `model-changed` event. It does not clear the
@@ -1037,8 +1034,13 @@ async def patch_model(request: web.Request) -> web.Response:
     if not data:
         raise InvalidRequest("the body sets no field")
     await _committed(request)
-    await request.app[CONFIG_MANAGER].apply_edits(
-        lambda text: _edits(model_path(text, name, entry.name), schema, data), actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=_raw(raw, schema, data)
+    detail = _raw(raw, schema, data)
+    enabled = data.pop("enabled", None)
+    manager = request.app[CONFIG_MANAGER]
+    switch = manager.switch(name, entry.name, enabled) if enabled is not None else (lambda text: [])
+    await manager.apply_edits(
+        lambda text: switch(text) + (_edits(model_path(text, name, entry.name), schema, data) if data else []),
+        actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=detail,
     )
     await _committed(request, after_change=True)
     runtime = request.app[RUNTIME].current
@@ -1063,7 +1065,7 @@ async def get_config_yaml(request: web.Request) -> web.Response:
 
 
 @endpoint("PUT", "/api/config.yaml", summary="Replace the config file", response=ConfigResponseSchema, body=None,
-          body_content="application/yaml", errors=(400, 503), tags=("config",))
+          body_content="application/yaml", errors=(400, 409, 503), tags=("config",))
 async def put_config_yaml(request: web.Request) -> web.Response:
     """Validated first: an invalid file gives 400 listing every problem and nothing is written. Otherwise
     written atomically and loaded at once; answers like `GET /api/config` once its audit event is

@@ -25,6 +25,7 @@ __all__ = [
     "SettingLevel",
     "Timeouts",
     "Vendor",
+    "nothing_routes",
     "resolve_auto_disable",
 ]
 
@@ -222,3 +223,19 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config(host={self.host!r}, port={self.port}, vendors={[v.name for v in self.vendors]})"
+
+
+def nothing_routes(config: Config) -> str | None:
+    """Why no request can be served, when every vendor is switched off; None when one is on.
+
+    The gateway still starts (an operator may be switching vendors one at a time), but every
+    request would get 503, so start-up and every reload say so.
+    """
+    if not config.vendors:
+        return "no vendor is configured (openai-compatibility is empty): every request gets 503"
+    if any(vendor.routable for vendor in config.vendors):
+        return None
+    return (
+        "every vendor is switched off (enabled: false, or no api-key because its environment variable "
+        "is unset): every request gets 503"
+    )

@@ -25,6 +25,8 @@ _ERROR_TEXT = {
     401: "Missing or wrong management key",
     403: "Not a loopback client and `remote-management.allow-remote` is false",
     404: "Unknown vendor or model (or the management API is off: no `remote-management.secret-key`)",
+    409: "config.yaml is being changed on disk (being written, saved meanwhile, or changed and not valid): "
+    "code `config_changed`, nothing was written; retry",
     429: "Too many failed key attempts from this address: blocked, see Retry-After",
     503: "The database is not accepting writes (disabled state is not reported before it is committed), "
     "or the gateway was not started from a config file (code `no_config_file`) for a change written to config.yaml",

@@ -17,23 +17,35 @@ Ways in:
 
 An `asyncio.Lock` serialises them all; a reload that finds the content it already runs is a no-op,
 so the watcher does not reload again what an edit has just written.
+
+The operator's file wins over the API (issue 11). An API change starts from the file as it is on
+disk, and only from a complete one: a file that changed since it was loaded must have held still
+for `settle_seconds` and must validate (it is then loaded first, as a reload), otherwise the API
+answers 409 `config_changed` and writes nothing. The write itself is a compare-and-swap
+(`writeback.replace_if_unchanged`): when the file changed between the API's read and its rename, an
+edit is redone on the new text (once), a PUT answers 409; an operator's save is never overwritten.
+
+Reading, editing, parsing, validating and building the routing table run in a worker thread (a
+10,000-pair file takes seconds of CPU); the thread only builds new immutable values, and the swap
+onto the live app happens back on the event loop, under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path as FilePath
 from typing import Any
 
 from aiohttp import web
 
-from .config import Config
+from .config import AutoDisableSettings, Config, PairKey, nothing_routes
 from .errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from .eventlog import event_fields
 from .events import Event
@@ -41,9 +53,21 @@ from .keys import RUNTIME, TRACKER
 from .redact import mask_secrets
 from .runtime import Runtime
 from .settings import ConfigError, parse_config
-from .writeback import MissingPath, Path, WritebackError, atomic_write, edit_yaml
+from .writeback import (
+    FileChanged,
+    FileVersion,
+    MissingPath,
+    Path,
+    WritebackError,
+    current_version,
+    edit_yaml,
+    read_version,
+    replace_if_unchanged,
+    switch_edits,
+    switch_state,
+)
 
-__all__ = ["ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
+__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
 
 log = logging.getLogger("cliproxy.reload")
 
@@ -62,6 +86,11 @@ RESTART_FIELDS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
 
 _StatKey = tuple[int, int, int]
 
+#: How often an API edit is computed again when an operator's save lands between its read and its write.
+EDIT_ATTEMPTS = 2
+
+Edits = Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]]
+
 
 class ConfigRejected(InvalidRequest):
     """A change that would make the configuration invalid; nothing was written. 400 with every problem."""
@@ -71,6 +100,14 @@ class ConfigRejected(InvalidRequest):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("the configuration would be invalid: " + "; ".join(problems))
+
+
+class ConfigChanged(ProxyError):
+    """The file on disk is being changed by someone else (or was, and is not valid): nothing was written. 409; retry."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    code = "config_changed"
 
 
 class NoConfigFile(ServiceUnavailable):
@@ -87,6 +124,39 @@ def swap_runtime(app: web.Application, runtime: Runtime) -> None:
     app[RUNTIME].current = runtime
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Built:
+    """A validated config with its runtime and tracker settings, built off the event loop, not yet live."""
+
+    text: str
+    config: Config
+    runtime: Runtime
+    settings: dict[PairKey, AutoDisableSettings]
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Any:
+    """Pause Python's cyclic garbage collector while a worker thread builds a config.
+
+    Parsing a 10,000-pair file allocates a few hundred thousand short-lived objects, which triggers
+    full collections; a full collection holds the GIL for its whole run (30-190 ms measured), so
+    the event loop stalls even though the work is in another thread. What the build allocates is
+    freed by reference counting (YAML nodes, dicts, frozen dataclasses: no cycles), so nothing
+    piles up meanwhile. Builds are serialised by the manager's lock, so pauses never overlap.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _stat_key(version: FileVersion) -> _StatKey:
+    return (version.mtime_ns, version.size, version.inode)
+
+
 class ConfigManager:
     """Owns the running config of one app: reload, write-back, file watching."""
 
@@ -97,11 +167,14 @@ class ConfigManager:
         *,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.5,
+        settle_seconds: float = 0.5,
     ) -> None:
         self._app = app
         #: The config file; None when the app was built from an in-memory Config (edits then raise).
         self.path = path
         self.poll_interval = poll_interval
+        #: How long a file changed on disk must have held still before an API change starts from it.
+        self.settle_seconds = settle_seconds
         self._clock = clock
         #: The problems of the last rejected reload (masked), None once a good file loads.
         self.last_error: list[str] | None = None
@@ -116,6 +189,12 @@ class ConfigManager:
         if path is not None:
             with contextlib.suppress(OSError):
                 self._loaded_text = FilePath(path).read_text(encoding="utf-8")
+        #: The file text last looked at (loaded or rejected): a PUT may replace only that text.
+        self._seen_text: str | None = self._loaded_text
+        #: (vendor, model or None) whose switch the file wrote as `enabled: true` (or `disabled:
+        #: false`) before the API switched it off: switching back on writes the line back instead of
+        #: removing it. In memory: after a restart the line is removed, which means the same.
+        self._explicit_on: set[tuple[str, str | None]] = set()
         self._tasks: set[asyncio.Task[bool]] = set()
 
     # ------------------------------------------------------------------ views
@@ -137,27 +216,35 @@ class ConfigManager:
             log.warning("config reload (%s) ignored: the configuration was not read from a file", reason)
             return False
         async with self._lock:
-            seen = self._stat()  # before reading: a change after the read is seen by the next poll
             try:
-                text = FilePath(self.path).read_text(encoding="utf-8")
+                text, version = await asyncio.to_thread(read_version, self.path)
+            except FileChanged:
+                # Being written right now: its stat is not marked seen, so the watcher's next polls
+                # find the change again and reload once it has held still.
+                log.info("config reload (%s) put off: the file is being written", reason)
+                return False
             except (OSError, UnicodeDecodeError) as exc:
-                self._seen_stat = seen
+                self._seen_stat = self._stat()
+                if isinstance(exc, FileNotFoundError):
+                    self._seen_text = ""  # seen missing: a PUT may write it again
                 message = exc.strerror if isinstance(exc, OSError) else str(exc)
                 await self._reject([f"<file>: cannot read {self.path}: {message}"], reason, actor)
                 return False
-            self._seen_stat = seen
+            self._seen_stat = _stat_key(version)
             if text == self._loaded_text:
+                self._seen_text = text
                 if self.last_error is not None:
                     log.info("config file is back to the running configuration (%s)", reason)
                     self.last_error = None
                 return True
             try:
-                config = self._parse(text)
+                built = await asyncio.to_thread(self._build, text)
             except ConfigError as error:
+                self._seen_text = text
                 await self._reject(error.problems, reason, actor)
                 return False
-            previous = self._install(config, text)
-            await self._record(self._reloaded_event(previous, config, reason=reason, actor=actor))
+            previous = self._install(built)
+            await self._record(self._reloaded_event(previous, built.config, reason=reason, actor=actor))
             return True
 
     def request_reload(self, reason: str = "SIGHUP") -> asyncio.Task[bool]:
@@ -198,7 +285,7 @@ class ConfigManager:
 
     async def apply_edits(
         self,
-        edits: Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]],
+        edits: Edits,
         *,
         actor: str,
         kind: str,
@@ -210,51 +297,95 @@ class ConfigManager:
         """Edit the file in place (see `cliproxy.writeback.edit_yaml`), validate, write, swap, record ONE event.
 
         Raises `ConfigRejected` (400) when the result would be invalid, `NotFound` (404) when an
-        edit's path does not exist in the file, `NoConfigFile` (503) without a file; nothing is
-        written then.
+        edit's path does not exist in the file, `ConfigChanged` (409) when the file is being changed
+        on disk (see the module docstring), `NoConfigFile` (503) without a file; nothing is written
+        then.
 
         `edits` may also be a function of the current file text returning the edits, called under
-        the lock: paths found with `vendor_path`/`model_path` then cannot go stale between reading
-        the file and writing it (a `MissingPath` it raises becomes NotFound too). An edit that changes nothing writes nothing and still records its event
-        (with `config_changed: false` in the detail): the operator's action is history either way.
+        the lock (in a worker thread: it must be pure): paths found with `vendor_path`/`model_path`
+        then cannot go stale between reading the file and writing it (a `MissingPath` it raises
+        becomes NotFound too). An edit that changes nothing writes nothing and still records its
+        event (with `config_changed: false` in the detail): the operator's action is history either way.
         """
         path = self._require_path()
         async with self._lock:
-            text = self._read_for_change(path)
-            try:
-                new_text = edit_yaml(text, edits(text) if callable(edits) else edits)
-            except MissingPath as error:
-                raise NotFound(str(error), code="not_in_config_file") from None
-            except WritebackError as error:
-                raise ConfigRejected([str(error)]) from None
-            config = self._validate(new_text)
-            changed = new_text != text
-            if changed:
-                await self._write(path, new_text)
-            if new_text != self._loaded_text:
-                self._install(config, new_text)
-            detail = dict(detail or {})
-            if not changed:
-                detail["config_changed"] = False
-            await self._record(
-                Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
+            for _ in range(EDIT_ATTEMPTS):
+                text, version = await self._read_complete(path)
+                new_text, built = await self._edited(text, edits)
+                changed = new_text != text
+                if changed:
+                    try:
+                        await self._write(path, version, new_text)
+                    except FileChanged:
+                        continue  # an operator saved meanwhile: compute the edit again on their text
+                if built is not None:
+                    self._install(built)
+                detail = dict(detail or {})
+                if not changed:
+                    detail["config_changed"] = False
+                await self._record(
+                    Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
+                )
+                return self._app[RUNTIME].current.config
+            raise ConfigChanged(
+                "config.yaml was saved by someone else while this change was being written, "
+                f"{EDIT_ATTEMPTS} times in a row; nothing was written: retry"
             )
-            return self._app[RUNTIME].current.config
 
     async def replace_text(
         self, text: str, *, actor: str, check: Callable[[Config], None] | None = None
     ) -> Config:
         """Replace the whole file (PUT /api/config.yaml): validate first (and `check` the result,
-        which may raise), then write, swap, record `config-reloaded`."""
+        which may raise), then write, swap, record `config-reloaded`.
+
+        Raises `ConfigChanged` (409) when the file on disk is not the text cliproxy last read (an
+        operator's save not yet loaded, or one landing before the rename): the PUT would overwrite it.
+        """
         path = self._require_path()
         async with self._lock:
-            config = self._validate(text)
+            base_text, version = await self._read(path)
+            if base_text != self._seen_text:
+                raise ConfigChanged(
+                    "config.yaml was changed on disk since cliproxy last read it, and replacing it would lose "
+                    "that change; nothing was written: read it again (GET /api/config.yaml) once it is "
+                    "loaded, and retry"
+                )
+            try:
+                built = await asyncio.to_thread(self._build, text)
+            except ConfigError as error:
+                raise ConfigRejected(self._mask(error.problems)) from None
             if check is not None:
-                check(config)
-            await self._write(path, text)
-            previous = self._install(config, text)
-            await self._record(self._reloaded_event(previous, config, reason="api", actor=actor))
-            return config
+                check(built.config)
+            try:
+                await self._write(path, version, text)
+            except FileChanged:
+                raise ConfigChanged(
+                    "config.yaml was saved by someone else while it was being replaced; nothing was written: "
+                    "read it again and retry"
+                ) from None
+            previous = self._install(built)
+            await self._record(self._reloaded_event(previous, built.config, reason="api", actor=actor))
+            return built.config
+
+    def switch(self, vendor: str, model: str | None, enabled: bool) -> Callable[[str], list[tuple[Path, Any]]]:
+        """The edits (a function of the file text, for `apply_edits`) that switch a vendor or a model
+        entry on or off: off writes `enabled: false`, on removes that line again, or writes it back
+        as `enabled: true` when the file said so before (see `writeback.switch_edits`)."""
+        key = (vendor, model)
+
+        def edits(text: str) -> list[tuple[Path, Any]]:
+            # Runs in apply_edits' worker thread while the lock is held: nothing else touches the set
+            # then. Called again when the edit is redone on an operator's newer text, so it only
+            # ever records what the text shows, never consumes the memory.
+            if not enabled:
+                said = switch_state(text, vendor, model)
+                if said is True:
+                    self._explicit_on.add(key)
+                elif said is None:
+                    self._explicit_on.discard(key)  # on by omission: nothing to write back later
+            return switch_edits(text, vendor, model, enabled, keep_line=key in self._explicit_on)
+
+        return edits
 
     # ------------------------------------------------------------------ internals
 
@@ -275,41 +406,106 @@ class ConfigManager:
     def _parse(self, text: str) -> Config:
         return replace(parse_config(text, source=self.path), path=self.path)
 
+    def _build(self, text: str) -> _Built:
+        """Parse, validate and build the runtime (routing table) of a text. Pure CPU, run off the loop:
+        it reads nothing of the live app and builds only new values."""
+        with _collector_paused():
+            config = self._parse(text)
+            runtime = Runtime.build(config)
+            return _Built(text, config, runtime, dict(runtime.table.auto_disable_settings()))
+
     def _mask(self, problems: Sequence[str]) -> list[str]:
         secrets = self._app[RUNTIME].current.secrets
         return [mask_secrets(problem, secrets) for problem in problems]
 
-    def _validate(self, text: str) -> Config:
+    async def _read(self, path: str) -> tuple[str, FileVersion | None]:
+        """The file's text and version (missing: empty, None); 409 while someone is writing it."""
         try:
-            return self._parse(text)
-        except ConfigError as error:
-            raise ConfigRejected(self._mask(error.problems)) from None
-
-    def _read_for_change(self, path: str) -> str:
-        try:
-            return FilePath(path).read_text(encoding="utf-8")
+            return await asyncio.to_thread(read_version, path)
+        except FileNotFoundError:
+            return "", None
+        except FileChanged:
+            raise ConfigChanged("config.yaml is being written by someone else; nothing was written: retry") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ProxyError(f"cannot read the config file: {getattr(exc, 'strerror', None) or exc}") from None
 
-    async def _write(self, path: str, text: str) -> None:
+    async def _read_complete(self, path: str) -> tuple[str, FileVersion | None]:
+        """The file as an API edit starts from it: the running config's text, or a newer, complete one.
+
+        A file that changed since it was loaded may be an editor's save caught half-way (a truncated
+        file is often valid YAML: cut between two vendors, it validates and drops every vendor
+        after the cut). So it must have held still for `settle_seconds` and validate; it is then
+        loaded first, as a reload, and the edit applies on top of it. Otherwise 409.
+        """
+        text, version = await self._read(path)
+        if text == self._loaded_text and version is not None:
+            return text, version
+        if version is None:
+            # Deleted, or between an editor's delete and create: an empty config is not a base to edit.
+            raise ConfigChanged("config.yaml is missing; nothing was written: retry once it is back")
+        # File times are the filesystem's wall clock, so they are compared with time.time(), not with
+        # the injected clock (which only stamps events).
+        age = time.time() - version.mtime_ns / 1e9
+        if age < self.settle_seconds:
+            await asyncio.sleep(self.settle_seconds - max(age, 0.0))
+            if await asyncio.to_thread(current_version, path) != version:
+                raise ConfigChanged("config.yaml is being written by someone else; nothing was written: retry")
+        try:
+            built = await asyncio.to_thread(self._build, text)
+        except ConfigError as error:
+            problems = self._mask(error.problems)
+            raise ConfigChanged(
+                "config.yaml was changed on disk and is not a valid configuration (yet), so no change can start "
+                "from it; nothing was written: fix the file, or retry once it is saved whole. Problems: "
+                + "; ".join(problems)
+            ) from None
+        if version is not None:
+            self._seen_stat = _stat_key(version)
+        previous = self._install(built)
+        await self._record(self._reloaded_event(previous, built.config, reason="file-changed", actor=None))
+        return text, version
+
+    async def _edited(self, text: str, edits: Edits) -> tuple[str, _Built | None]:
+        """The edited text and, when it differs from the running config's, its validated build (off the loop)."""
+        loaded = self._loaded_text
+
+        def work() -> tuple[str, _Built | None]:
+            with _collector_paused():
+                new_text = edit_yaml(text, edits(text) if callable(edits) else edits)
+            return new_text, None if new_text == loaded else self._build(new_text)
+
+        try:
+            return await asyncio.to_thread(work)
+        except MissingPath as error:
+            raise NotFound(str(error), code="not_in_config_file") from None
+        except WritebackError as error:
+            raise ConfigRejected([str(error)]) from None
+        except ConfigError as error:
+            raise ConfigRejected(self._mask(error.problems)) from None
+
+    async def _write(self, path: str, expected: FileVersion | None, text: str) -> None:
+        """Write `text` over the file if it is still `expected` (raises `FileChanged` otherwise)."""
         try:
             # fsync may take a while on a busy disk; the event loop keeps relaying streams meanwhile
-            await asyncio.to_thread(atomic_write, path, text)
+            written = await asyncio.to_thread(replace_if_unchanged, path, expected, text)
         except OSError as exc:
             raise ProxyError(f"cannot write the config file: {exc.strerror or exc}") from None
-        self._seen_stat = self._stat()  # our own write is not a change for the watcher
+        # Our own write is not a change for the watcher; the stat of what WE wrote, not of whatever
+        # is at the path now (an operator's save right after ours must still be seen).
+        self._seen_stat = (written.st_mtime_ns, written.st_size, written.st_ino)
 
-    def _install(self, config: Config, text: str) -> Config:
-        """Swap in `config`; returns the config it replaced."""
+    def _install(self, built: _Built) -> Config:
+        """Swap in a config built off the loop; returns the config it replaced. On the loop, under the lock."""
         previous = self._app[RUNTIME].current.config
-        runtime = Runtime.build(config)
-        swap_runtime(self._app, runtime)
+        swap_runtime(self._app, built.runtime)
         tracker = self._app.get(TRACKER)
         if tracker is not None:
-            tracker.update_settings(runtime.table.auto_disable_settings())
-        self._loaded_text = text
+            tracker.update_settings(built.settings)
+        self._loaded_text = self._seen_text = built.text
         self.last_error = None
         self.last_loaded_at = self._clock()
+        if (why := nothing_routes(built.config)) is not None:
+            log.warning("%s", why)
         return previous
 
     def _restart_fields(self, config: Config) -> list[str]:

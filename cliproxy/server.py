@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
-from .config import Config
+from .config import Config, nothing_routes
 from .errors import error_body
 from .keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
 from .logs import configure_logging
@@ -210,6 +210,8 @@ async def serve(config: Config) -> int:
     for vendor in config.vendors:
         if vendor.enabled and vendor.missing_key:
             log.warning("vendor %s is off: every api-key of it is empty (is its environment variable set?)", vendor.name)
+    if (why := nothing_routes(config)) is not None:
+        log.warning("%s", why)
     log.info("cliproxy listening on http://%s:%s", config.host, config.port)
     notify(f"READY=1\nSTATUS=listening on {config.host}:{config.port}")
 

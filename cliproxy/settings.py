@@ -44,6 +44,7 @@ __all__ = [
     "ENV_PATTERN",
     "LENIENT_NEEDED",
     "LenientConfig",
+    "MAX_ALIAS_EXPANSION",
     "expand_env",
     "load_config",
     "load_config_leniently",
@@ -428,9 +429,78 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     return [f"{path or '<root>'}: {messages}"]
 
 
+# ---------------------------------------------------------------------------------------------
+# Aliases: refused before they are expanded
+# ---------------------------------------------------------------------------------------------
+
+#: How many nodes YAML aliases (`*name`) may add to a document once expanded. Reusing an anchor for
+#: shared settings or a shared model list adds a few thousand; the "billion laughs" document of a few
+#: hundred bytes adds 10^9, and walking those froze the gateway for seconds.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _expanded_nodes(root: yaml.Node) -> tuple[int, int]:
+    """(nodes as written, nodes once every alias is expanded), counted over the composed graph, where an
+    alias is a second reference to the same node: linear in what is written, whatever it expands to.
+    Iterative, so a deep document cannot exhaust the stack here. Raises `_SelfReference` on a cycle."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in entered:  # reached again while its own children are being counted
+            raise _SelfReference()
+        entered.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return len(sizes), sizes[id(root)]
+
+
+class _SelfReference(Exception):
+    pass
+
+
+def _safe_load(text: str) -> Any:
+    """`yaml.safe_load`, refusing a document whose aliases would expand it past `MAX_ALIAS_EXPANSION`.
+
+    Composing does not expand aliases (each is one more reference to a node), constructing does not
+    either (Python objects are shared), but everything after the loader walks the tree as a tree. So
+    the expanded size is counted on the composed graph before anything is built.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            written, expanded = _expanded_nodes(node)
+        except _SelfReference:
+            raise ConfigError(["<root>: an alias (*name) refers to the node it is part of"]) from None
+        if expanded - written > MAX_ALIAS_EXPANSION:
+            raise ConfigError([
+                f"<root>: YAML aliases (*name) would expand the document from {written} to {expanded} nodes; "
+                f"at most {MAX_ALIAS_EXPANSION} more than written are allowed (an \"alias bomb\"?)"
+            ])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _load_yaml(text: str, source: str | None) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load(text)
+    except ConfigError as error:
+        raise ConfigError(error.problems, source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<root>"

@@ -17,12 +17,18 @@ An edit is `(path, value)`, the path walking mappings by key and lists by index:
   there is no mapping yet it is written as a new block or, replacing a scalar, as a flow mapping;
 - a list replaces the value with a flow sequence (`[429, "5xx"]`).
 
-Pure apart from `atomic_write`, which is the one function here touching the disk.
+Switching an entry on or off (`switch_edits`) writes the spelling the file already uses, and
+switching it back on removes the line that switched it off: the default is expressed by omission,
+so a disable and an enable give back the original bytes.
+
+Pure apart from the last section (`read_version`, `replace_if_unchanged`, `atomic_write`), the only
+functions here touching the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -38,14 +44,21 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .settings import ENV_PATTERN
 
 __all__ = [
+    "FileChanged",
+    "FileVersion",
     "MissingPath",
     "Path",
     "WritebackError",
     "atomic_write",
     "dump_scalar",
     "edit_yaml",
+    "current_version",
     "model_index",
     "model_path",
+    "read_version",
+    "replace_if_unchanged",
+    "switch_edits",
+    "switch_state",
     "vendor_enabled_edits",
     "vendor_index",
     "vendor_path",
@@ -66,6 +79,10 @@ class WritebackError(ValueError):
 
 class MissingPath(WritebackError):
     """The edit names a list index, vendor or model that the file does not have."""
+
+
+class FileChanged(Exception):
+    """The file on disk is no longer the version an edit was computed from: nothing was written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +429,73 @@ def vendor_enabled_edits(
     return [((*path, "enabled"), enabled)]
 
 
+def _entry(text: str, vendor_name: str, model_name: str | None, env: Mapping[str, str] | None) -> tuple[Path, MappingNode]:
+    """The path and node of a vendor's entry, or of one of its model entries (the text composed once)."""
+    env = os.environ if env is None else env
+    vendors = _vendors(_compose(text))
+    index = _named_index(vendors, vendor_name, "vendor", env)
+    assert isinstance(vendors, SequenceNode)
+    entry = vendors.value[index]
+    assert isinstance(entry, MappingNode)
+    path: Path = (VENDORS_KEY, index)
+    if model_name is None:
+        return path, entry
+    found = _find_key(entry, "models")
+    models = None if found is None else entry.value[found][1]
+    index = _named_index(models, model_name, f"model of vendor {vendor_name!r}", env)
+    assert isinstance(models, SequenceNode)
+    model = models.value[index]
+    assert isinstance(model, MappingNode)
+    return (*path, "models", index), model
+
+
+def _switch_key(entry: MappingNode, *, vendor: bool) -> str:
+    """The key that switches the entry: CLIProxyAPI's inverse `disabled:` where a vendor uses it, else `enabled:`."""
+    return "disabled" if vendor and _find_key(entry, "disabled") is not None else "enabled"
+
+
+def switch_state(text: str, vendor_name: str, model_name: str | None = None, *, env: Mapping[str, str] | None = None) -> bool | None:
+    """What the entry's switch line says: True for on in so many words (`enabled: true`, `disabled:
+    false`), False for off (or a value that is not a plain boolean), None when there is no such line."""
+    _, entry = _entry(text, vendor_name, model_name, env)
+    key = _switch_key(entry, vendor=model_name is None)
+    found = _find_key(entry, key)
+    if found is None:
+        return None
+    node = entry.value[found][1]
+    if not isinstance(node, ScalarNode) or node.style is not None:
+        return False
+    said = yaml.SafeLoader.bool_values.get(node.value.lower())
+    return said is (key == "enabled")
+
+
+def switch_edits(
+    text: str,
+    vendor_name: str,
+    model_name: str | None,
+    enabled: bool,
+    *,
+    keep_line: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> list[tuple[Path, Any]]:
+    """The edit that switches a vendor (`model_name` None) or one of its model entries on or off.
+
+    Off: `enabled: false`, or `disabled: true` where the vendor already uses CLIProxyAPI's spelling
+    (writing `enabled:` beside it would make the file invalid). On: the line that switched it off is
+    removed, since on is the default and the default is expressed by omission, so off-then-on gives
+    back the file's original bytes. `keep_line` (the file said `enabled: true` before the switch
+    off) writes the on-value instead. An entry already on by omission needs no edit.
+    """
+    path, entry = _entry(text, vendor_name, model_name, env)
+    key = _switch_key(entry, vendor=model_name is None)
+    present = _find_key(entry, key) is not None
+    if enabled and not present:
+        return []
+    if enabled and not keep_line:
+        return [((*path, key), None)]
+    return [((*path, key), enabled if key == "enabled" else not enabled)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing the file
 # ---------------------------------------------------------------------------------------------
@@ -492,3 +576,93 @@ def remove_leftover_temp_files(path: str | os.PathLike[str]) -> list[str]:
                 os.unlink(candidate)
                 removed.append(candidate)
     return removed
+# ---------------------------------------------------------------------------------------------
+# Compare-and-swap: never write over a version of the file that the edit was not computed from
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """What identifies one version of a file: where it lives (device, inode), its stat times and
+    size, and the SHA-256 of its bytes (stat times alone miss an in-place rewrite of the same size
+    within one timestamp tick on a coarse-grained filesystem)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+
+    @property
+    def stat_key(self) -> tuple[int, int, int, int, int]:
+        return (self.device, self.inode, self.size, self.mtime_ns, self.ctime_ns)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_version(path: str | os.PathLike[str]) -> tuple[str, FileVersion]:
+    """The file's text and its version, read so that the two belong together.
+
+    Raises `FileChanged` when the file changed while it was being read (an editor writing it in
+    place): the caller has no complete version to start from. `OSError`/`UnicodeDecodeError` as
+    reading does.
+    """
+    target = os.path.realpath(os.fspath(path))
+    with open(target, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    now = os.stat(target)  # renamed over meanwhile: the path no longer names what we read
+    if not (_stat_key(before) == _stat_key(after) == _stat_key(now)) or len(data) != before.st_size:
+        raise FileChanged(f"{target} changed while it was being read")
+    text = data.decode("utf-8")
+    return text, FileVersion(*_stat_key(before), hashlib.sha256(data).hexdigest())
+
+
+def current_version(path: str | os.PathLike[str]) -> FileVersion | None:
+    """The version the file at `path` has now (None when it is missing)."""
+    try:
+        return read_version(path)[1]
+    except FileNotFoundError:
+        return None
+    except FileChanged:
+        # Being written right now: a version no caller can have read, so it matches none.
+        return FileVersion(-1, -1, -1, -1, -1, "")
+
+
+def replace_if_unchanged(path: str | os.PathLike[str], expected: FileVersion | None, text: str) -> os.stat_result:
+    """`atomic_write`, but only when the file is still `expected` (None: still missing) at the rename.
+
+    Returns the stat of the file written (its inode, size and mtime stay the same through the rename).
+
+    Raises `FileChanged` (the file untouched, the temporary file removed) when someone else wrote
+    the file after `expected` was read: an operator's save is never overwritten by a write computed
+    from the text before it.
+
+    The remaining window is between the last comparison and `os.replace`, both in this thread
+    (microseconds: one stat, one read of the file, one rename). Callers hold the config manager's
+    lock, so no write of ours races it; only another process can. A save that lands in that window
+    is lost: a writer that renames its file into place has it replaced by ours, and one that writes
+    in place (truncate, write) writes into the inode we just unlinked. POSIX has no
+    rename-if-unchanged, and editors take no lock we could share, so the window cannot be closed
+    from here without a moment where the file is missing (rename away, check, link in), which would
+    break every reader. It is accepted: it is thousands of times narrower than the
+    read-edit-validate-write span it replaces (hundreds of milliseconds for a large file), and an
+    operator save is a rare, human-paced event.
+    """
+    target = os.path.realpath(os.fspath(path))
+    temp = _write_temp(target, text)  # the slow part (write, fsync) before the comparison
+    try:
+        written = os.stat(temp)
+        if current_version(target) != expected:
+            raise FileChanged(f"{target} changed since it was read")
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_directory(os.path.dirname(target))
+    return written

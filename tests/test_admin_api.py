@@ -492,15 +492,15 @@ openai-compatibility:
         rows = (await a.get("/api/models/disabled")).json["disabled"]
         assert [(r["model"], r["source"]) for r in rows] == [("qwen2.5:7b", "model-config")]
 
-    async def test_enable_writes_true_back_and_clears_the_tracker(self, admin, upstreams, tmp_path, monkeypatch):
-        a, _ = await self._start(admin, upstreams, tmp_path, monkeypatch)
+    async def test_enable_removes_the_off_line_and_clears_the_tracker(self, admin, upstreams, tmp_path, monkeypatch):
+        a, before = await self._start(admin, upstreams, tmp_path, monkeypatch)
         await a.post("/api/models/qwen/disable")
         await a.post("/api/models/qwen/disable", json={"duration_seconds": 600})
         reply = await a.post("/api/models/qwen/enable")
         assert reply.status == 200
         [pair] = reply.json["pairs"]
         assert pair["enabled"] is True and pair["config_enabled"] is True and pair["manual_disable"] is None
-        assert "enabled: true" in a.file()
+        assert a.file() == before  # on is the default, written by omission: the file is back to its bytes
         assert (await a.get("/api/models/disabled")).json["disabled"] == []
         kinds = [e.kind for e in await a.events()]
         assert "manual-enable" in kinds and "enabled" in kinds
@@ -691,7 +691,8 @@ class TestVendors:
         assert (await a.get("/api/vendors")).json["vendors"][0]["enabled"] is False
         reply = await a.patch("/api/vendors/a", json={"enabled": True})
         assert reply.status == 200 and reply.json["enabled"] is True
-        assert "disabled: false" in a.file() and "enabled:" not in a.file()
+        # on is the default: the operator's `disabled: true` line goes, and no `enabled:` is added beside it
+        assert "disabled" not in a.file() and "enabled:" not in a.file()
         assert (await a.chat()).status == 200
 
     async def test_patch_unknown_vendor_or_model_is_404_and_empty_body_400(self, admin, upstreams):

@@ -12,10 +12,12 @@ import copy
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, fields
@@ -241,6 +243,10 @@ CHECK_CONFIG_FILES = {
     "not_a_mapping": "- a\n- b\n",
     "unknown_keys": "prot: 1\nopenai-compatibility: [{nmae: a, base-url: 'http://x'}]\n",
     "unset_variable": "port: ${NOT_SET_IN_THIS_ENV}\n",
+    "alias_bomb": "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+        for prev, name in zip([None, *"abcdefgh"], "abcdefghi")
+    ),
 }
 
 
@@ -273,3 +279,29 @@ class TestCheckConfigCommand:
                 if proc.poll() is None:
                     proc.kill()
                     proc.communicate()
+
+
+class TestAliasExpansion:
+    """YAML aliases are counted on the composed graph and refused past the bound, before anything walks them."""
+
+    def test_billion_laughs_is_refused_at_once_naming_the_problem(self):
+        began = time.monotonic()
+        with pytest.raises(ConfigError) as caught:
+            parse_config(CHECK_CONFIG_FILES["alias_bomb"], env={}, source="bomb.yaml")
+        assert time.monotonic() - began < 1.0
+        [problem] = caught.value.problems
+        assert problem.startswith("<root>: YAML aliases (*name) would expand the document from ")
+        assert "alias bomb" in problem and caught.value.source == "bomb.yaml"
+
+    def test_anchors_reused_within_the_bound_still_load(self):
+        models = "\n".join(f"  - {{name: m{i}}}" for i in range(500))
+        text = f"openai-compatibility:\n  - name: v0\n    base-url: 'http://127.0.0.1:9/v1'\n    models: &models\n{models.replace('  - ', '      - ')}\n"
+        text += "".join(f"  - {{name: v{i}, base-url: 'http://127.0.0.1:9/v1', models: *models}}\n" for i in range(1, 20))
+        config = parse_config(text, env={})
+        assert sum(len(v.models) for v in config.vendors) == 20 * 500
+
+    def test_an_alias_inside_its_own_anchor_is_refused(self):
+        for text in ("a: &x [*x]\n", "a: &x {b: *x}\n"):
+            with pytest.raises(ConfigError) as caught:
+                parse_config(text, env={})
+            assert caught.value.problems == ["<root>: an alias (*name) refers to the node it is part of"]

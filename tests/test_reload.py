@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,11 +23,12 @@ import yaml
 from cliproxy.app import create_app
 from cliproxy.errors import InvalidRequest, NotFound
 from cliproxy.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
-from cliproxy.reload import ConfigManager, ConfigRejected, NoConfigFile
+from cliproxy.reload import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
 from cliproxy.settings import load_config
-from cliproxy.writeback import model_path, vendor_enabled_edits
+from cliproxy.writeback import atomic_write, model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
 from tests.conftest import Gateway, vendor
+from tests.processes import GatewayProcess, free_port
 from tests.test_writeback import changed_lines
 
 PAIR = ("v", "m")
@@ -414,3 +421,412 @@ class TestReplaceText:
         assert len(caught.value.problems) == 2
         assert files.path.read_text() == before
         assert await events(gw, "config-reloaded") == []
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def backdate(path: Path, seconds: float = 60.0) -> None:
+    """Make a file look saved a while ago (it has held still: no settle wait)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def three_vendors(url: str) -> dict[str, Any]:
+    return {"openai-compatibility": [vendor("v", url, ["m"]), vendor("w", url, ["n"]), vendor("x", url, ["o"])]}
+
+
+class TestOperatorsFileWins:
+    """An API change never saves a half-written file and never overwrites an operator's save (issue 11)."""
+
+    async def test_a_file_cut_by_an_editor_mid_save_is_not_saved(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        whole = files.path.read_text()
+        cut = whole[: whole.index("- name: w")]  # in-place rewrite caught after vendor v: valid YAML, valid config
+        files.path.write_text(cut)
+        running = gw.app[RUNTIME].current
+
+        async def editor_finishes() -> None:
+            await asyncio.sleep(0.1)
+            with open(files.path, "a") as handle:
+                handle.write(whole[len(cut):])
+
+        finishing = asyncio.create_task(editor_finishes())
+        with pytest.raises(ConfigChanged) as caught:
+            await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed")
+        await finishing
+        assert caught.value.status == 409 and caught.value.code == "config_changed"
+        assert files.path.read_text() == whole and gw.app[RUNTIME].current is running
+        assert await events(gw, "vendor-changed") == []
+        # retried once the save is whole: every vendor is still there
+        backdate(files.path)
+        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed")
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", False), ("w", True), ("x", True)]
+
+    async def test_a_file_still_being_written_gives_409_and_loses_nothing(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        writing = True
+
+        async def editor() -> None:
+            n = 0
+            while writing:
+                with open(files.path, "a") as handle:
+                    handle.write(f"# line {n}\n")
+                n += 1
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(editor())
+        try:
+            with pytest.raises(ConfigChanged):
+                await manager(gw).apply_edits([(("openai-compatibility", 0, "enabled"), False)], actor="x", kind="vendor-changed")
+        finally:
+            writing = False
+            await task
+        text = files.path.read_text()
+        assert "enabled: false" not in text and "# line 0\n" in text
+        assert gw.app[RUNTIME].current.config.vendors[0].enabled is True
+
+    async def test_a_changed_file_that_does_not_validate_gives_409(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        whole = files.path.read_text()
+        cut = whole[: whole.index("base-url", whole.index("- name: w"))]  # vendor w has no base-url yet
+        files.path.write_text(cut)
+        backdate(files.path)
+        with pytest.raises(ConfigChanged) as caught:
+            await manager(gw).apply_edits([(("port",), 9000)], actor="x", kind="vendor-changed")
+        assert "base-url" in caught.value.message and "sk-" not in caught.value.message
+        assert files.path.read_text() == cut
+        assert [v.name for v in gw.app[RUNTIME].current.config.vendors] == ["v", "w", "x"]
+
+    async def test_a_changed_complete_file_is_loaded_first_then_edited(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write(three_vendors(up.url))  # the operator added two vendors; the watcher has not run yet
+        operator = files.path.read_text()
+        backdate(files.path)
+        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "x", False), actor="x", kind="vendor-changed")
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", True), ("w", True), ("x", False)]
+        assert changed_lines(operator, files.path.read_text()) == ([], ["  enabled: false"])
+        [reloaded] = await events(gw, "config-reloaded")
+        assert reloaded.detail["reason"] == "file-changed" and reloaded.detail["vendors_added"] == ["w", "x"]
+
+    async def test_a_save_between_read_and_rename_is_kept_and_the_edit_redone_on_it(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        operator = files.path.read_text().replace("- name: x", "- name: y")
+        calls: list[str] = []
+
+        def edits(text: str) -> Any:
+            calls.append(text)
+            if len(calls) == 1:  # the operator's editor saves while the API computes its edit
+                atomic_write(files.path, operator)
+                backdate(files.path)
+            return vendor_enabled_edits(text, "v", False)
+
+        config = await manager(gw).apply_edits(edits, actor="x", kind="vendor-changed")
+        assert calls[1] == operator
+        assert changed_lines(operator, files.path.read_text()) == ([], ["  enabled: false"])
+        assert [(v.name, v.enabled) for v in config.vendors] == [("v", False), ("w", True), ("y", True)]
+
+    async def test_an_operator_saving_at_every_attempt_gets_409_and_keeps_the_last_save(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start(three_vendors(up.url))
+        saves: list[str] = []
+
+        def edits(text: str) -> Any:
+            saves.append(text.replace("port", "port") + f"# save {len(saves)}\n")
+            atomic_write(files.path, saves[-1])
+            backdate(files.path)
+            return vendor_enabled_edits(text, "v", False)
+
+        with pytest.raises(ConfigChanged):
+            await manager(gw).apply_edits(edits, actor="x", kind="vendor-changed")
+        assert files.path.read_text() == saves[-1] and len(saves) == 2
+        assert await events(gw, "vendor-changed") == []
+
+    async def test_put_refused_while_an_operators_save_is_not_loaded(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.write(three_vendors(up.url))
+        operator = files.path.read_text()
+        put = f"database: {files.database}\nopenai-compatibility: []\n"
+        with pytest.raises(ConfigChanged):
+            await manager(gw).replace_text(put, actor="x")
+        assert files.path.read_text() == operator
+        assert await manager(gw).reload(reason="test") is True
+        await manager(gw).replace_text(put, actor="x")  # the PUT now replaces what was read
+        assert files.path.read_text() == put
+
+    async def test_put_refused_when_a_save_lands_before_its_rename(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        operator = files.path.read_text() + "# the operator's note\n"
+
+        def operator_saves(config: Any) -> None:  # runs after validation, before the write
+            atomic_write(files.path, operator)
+
+        with pytest.raises(ConfigChanged):
+            await manager(gw).replace_text(f"database: {files.database}\n", actor="x", check=operator_saves)
+        assert files.path.read_text() == operator
+        assert await events(gw, "config-reloaded") == []
+
+    async def test_the_api_answers_409_openai_shaped(self, start, files, upstreams):
+        up = await upstreams()
+        key = "mgmt-key-409-test-0001"
+        data = {"remote-management": {"secret-key": key}, **three_vendors(up.url)}
+        gw = await start(data)
+        files.write({**data, "port": "not a port"})  # the operator's save, not valid
+        backdate(files.path)
+        broken = files.path.read_text()
+        headers = {"Authorization": f"Bearer {key}"}
+        for method, path, body in (
+            ("PATCH", "/api/vendors/v", {"json": {"enabled": False}}),
+            ("POST", "/api/models/m/disable", {}),
+            ("PUT", "/api/config.yaml", {"data": broken.replace("not a port", "8318")}),
+        ):
+            resp = await gw.client.request(method, path, headers=headers, **body)
+            payload = await resp.json()
+            assert resp.status == 409, (path, payload)
+            assert payload["error"]["code"] == "config_changed" and payload["error"]["type"] == "invalid_request_error"
+            assert key not in json.dumps(payload)
+        assert files.path.read_text() == broken
+
+    async def test_a_missing_file_is_not_a_base_for_an_edit_but_may_be_put_back(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        original = files.path.read_text()
+        files.path.unlink()
+        with pytest.raises(ConfigChanged):
+            await manager(gw).apply_edits([(("port",), 9000)], actor="x", kind="vendor-changed")
+        assert not files.path.exists() and [v.name for v in gw.app[RUNTIME].current.config.vendors] == ["v"]
+        with pytest.raises(ConfigChanged):  # not yet seen missing: the file may be mid-replace
+            await manager(gw).replace_text(original, actor="x")
+        assert await manager(gw).reload(reason="test") is False
+        await manager(gw).replace_text(original, actor="x")
+        assert files.path.read_text() == original
+
+    async def test_put_may_replace_a_file_that_was_read_and_rejected(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        files.path.write_text("port: [\n")
+        assert await manager(gw).reload(reason="test") is False
+        fixed = f"database: {files.database}\n"
+        await manager(gw).replace_text(fixed, actor="x")
+        assert files.path.read_text() == fixed and manager(gw).last_error is None
+
+
+class TestAliasBomb:
+    """A document whose aliases expand past the bound is refused before it is expanded, everywhere."""
+
+    async def test_put_and_reload_refuse_the_billion_laughs(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        before = files.path.read_text()
+        began = time.monotonic()
+        with pytest.raises(ConfigRejected) as caught:
+            await manager(gw).replace_text(BILLION_LAUGHS, actor="x")
+        [problem] = caught.value.problems
+        assert "aliases" in problem and "alias bomb" in problem
+        assert files.path.read_text() == before
+        files.path.write_text(BILLION_LAUGHS)
+        assert await manager(gw).reload(reason="test") is False
+        assert manager(gw).last_error == [problem]
+        assert time.monotonic() - began < 2.0  # refused, not expanded (expanding takes minutes)
+        assert await chat(gw) == 200
+
+
+class TestSwitchingBackOn:
+    """Switching a vendor or a model back on through the API gives the file back byte for byte."""
+
+    async def test_off_then_on_returns_the_original_bytes(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [
+            vendor("v", up.url, ["m", {"name": "n", "enabled": True}]), vendor("w", up.url, ["o"], enabled=True),
+            vendor("x", up.url, ["p"], disabled=False),
+        ]})
+        mgr = manager(gw)
+        original = files.path.read_text()
+        for name, model in (("v", None), ("v", "m"), ("v", "n"), ("w", None), ("x", None)):
+            await mgr.apply_edits(mgr.switch(name, model, False), actor="x", kind="vendor-changed")
+            assert files.path.read_text() != original
+            await mgr.apply_edits(mgr.switch(name, model, True), actor="x", kind="vendor-changed")
+            assert files.path.read_text() == original, (name, model)
+
+    async def test_an_explicit_on_line_survives_a_second_switch_off_and_a_redone_switch_on(self, start, files, upstreams):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=True)]})
+        mgr = manager(gw)
+        original = files.path.read_text()
+        await mgr.apply_edits(mgr.switch("v", None, False), actor="x", kind="vendor-changed")
+        await mgr.apply_edits(mgr.switch("v", None, False), actor="x", kind="vendor-changed")  # already off
+        switch_on = mgr.switch("v", None, True)
+        saved = False
+
+        def edits(text: str) -> Any:
+            nonlocal saved
+            if not saved:  # an operator's save lands meanwhile: the switch is computed twice
+                saved = True
+                atomic_write(files.path, text + "# note\n")
+                backdate(files.path)
+            return switch_on(text)
+
+        await mgr.apply_edits(edits, actor="x", kind="vendor-changed")
+        assert files.path.read_text() == original + "# note\n"
+
+
+class TestNothingRoutesWarning:
+    """A config in which no vendor is on is loaded, with a warning saying every request gets 503."""
+
+    async def test_reload_warns_when_every_vendor_is_off(self, start, files, upstreams, caplog):
+        up = await upstreams()
+        gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        caplog.set_level(logging.WARNING, logger="cliproxy.reload")
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=False)]})
+        assert await manager(gw).reload(reason="test") is True
+        assert any("every vendor is switched off" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        files.write({"openai-compatibility": []})
+        assert await manager(gw).reload(reason="test") is True
+        assert any("no vendor is configured" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        files.write({"openai-compatibility": [vendor("v", up.url, ["m"])]})
+        assert await manager(gw).reload(reason="test") is True
+        assert not [r for r in caplog.records if "503" in r.getMessage()]
+
+    async def test_start_up_warns_when_every_vendor_is_off(self, tmp_path):
+        gw = GatewayProcess(tmp_path, {"openai-compatibility": [
+            vendor("v", "http://127.0.0.1:9/v1", ["m"], enabled=False),
+            {**vendor("w", "http://127.0.0.1:9/v1", ["n"]), "api-key-entries": [{"api-key": "${UNSET_IN_THIS_TEST:-}"}]},
+        ]})
+        gw.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "listening" not in gw.log():
+                assert time.monotonic() < deadline, gw.log()
+                await asyncio.sleep(0.05)
+        finally:
+            assert gw.stop() == 0
+        assert "every vendor is switched off" in gw.log()
+
+
+MGMT = "mgmt-key-for-the-big-config-test"
+BIG_VENDORS, BIG_MODELS = 100, 100  # 10,000 pairs
+STREAM_CHUNKS, CHUNK_DELAY = 500, 0.02  # a 10 s stream paced at 20 ms
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the process exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def paced_upstream() -> Any:
+    """`cliproxy fake-upstream` in its own process: every stream is STREAM_CHUNKS chunks, CHUNK_DELAY apart."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cliproxy.cli", "fake-upstream", "--port", str(port),
+         "--chunks", str(STREAM_CHUNKS), "--chunk-delay", str(CHUNK_DELAY)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_listening(port, process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+class TestLargeConfigOffTheLoop:
+    """With 10,000 pairs, a PATCH and a reload run off the event loop: streams and /healthz do not stall."""
+
+    async def test_streams_and_healthz_keep_flowing_during_a_patch_and_a_reload(self, tmp_path, paced_upstream):
+        import aiohttp
+
+        gw = GatewayProcess(tmp_path, {
+            "remote-management": {"secret-key": MGMT},
+            "openai-compatibility": [
+                {"name": f"v{i}", "base-url": paced_upstream, "models": [{"name": f"m{j}"} for j in range(BIG_MODELS)]}
+                for i in range(BIG_VENDORS)
+            ],
+        })
+        gw.start(timeout=60)
+        auth = {"Authorization": f"Bearer {MGMT}"}
+        chunk_times: list[float] = []
+        health_latencies: list[float] = []
+        streaming = asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def stream() -> None:
+                    body = {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+                    async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+                        assert resp.status == 200
+                        async for line in resp.content:
+                            if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                                chunk_times.append(time.monotonic())
+                                streaming.set()
+
+                async def healthz() -> None:
+                    while True:
+                        began = time.monotonic()
+                        async with session.get(gw.url + "/healthz") as resp:
+                            assert resp.status == 200
+                            await resp.read()
+                        health_latencies.append(time.monotonic() - began)
+                        await asyncio.sleep(0.02)
+
+                async def reloads() -> int:
+                    async with session.get(gw.url + "/api/events?kind=config-reloaded&limit=1000", headers=auth) as resp:
+                        assert resp.status == 200
+                        return len((await resp.json())["events"])
+
+                streamer = asyncio.create_task(stream())
+                poller = asyncio.create_task(healthz())
+                await asyncio.wait_for(streaming.wait(), 10)
+                began = time.monotonic()
+                async with session.patch(gw.url + "/api/vendors/v50/models/m7", json={"enabled": False}, headers=auth) as resp:
+                    assert resp.status == 200, await resp.text()
+                patched = time.monotonic()
+                text = gw.config_path.read_text()
+                await asyncio.to_thread(gw.config_path.write_text, text + "# edited by hand\n")
+                deadline = time.monotonic() + 20
+                while await reloads() == 0:
+                    assert time.monotonic() < deadline, "the edit on disk was not reloaded"
+                    await asyncio.sleep(0.1)
+                reloaded = time.monotonic()
+                await streamer
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+        finally:
+            gw.stop()
+        assert reloaded < chunk_times[-1], "the PATCH and the reload must both happen while the stream flows"
+        gaps = [b - a for a, b in zip(chunk_times, chunk_times[1:])]
+        print(
+            f"\nPATCH {patched - began:.2f}s, reload seen after {reloaded - patched:.2f}s; {len(chunk_times)} chunks, "
+            f"largest gap {max(gaps) * 1000:.0f} ms; {len(health_latencies)} /healthz, slowest {max(health_latencies) * 1000:.0f} ms"
+        )
+        assert len(chunk_times) == STREAM_CHUNKS
+        assert max(gaps) < 0.100
+        assert max(health_latencies) < 0.100
+        assert "enabled: false" in gw.config_path.read_text()

@@ -16,6 +16,7 @@ import yaml
 
 from cliproxy.settings import load_config, parse_config
 from cliproxy.writeback import (
+    FileChanged,
     MissingPath,
     WritebackError,
     _write_temp,
@@ -24,6 +25,10 @@ from cliproxy.writeback import (
     edit_yaml,
     model_index,
     model_path,
+    read_version,
+    replace_if_unchanged,
+    switch_edits,
+    switch_state,
     vendor_enabled_edits,
     vendor_index,
     vendor_path,
@@ -375,3 +380,92 @@ class TestAtomicWrite:
         assert load_config(target, env=ENV) == parse(CONFIG)
         leftovers = [p for p in tmp_path.iterdir() if p.name != "config.yaml"]
         assert len(leftovers) == 1 and leftovers[0].read_text() == "port: 9000\n" * 1000  # whole, never renamed
+
+
+SWITCHES = textwrap.dedent(
+    """\
+    openai-compatibility:
+      - name: plain        # no switch line
+        base-url: http://127.0.0.1:1/v1
+        models:
+          - name: m1
+          - name: m2
+            enabled: true   # written by the operator
+      - name: legacy
+        base-url: http://127.0.0.1:2/v1
+        disabled: false    # CLIProxyAPI's spelling
+        models: [{name: m3}]
+      - name: shut
+        base-url: http://127.0.0.1:3/v1
+        disabled: true
+        models: [{name: m4}]
+    """
+)
+
+
+class TestSwitchEdits:
+    """Off writes the switch in the file's spelling; on removes the off line again (unless the file said on)."""
+
+    def switched(self, text, vendor, model, enabled, **kw):
+        return edit_yaml(text, switch_edits(text, vendor, model, enabled, **kw))
+
+    def test_off_then_on_gives_back_the_original_bytes(self):
+        for vendor, model in (("plain", None), ("plain", "m1")):
+            off = self.switched(SWITCHES, vendor, model, False)
+            assert changed_lines(SWITCHES, off)[0] == [] and len(changed_lines(SWITCHES, off)[1]) == 1
+            assert self.switched(off, vendor, model, True) == SWITCHES
+
+    def test_an_explicit_on_line_is_written_back_when_asked_to_keep_it(self):
+        assert switch_state(SWITCHES, "plain", "m2") is True and switch_state(SWITCHES, "plain", "m1") is None
+        assert switch_state(SWITCHES, "legacy") is True and switch_state(SWITCHES, "shut") is False
+        for vendor, model in (("plain", "m2"), ("legacy", None)):
+            off = self.switched(SWITCHES, vendor, model, False)
+            assert parse(off) != parse(SWITCHES)
+            assert self.switched(off, vendor, model, True, keep_line=True) == SWITCHES
+            assert self.switched(off, vendor, model, True) != SWITCHES  # removed: on by omission
+
+    def test_cliproxyapi_disabled_true_is_removed_when_switched_on(self):
+        on = self.switched(SWITCHES, "shut", None, True)
+        assert changed_lines(SWITCHES, on) == (["    disabled: true"], [])
+        assert [v.enabled for v in parse(on).vendors] == [True, True, True]
+        assert switch_edits(on, "plain", "m1", True) == []  # already on by omission: nothing to write
+
+
+class TestCompareAndSwap:
+    """`replace_if_unchanged` writes only over the version its text was computed from."""
+
+    def test_unchanged_file_is_replaced(self, tmp_path):
+        target = tmp_path / "config.yaml"
+        target.write_text(CONFIG)
+        text, version = read_version(target)
+        assert text == CONFIG
+        replace_if_unchanged(target, version, "port: 2\n")
+        assert target.read_text() == "port: 2\n"
+
+    def test_a_save_renamed_into_place_meanwhile_is_kept(self, tmp_path):
+        target = tmp_path / "config.yaml"
+        target.write_text(CONFIG)
+        _, version = read_version(target)
+        atomic_write(target, "port: 7\n")  # the operator's editor saves (temp + rename)
+        with pytest.raises(FileChanged):
+            replace_if_unchanged(target, version, "port: 2\n")
+        assert target.read_text() == "port: 7\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # the temporary file is gone
+
+    def test_a_same_size_rewrite_in_place_within_one_timestamp_is_kept(self, tmp_path):
+        target = tmp_path / "config.yaml"
+        target.write_text("port: 1\n")
+        _, version = read_version(target)
+        with open(target, "r+") as handle:  # same inode, same size
+            handle.write("port: 9\n")
+        os.utime(target, ns=(version.mtime_ns, version.mtime_ns))  # a coarse clock: same mtime
+        with pytest.raises(FileChanged):
+            replace_if_unchanged(target, version, "port: 2\n")
+        assert target.read_text() == "port: 9\n"
+
+    def test_a_file_created_meanwhile_is_kept(self, tmp_path):
+        target = tmp_path / "config.yaml"
+        target.write_text("port: 5\n")
+        with pytest.raises(FileChanged):
+            replace_if_unchanged(target, None, "port: 2\n")  # computed when there was no file
+        assert target.read_text() == "port: 5\n"

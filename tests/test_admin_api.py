@@ -526,9 +526,11 @@ openai-compatibility:
         rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
         assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (format_timestamp(event.at), "127.0.0.1")
         assert (rows["other"]["disabled_at"], rows["other"]["actor"]) == (format_timestamp(model_changed.at), "127.0.0.1")
-        # Switched back on through the API, then off again by hand: no event did that.
+        both_off = a.file()
+        # Switched back on through the API (which removes the off line), then off again by hand: no event did that.
         assert (await a.post("/api/models/qwen/enable")).status == 200
-        a.config_path.write_text(a.file().replace("enabled: true", "enabled: false"))
+        assert a.file() != both_off
+        a.config_path.write_text(both_off)
         assert await a.app[CONFIG_MANAGER].reload(reason="test")
         rows = {r["model"]: r for r in (await a.get("/api/models/disabled")).json["disabled"]}
         assert (rows["qwen2.5:7b"]["disabled_at"], rows["qwen2.5:7b"]["actor"]) == (None, None)

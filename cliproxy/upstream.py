@@ -320,11 +320,17 @@ async def relay(
         sink.record_outcome(pair.key, CLIENT_WRITE_TIMEOUT)
         info.outcomes.append(CLIENT_WRITE_TIMEOUT.reason)
         return client
-    except (asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except asyncio.CancelledError:
         upstream.close()
         sink.record_outcome(pair.key, CLIENT_DISCONNECT)
         info.outcomes.append(CLIENT_DISCONNECT.reason)
         raise
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client reset the connection
+        # Answered, not raised: raised, aiohttp logs an ERROR with a traceback for each such client.
+        upstream.close()
+        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
+        info.outcomes.append(CLIENT_DISCONNECT.reason)
+        return client
     sink.record_outcome(pair.key, outcome)
     info.outcomes.append(outcome.reason)
     return client

@@ -28,6 +28,7 @@ import json
 import signal
 import socket
 import sqlite3
+import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -666,6 +667,61 @@ class TestSlowAndIdleClients:
         assert [(p["enabled"], p["failure_count"]) for p in body["pairs"]] == [(True, 0)], body
         assert _disabled_events(tmp_path / "cliproxy.db") == []
         assert "client_write_timeout" in gw.log()
+
+    async def test_300_slowloris_connections_hold_nothing_past_the_header_timeout(self, tmp_path, processes) -> None:
+        gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
+        baseline = gw.open_descriptors()
+        head = _keepalive_chat()[:-len(CHAT) - 2]
+        slow = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(300)]
+        started = time.monotonic()
+        await _until(lambda: gw.open_descriptors() >= baseline + 300, "the gateway to hold the 300 connections")
+        # Each keeps dripping a header byte every 200 ms, as a slowloris does to stay alive.
+        byte = 0
+        while time.monotonic() - started < 4:
+            for reader, writer in slow:
+                if not reader.at_eof():
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(head[byte:byte + 1])
+            byte += 1
+            await asyncio.sleep(0.2)
+        await _until(lambda: gw.open_descriptors() <= baseline + 2, "the slow connections to be closed", timeout=10)
+        async with asyncio.timeout(5):
+            for reader, writer in slow:
+                with contextlib.suppress(ConnectionError):
+                    assert await reader.read() == b""  # closed without an answer
+                writer.close()
+        async with aiohttp.ClientSession() as session, session.get(gw.url + "/v1/models") as resp:
+            assert resp.status == 200
+
+    @pytest.mark.parametrize("stream", [True, False])
+    async def test_a_client_that_resets_right_after_sending_is_an_info_line(self, tmp_path, processes, upstreams, stream) -> None:
+        up = await upstreams()
+        gw = _start(processes, tmp_path, {
+            **_management(), "auto-disable": {"failure-threshold": 1},
+            "openai-compatibility": [vendor("a", up.url, ["m"])],
+        })
+        body = json.dumps({**CHAT_JSON, "stream": stream}).encode()
+        resets = 0
+        for delay in (0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.03):  # the race is narrow: many tries
+            for _ in range(16):
+                sock = socket.create_connection(("127.0.0.1", gw.port))
+                sock.sendall(_keepalive_chat(body))
+                if delay:
+                    await asyncio.sleep(delay)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                sock.close()
+                resets += 1
+        await _until(lambda: gw.log().count("cliproxy.access") >= resets, "an access line per reset request")
+        log = gw.log()
+        assert "Traceback" not in log and " ERROR " not in log, log
+        assert all(" INFO " in line for line in log.splitlines() if "cliproxy.access" in line)
+        async with aiohttp.ClientSession() as session:
+            status, answer, _ = await api(session, gw, "GET", "/api/models/m/status")
+        assert [(p["enabled"], p["failure_count"]) for p in answer["pairs"]] == [(True, 0)], answer
+        assert _disabled_events(tmp_path / "cliproxy.db") == []
+
+
+# =============================================================================================
 # Headers at the edge
 # =============================================================================================
 

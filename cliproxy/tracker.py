@@ -249,7 +249,7 @@ class FailureTracker(OutcomeSink):
             return None
         now = self._clock()
         manual = self._manual.get(pair)
-        if manual is not None and self._manual_in_force(manual, now):
+        if manual is not None and self._in_force(manual, now):
             return "manual"
         state = self._states.get(pair)
         return "auto" if state is not None and failures.is_disabled(state, now) else None

@@ -234,7 +234,10 @@ class TestInstalledWheel:
             }))
             migrate = subprocess.run([cliproxy, "migrate", "--config", "small.yaml"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
             assert (migrate.returncode, migrate.stderr) == (0, "")
-            assert migrate.stdout == f"{tmp_path / 'state' / 'small.db'}: applied 0001_initial.sql\n"
+            shipped = sorted(p.name for p in (ROOT / "cliproxy" / "migrations").glob("*.sql"))
+            db = tmp_path / "state" / "small.db"
+            assert migrate.stdout == "".join(f"{db}: applied {name}\n" for name in shipped)
+            assert shipped[0] == "0001_initial.sql"
             gateway = spawn([cliproxy, "serve", "--config", "small.yaml"], gateway_log, env=env, cwd=tmp_path)
             answer = post_when_up(f"http://127.0.0.1:{gateway_port}/v1/chat/completions", gateway, gateway_log,
                                   {"model": "chat", "messages": [{"role": "user", "content": "hello"}]}, key="k")

@@ -11,23 +11,27 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from . import admin_api, health, proxy_api
-from .admin_auth import Lockout, management_auth_middleware
-from .browser_guard import browser_guard_middleware, cors_response_headers
-from .config import Config
-from .errors import ProxyError, error_body
-from .events import OutcomeSink
-from .inflight import InFlight
-from .keys import (
+from cliproxy.web import admin_api
+
+from cliproxy.web import health
+
+from cliproxy.web import proxy_api
+from cliproxy.web.admin_auth import Lockout, management_auth_middleware
+from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
+from cliproxy.core.config import Config
+from cliproxy.core.errors import ProxyError, error_body
+from cliproxy.core.events import OutcomeSink
+from cliproxy.web.inflight import InFlight
+from cliproxy.web.keys import (
     ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
 )
-from .logs import access_middleware, stamp_response
-from .metrics import Metrics
-from .overload import OverloadLog
-from .reload import ConfigManager
-from .runtime import LiveRuntime, Runtime
-from .store import SQLiteStore
-from .tracker import FailureTracker
+from cliproxy.web.logs import access_middleware, stamp_response
+from cliproxy.web.metrics import Metrics
+from cliproxy.web.overload import OverloadLog
+from cliproxy.services.config_manager import ConfigManager
+from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.services.store import SQLiteStore
+from cliproxy.services.tracker import FailureTracker
 
 __all__ = ["create_app", "error_middleware"]
 
@@ -125,7 +129,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[METRICS] = Metrics()
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
-    app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.admin_auth)
+    app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.web.admin_auth)
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
     app.on_cleanup.append(_close_overload_log)
     app[IN_FLIGHT] = InFlight()  # what a shutdown waits for, then cuts (cliproxy.server)

@@ -11,7 +11,7 @@
     backup         a consistent copy of the database, safe while the server runs
 
 `status` and `history` open the database read-only, so they work with the server stopped or
-running. Formatting and state rules live in `cliproxy.operator` (pure); this module does the I/O.
+running. Formatting and state rules live in `cliproxy.cli_views` (pure); this module does the I/O.
 
 Exit codes: 0 success; 1 the operation failed (database unreadable for status/history, server not
 running or refused the call, port in use, database busy); 2 usage or configuration errors; 3 the
@@ -37,12 +37,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
-from . import operator
-from .config import Config
-from .events import EventKind
-from .routing import RoutingTable
-from .settings import ConfigError, LenientConfig, load_config, load_config_leniently
-from .store import (
+from cliproxy import cli_views
+from cliproxy.core.config import Config
+from cliproxy.core.events import EventKind
+from cliproxy.core.routing import RoutingTable
+from cliproxy.services.config_loader import ConfigError, LenientConfig, load_config, load_config_leniently
+from cliproxy.services.store import (
     MigrationError,
     apply_migrations,
     backup,
@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("serve", str(exc), _database_fault_status(exc))
     except (sqlite3.Error, OSError) as exc:
         return _fail("serve", f"cannot open database {db}: {exc}", _database_fault_status(exc))
-    from .server import serve
+    from cliproxy.server import serve
 
     return asyncio.run(serve(config))
 
@@ -222,22 +222,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         disabled = []
         notes.append(f"no database at {db}: nothing is disabled (the server creates it at start-up)")
     unset_keys = {v.name: loaded.unset_key_variables(i) for i, v in enumerate(config.vendors)}
-    configured, orphans = operator.pair_statuses(RoutingTable(config), disabled, now, unset_keys)
+    configured, orphans = cli_views.pair_statuses(RoutingTable(config), disabled, now, unset_keys)
     if args.json:
-        _print_json(operator.status_json([*configured, *orphans]))
+        _print_json(cli_views.status_json([*configured, *orphans]))
         for note in notes:
             print(note, file=sys.stderr)
         return 0
-    print(f"database {db}, times in UTC, now {operator.iso(now)}")
+    print(f"database {db}, times in UTC, now {cli_views.iso(now)}")
     print()
     if configured:
-        print(operator.status_table(configured))
+        print(cli_views.status_table(configured))
         print()
-    print(operator.summary(configured))
+    print(cli_views.summary(configured))
     if orphans:
         print()
         print("Disabled in the database but not in the config (kept and ignored by the server):")
-        print(operator.status_table(orphans))
+        print(cli_views.status_table(orphans))
     for note in notes:
         print(note)
     return 0
@@ -250,14 +250,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _since_arg(text: str) -> float:
     try:
-        return operator.parse_since(text, time.time())
+        return cli_views.parse_since(text, time.time())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _duration_arg(text: str) -> float:
     try:
-        return operator.parse_duration(text)
+        return cli_views.parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -293,12 +293,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     except _Unreadable as exc:
         return _fail("history", str(exc))
     if args.json:
-        _print_json([operator.event_json(e) for e in events])
+        _print_json([cli_views.event_json(e) for e in events])
         return 0
     if not events:
         print(f"no events match (database {db})")
         return 0
-    print(operator.history_table(events))
+    print(cli_views.history_table(events))
     print()
     more = f"; older events may exist: raise --limit (now {args.limit}) or use --since" if len(events) == args.limit else ""
     print(f"{len(events)} event(s), newest first, times in UTC{more}")
@@ -363,7 +363,7 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
     if duration is not None:
         body["duration_seconds"] = int(duration) if float(duration).is_integer() else duration
     request = urllib.request.Request(
-        base + operator.management_path(action, args.vendor, args.model),
+        base + cli_views.management_path(action, args.vendor, args.model),
         data=json.dumps(body).encode(),
         method="POST",
         headers={
@@ -403,7 +403,7 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
         decoded: Any = json.loads(answer)
     except ValueError:
         decoded = None
-    line = operator.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
+    line = cli_views.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
     print(scrub(f"{line} (via {base})"))
     return 0
 
@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo  # only this command needs it
+    from cliproxy import demo  # only this command needs it
 
     ports = demo.DemoPorts(args.port, args.primary_port, args.backup_port)
     try:

@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from .fake_upstream import FakeUpstream
-from .settings import load_config
-from .store import apply_migrations
+from cliproxy.fake_upstream import FakeUpstream
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.store import apply_migrations
 
 __all__ = ["DemoPorts", "config_text", "demo_config", "instructions", "run_demo", "self_command"]
 
@@ -173,7 +173,7 @@ def prepare(directory: Path, ports: DemoPorts) -> Path:
 
 
 async def _serve_with_fakes(config_path: Path, ports: DemoPorts, cliproxy: str) -> int:
-    from .server import serve
+    from cliproxy.server import serve
 
     config = load_config(config_path)
     # Checked first: the readiness probe below connects to the gateway's port, and would take

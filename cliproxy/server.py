@@ -11,7 +11,7 @@ cancelled and logged with outcome `shutdown`. Then `runner.cleanup()` runs the a
 the upstream session is closed, the tracker flushes its pending writes (bounded) and the database
 is closed. The exit status is 0.
 
-The grace is kept here (`cliproxy.inflight`), not by aiohttp's `shutdown_timeout`: aiohttp waits
+The grace is kept here (`cliproxy.web.inflight`), not by aiohttp's `shutdown_timeout`: aiohttp waits
 that long, then asks the request to stop (a streaming handler does not notice) and waits that long
 again before cancelling, so a 1 s grace cut a stream at about 2 s.
 """
@@ -26,14 +26,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import create_app
-from .config import Config, nothing_routes
-from .errors import error_body
-from .keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
-from .logs import configure_logging
-from .overload import OverloadLog, local_resource_error
-from .sdnotify import notify
-from .writeback import remove_leftover_temp_files
+from cliproxy.app import create_app
+from cliproxy.core.config import Config, nothing_routes
+from cliproxy.core.errors import error_body
+from cliproxy.web.keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
+from cliproxy.web.logs import configure_logging
+from cliproxy.web.overload import OverloadLog, local_resource_error
+from cliproxy.sdnotify import notify
+from cliproxy.services.writeback import remove_leftover_temp_files
 
 __all__ = ["serve"]
 
@@ -184,7 +184,7 @@ async def serve(config: Config) -> int:
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that goes away cancels its upstream request at once
-        access_log=None,  # cliproxy.logs writes the access line
+        access_log=None,  # cliproxy.web.logs writes the access line
         # `_drain` has kept the grace and cut what was left: aiohttp only closes connections.
         shutdown_timeout=_AFTER_CUT_SECONDS,
         keepalive_timeout=config.keepalive_timeout,

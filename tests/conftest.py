@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from cliproxy.app import create_app
-from cliproxy.config import Config
-from cliproxy.settings import parse_config
+from cliproxy.core.config import Config
+from cliproxy.services.config_loader import parse_config
 from cliproxy.fake_upstream import FakeUpstream
 
 

@@ -19,13 +19,13 @@ from aiohttp import ClientResponse
 from openapi_spec_validator import validate as validate_openapi
 from yarl import URL
 
-from cliproxy import admin_api
-from cliproxy.admin_api import ENDPOINTS, parse_since
-from cliproxy.config import Config
-from cliproxy.keys import CONFIG_MANAGER, STORE, TRACKER
-from cliproxy.openapi import build_document, openapi_path
-from cliproxy.settings import load_config
-from cliproxy.store import format_timestamp, read_disabled, read_events
+from cliproxy.web import admin_api
+from cliproxy.web.admin_api import ENDPOINTS, parse_since
+from cliproxy.core.config import Config
+from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
+from cliproxy.web.openapi import build_document, openapi_path
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 
@@ -823,7 +823,7 @@ class TestConfigEndpoints:
 
 
 def mask_like(key: str) -> str:
-    from cliproxy.redact import mask_key
+    from cliproxy.core.redact import mask_key
 
     return mask_key(key)
 

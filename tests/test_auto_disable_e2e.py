@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cliproxy.keys import STORE, TRACKER
+from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
 

@@ -19,12 +19,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from cliproxy import operator
+from cliproxy import cli_views
 from cliproxy.cli import default_url, main
-from cliproxy.events import DisabledRecord, ErrorInfo, Event
-from cliproxy.routing import RoutingTable
-from cliproxy.settings import load_config
-from cliproxy.store import SQLiteStore, apply_migrations, format_timestamp
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
+from cliproxy.core.routing import RoutingTable
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.store import SQLiteStore, apply_migrations, format_timestamp
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,42 +171,42 @@ class TestFormatting:
          (3599, "59m59s"), (3600, "1h00m"), (3780, "1h03m"), (86399, "23h59m"), (86400, "1d0h"), (187200, "2d4h")],
     )  # fmt: skip
     def test_durations(self, seconds: float, text: str):
-        assert operator.format_duration(seconds) == text
+        assert cli_views.format_duration(seconds) == text
 
     @pytest.mark.parametrize(
         ("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), ("1w", 604800), ("1.5h", 5400)]
     )
     def test_parse_duration(self, text: str, seconds: float):
-        assert operator.parse_duration(text) == seconds
+        assert cli_views.parse_duration(text) == seconds
 
     @pytest.mark.parametrize("text", ["", "0", "0s", "-5m", "10x", "m10", "ten minutes"])
     def test_parse_duration_rejects(self, text: str):
         with pytest.raises(ValueError):
-            operator.parse_duration(text)
+            cli_views.parse_duration(text)
 
     def test_parse_since(self):
         now = 1_800_000_000.0
-        assert operator.parse_since("30m", now) == now - 1800
-        assert operator.parse_since("24h", now) == now - 86400
-        assert operator.parse_since("7d", now) == now - 7 * 86400
-        assert operator.parse_since("2026-11-21", now) == 1795219200.0
-        assert operator.parse_since("2026-11-21T08:00:00Z", now) == 1795219200.0 + 8 * 3600
-        assert operator.parse_since("2026-11-21T09:00:00+01:00", now) == 1795219200.0 + 8 * 3600
+        assert cli_views.parse_since("30m", now) == now - 1800
+        assert cli_views.parse_since("24h", now) == now - 86400
+        assert cli_views.parse_since("7d", now) == now - 7 * 86400
+        assert cli_views.parse_since("2026-11-21", now) == 1795219200.0
+        assert cli_views.parse_since("2026-11-21T08:00:00Z", now) == 1795219200.0 + 8 * 3600
+        assert cli_views.parse_since("2026-11-21T09:00:00+01:00", now) == 1795219200.0 + 8 * 3600
         with pytest.raises(ValueError, match="not a duration or ISO-8601 time"):
-            operator.parse_since("yesterday", now)
+            cli_views.parse_since("yesterday", now)
 
     def test_iso_matches_the_database_format(self):
         for t in (0.0, 1795132741.123, 1795132741.9996):
-            assert operator.iso(t) == format_timestamp(t)
-        assert operator.iso(None) is None
-        assert operator.format_time(1795132741.999) == "2026-11-19T23:59:01Z"
+            assert cli_views.iso(t) == format_timestamp(t)
+        assert cli_views.iso(None) is None
+        assert cli_views.format_time(1795132741.999) == "2026-11-19T23:59:01Z"
 
     def test_table_is_aligned_without_trailing_blanks(self):
-        text = operator.render_table(("A", "LONGER", "C"), [("xx", None, ""), ("y", "zzzzzzzz", "w")])
+        text = cli_views.render_table(("A", "LONGER", "C"), [("xx", None, ""), ("y", "zzzzzzzz", "w")])
         assert text.splitlines() == ["A   LONGER    C", "xx  -         -", "y   zzzzzzzz  w"]
 
     def test_management_path_encodes_slash_and_colon(self):
-        assert operator.management_path("disable", "open router", "meta-llama/llama-3.1:8b") == (
+        assert cli_views.management_path("disable", "open router", "meta-llama/llama-3.1:8b") == (
             "/api/models/meta-llama%2Fllama-3.1%3A8b/disable?vendor=open%20router"
         )
 
@@ -224,7 +224,7 @@ class TestPairStates:
 
     def statuses(self, disabled: list[DisabledRecord]) -> tuple[dict, list]:
         config = make_config(config_data(Path("/nowhere.db")), env={})
-        configured, orphans = operator.pair_statuses(RoutingTable(config), disabled, self.NOW)
+        configured, orphans = cli_views.pair_statuses(RoutingTable(config), disabled, self.NOW)
         return {(s.vendor, s.model): s for s in configured}, orphans
 
     def test_every_state(self):
@@ -275,10 +275,10 @@ class TestPairStates:
     def test_json_has_iso_times_and_seconds(self):
         now = self.NOW
         by_pair, _ = self.statuses([auto_pair("acme", "gpt-x", now - 48, now + 252)[1]])
-        [obj] = operator.status_json([by_pair["acme", "gpt-x"]])
+        [obj] = cli_views.status_json([by_pair["acme", "gpt-x"]])
         assert obj["state"] == "auto-disabled" and obj["routable"] is False
         [d] = obj["disables"]
-        assert d["disabled_until"] == operator.iso(now + 252) and d["remaining_seconds"] == 252
+        assert d["disabled_until"] == cli_views.iso(now + 252) and d["remaining_seconds"] == 252
         assert d["last_status"] == 503 and d["expired"] is False
         json.dumps(obj)  # serialisable as it is
 
@@ -566,7 +566,7 @@ class TestHistory:
         ]  # fmt: skip
         assert len(models("--since", "3h")) == 7
         assert len(models("--limit", "2")) == 2
-        two_hours_ago = operator.iso(time.time() - 7300)
+        two_hours_ago = cli_views.iso(time.time() - 7300)
         assert len(models("--since", two_hours_ago)) == 7
         assert models("--vendor", "nobody") == []
 
@@ -859,7 +859,7 @@ class TestBackup:
     async def test_consistent_copies_while_the_gateway_writes(self, upstreams, tmp_path: Path) -> None:
         import aiohttp
 
-        from cliproxy.store import read_events
+        from cliproxy.services.store import read_events
         from tests.conftest import vendor
         from tests.processes import GatewayProcess
 
@@ -936,7 +936,7 @@ class TestBackup:
 
 
 def test_status_on_a_database_of_an_older_version_says_to_migrate(tmp_path: Path) -> None:
-    from cliproxy.store import default_migrations_dir
+    from cliproxy.services.store import default_migrations_dir
 
     old = tmp_path / "old-migrations"
     old.mkdir()

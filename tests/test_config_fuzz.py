@@ -1,6 +1,6 @@
 """Config files fuzzed: any YAML gives a valid `Config` or a `ConfigError` whose every line names where, never another exception.
 
-Documents are generated from the real schema (`cliproxy.settings.ConfigSchema`, walked at import
+Documents are generated from the real schema (`cliproxy.services.config_loader.ConfigSchema`, walked at import
 time, so keys added later are fuzzed too): nested mappings under the real key names with random
 types, right-shaped values and unknown keys, `${VAR}` placeholders, and raw text. In-process
 through `parse_config` for speed, plus a handful through the real `cliproxy check-config`.
@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, fields
 
-from cliproxy.config import Config
-from cliproxy.runtime import Runtime
-from cliproxy.settings import ConfigError, ConfigSchema, StatusSet, parse_config
+from cliproxy.core.config import Config
+from cliproxy.core.runtime import Runtime
+from cliproxy.services.config_loader import ConfigError, ConfigSchema, StatusSet, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,11 +1,11 @@
-"""CORS for browser-based clients through the real gateway (`cliproxy.browser_guard`), and its config key."""
+"""CORS for browser-based clients through the real gateway (`cliproxy.web.browser_guard`), and its config key."""
 
 from __future__ import annotations
 
 import pytest
 
-from cliproxy.browser_guard import is_loopback_host
-from cliproxy.settings import ConfigError, parse_config
+from cliproxy.web.browser_guard import is_loopback_host
+from cliproxy.services.config_loader import ConfigError, parse_config
 from tests.conftest import vendor
 
 APP = "https://app.example.com"

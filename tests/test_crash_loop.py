@@ -29,8 +29,8 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from cliproxy.settings import load_config
-from cliproxy.store import parse_timestamp
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.store import parse_timestamp
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
@@ -384,7 +384,7 @@ class TestLeftoverTempFiles:
 
         flaky, good = await upstreams(), await upstreams()
         gw = GatewayProcess(tmp_path, _config(flaky, good))
-        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.writeback names it
+        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.services.writeback names it
         os.write(fd, b"port: 1\n")  # half a config
         os.close(fd)
         unrelated = tmp_path / ".config.yaml.notes.tmp"

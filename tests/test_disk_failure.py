@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.store import parse_timestamp, read_events
+from cliproxy.services.store import parse_timestamp, read_events
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess

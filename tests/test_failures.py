@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from cliproxy import failures
-from cliproxy.config import (
+from cliproxy.core import failures
+from cliproxy.core.config import (
     DEFAULT_COUNT_STATUSES,
     AutoDisableOverrides,
     AutoDisableSettings,
     resolve_auto_disable,
 )
-from cliproxy.events import DisabledRecord, ErrorInfo, Outcome
-from cliproxy.failures import EMPTY, DisableTransition, EnableTransition, PairState
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Outcome
+from cliproxy.core.failures import EMPTY, DisableTransition, EnableTransition, PairState
 
 PAIR = ("acme", "gpt-x")
 

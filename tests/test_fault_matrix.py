@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.keys import CLIENT_SESSION, TRACKER
+from cliproxy.web.keys import CLIENT_SESSION, TRACKER
 from cliproxy.fake_upstream import _HTML_PAGE, _MALFORMED, FakeUpstream, Fault
 from tests.conftest import vendor
 

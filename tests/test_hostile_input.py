@@ -22,8 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cliproxy.body import ClientRequest, parse_client_body, rewrite_model
-from cliproxy.errors import InvalidRequest
+from cliproxy.core.body import ClientRequest, parse_client_body, rewrite_model
+from cliproxy.core.errors import InvalidRequest
 from tests.conftest import vendor
 
 LIMIT = 1024 * 1024

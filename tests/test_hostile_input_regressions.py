@@ -9,11 +9,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cliproxy.body import parse_client_body, rewrite_model
-from cliproxy.errors import InvalidRequest
-from cliproxy.keys import TRACKER
-from cliproxy.runtime import Runtime
-from cliproxy.settings import ConfigError, load_config, parse_config
+from cliproxy.core.body import parse_client_body, rewrite_model
+from cliproxy.core.errors import InvalidRequest
+from cliproxy.web.keys import TRACKER
+from cliproxy.core.runtime import Runtime
+from cliproxy.services.config_loader import ConfigError, load_config, parse_config
 from tests.conftest import vendor
 from tests.test_hostile_input import GOOD_BODY, assert_openai_error, assert_still_answers, gw, raw_request, request_head  # noqa: F401
 

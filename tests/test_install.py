@@ -186,7 +186,7 @@ class TestArchives:
         with tarfile.open(built.sdist) as sdist:
             names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
         needed = {"LICENSE", "README.md", "pyproject.toml", "config.yaml", "scripts/cliproxy.service", "scripts/install-service.sh", "cliproxy/cli.py"}
-        needed |= {f"cliproxy/migrations/{p.name}" for p in (ROOT / "cliproxy" / "migrations").glob("*.sql")}
+        needed |= {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
         assert needed <= names, sorted(needed - names)
 
     def test_wheel_contents(self, built: Built):
@@ -197,7 +197,7 @@ class TestArchives:
             dist_info = f"cliproxy-{version('cliproxy')}.dist-info"
             metadata = wheel.read(f"{dist_info}/METADATA").decode()
             entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-        migrations = {f"cliproxy/migrations/{p.name}" for p in (ROOT / "cliproxy" / "migrations").glob("*.sql")}
+        migrations = {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
         assert migrations and migrations <= names
         assert {"cliproxy/__main__.py", "cliproxy/fake_upstream.py", f"{dist_info}/licenses/LICENSE"} <= names
         assert "License-Expression: MIT" in metadata
@@ -210,7 +210,7 @@ class TestInstalledWheel:
 
     def test_venv_is_isolated_and_imports_the_installed_package(self, built: Built, tmp_path: Path):
         assert "include-system-site-packages = false" in (built.bin.parent / "pyvenv.cfg").read_text()
-        result = subprocess.run([str(built.bin / "python"), "-c", "import cliproxy.store as s; print(s.__file__); print(s.default_migrations_dir())"],
+        result = subprocess.run([str(built.bin / "python"), "-c", "import cliproxy.services.store as s; print(s.__file__); print(s.default_migrations_dir())"],
                                 capture_output=True, text=True, timeout=30, env=clean_env(), cwd=tmp_path, check=True)
         module, migrations = result.stdout.splitlines()
         assert Path(module).is_relative_to(built.bin.parent) and Path(migrations).is_relative_to(built.bin.parent)
@@ -234,7 +234,7 @@ class TestInstalledWheel:
             }))
             migrate = subprocess.run([cliproxy, "migrate", "--config", "small.yaml"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
             assert (migrate.returncode, migrate.stderr) == (0, "")
-            shipped = sorted(p.name for p in (ROOT / "cliproxy" / "migrations").glob("*.sql"))
+            shipped = sorted(p.name for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql"))
             db = tmp_path / "state" / "small.db"
             assert migrate.stdout == "".join(f"{db}: applied {name}\n" for name in shipped)
             assert shipped[0] == "0001_initial.sql"

@@ -42,10 +42,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cliproxy.admin_api import ENDPOINTS
-from cliproxy.openapi import build_document, openapi_path
-from cliproxy.settings import load_config
-from cliproxy.writeback import atomic_write
+from cliproxy.web.admin_api import ENDPOINTS
+from cliproxy.web.openapi import build_document, openapi_path
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.writeback import atomic_write
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

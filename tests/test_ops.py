@@ -22,12 +22,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cliproxy import eventlog, logs
+from cliproxy.core import eventlog
+
+from cliproxy.web import logs
 from cliproxy.app import create_app
-from cliproxy.config import LoggingSettings
-from cliproxy.events import ErrorInfo, Event
-from cliproxy.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
-from cliproxy.settings import load_config
+from cliproxy.core.config import LoggingSettings
+from cliproxy.core.events import ErrorInfo, Event
+from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
+from cliproxy.services.config_loader import load_config
 from cliproxy.sdnotify import notify
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, make_config, vendor
@@ -558,6 +560,6 @@ class TestServiceFiles:
 
 
 def make_config_from(path: Path):
-    from cliproxy.settings import load_config
+    from cliproxy.services.config_loader import load_config
 
     return load_config(path, env={})

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.keys import STORE, TRACKER
-from cliproxy.store import read_events
+from cliproxy.web.keys import STORE, TRACKER
+from cliproxy.services.store import read_events
 from cliproxy.fake_upstream import Fault, FakeUpstream
 from tests.conftest import make_config
 from tests.processes import GatewayProcess

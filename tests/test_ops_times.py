@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cliproxy import cli, logs
-from cliproxy.config import LoggingSettings
+from cliproxy import cli
+
+from cliproxy.web import logs
+from cliproxy.core.config import LoggingSettings
 from cliproxy.fake_upstream import Fault
-from cliproxy.keys import TRACKER
-from cliproxy.times import format_duration, format_time, format_timestamp, parse_duration, parse_since
+from cliproxy.web.keys import TRACKER
+from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_since
 from tests.conftest import vendor
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -53,10 +55,11 @@ class TestParsing:
             parse_since(text, NOW)
 
     def test_the_cli_and_the_api_use_it(self):
-        from cliproxy import admin_api, operator
+        from cliproxy.web import admin_api
+        from cliproxy import cli_views
 
-        assert admin_api.parse_since is parse_since and operator.parse_since is parse_since
-        assert operator.parse_duration is parse_duration
+        assert admin_api.parse_since is parse_since and cli_views.parse_since is parse_since
+        assert cli_views.parse_duration is parse_duration
 
 
 class TestFormatting:
@@ -76,7 +79,7 @@ class TestFormatting:
         assert format_duration(seconds) == text
 
     def test_store_keeps_its_name(self):
-        from cliproxy import store
+        from cliproxy.services import store
 
         assert store.format_timestamp is format_timestamp
 

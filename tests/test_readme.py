@@ -9,9 +9,9 @@ from pathlib import Path
 from marshmallow import Schema, fields
 
 from cliproxy.cli import build_parser
-from cliproxy.events import DisabledRecord, ErrorInfo, Event
-from cliproxy.settings import ConfigSchema
-from cliproxy.store import SQLiteStore
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
+from cliproxy.services.config_loader import ConfigSchema
+from cliproxy.services.store import SQLiteStore
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -84,6 +84,6 @@ class TestAuditQueries:
 
 
 def _iso(t: float) -> str:
-    from cliproxy.store import format_timestamp
+    from cliproxy.services.store import format_timestamp
 
     return format_timestamp(t)

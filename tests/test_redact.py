@@ -1,4 +1,4 @@
-"""`cliproxy.redact.SecretMasker`: every secret, in every form text carries it in, with a cost that does not grow with the keys."""
+"""`cliproxy.core.redact.SecretMasker`: every secret, in every form text carries it in, with a cost that does not grow with the keys."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from cliproxy.redact import SecretMasker, config_secrets, mask_secrets
+from cliproxy.core.redact import SecretMasker, config_secrets, mask_secrets
 from tests.conftest import make_config
 
 SECRET = 'Ab+/c"d\\e=fGhIjKlMnOp'

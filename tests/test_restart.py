@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from cliproxy.store import read_disabled, read_events
+from cliproxy.services.store import read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess

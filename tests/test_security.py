@@ -38,9 +38,9 @@ import aiohttp
 import pytest
 import yaml
 
-from cliproxy.admin_api import ENDPOINTS
-from cliproxy.openapi import openapi_path
-from cliproxy.settings import load_config
+from cliproxy.web.admin_api import ENDPOINTS
+from cliproxy.web.openapi import openapi_path
+from cliproxy.services.config_loader import load_config
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
@@ -979,7 +979,7 @@ def send_sighup(gw: GatewayProcess) -> None:
 
 def test_the_config_written_by_the_tests_loads() -> None:
     """The helpers' configs are valid (a typo here would make the security tests pass for the wrong reason)."""
-    from cliproxy.settings import parse_config
+    from cliproxy.services.config_loader import parse_config
 
     parse_config(yaml.safe_dump(_management()), env={})
     parse_config(yaml.safe_dump(_management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True})), env={})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cliproxy.config import DEFAULT_COUNT_STATUSES
-from cliproxy.settings import ConfigError, load_config, parse_config
+from cliproxy.core.config import DEFAULT_COUNT_STATUSES
+from cliproxy.services.config_loader import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of cliproxy.store against real SQLite files (no mocks)."""
+"""Tests of cliproxy.services.store against real SQLite files (no mocks)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cliproxy.events import DisabledRecord, ErrorInfo, Event
-from cliproxy.store import (
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
+from cliproxy.services.store import (
     MigrationError,
     SQLiteStore,
     Store,
@@ -29,7 +29,7 @@ from cliproxy.store import (
     round_timestamp,
 )
 
-REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "cliproxy" / "migrations"
+REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "cliproxy" / "services" / "migrations"
 
 T0 = 1795132741.123  # 2026-11-19T23:59:01.123Z: millisecond precision, so it round-trips exactly
 SETTINGS = {"failure_threshold": 5, "time_window_seconds": 60.0, "disable_duration_seconds": 300.0}
@@ -572,7 +572,7 @@ class TestFileUnderTheStore:
         assert [(r.vendor, r.model) for r in read_disabled(db)] == [("a", "m"), ("b", "m"), ("c", "m")]
 
     async def test_only_the_newest_events_are_held(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        import cliproxy.store as store_module
+        import cliproxy.services.store as store_module
 
         monkeypatch.setattr(store_module, "EVENTS_KEPT_IN_MEMORY", 2)
         db = tmp_path / "c.db"

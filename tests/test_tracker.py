@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FakeClock
-from cliproxy.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
-from cliproxy.events import DisabledRecord, ErrorInfo, Event, Outcome
-from cliproxy.tracker import FailureTracker
+from cliproxy.core.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
+from cliproxy.services.tracker import FailureTracker
 
 T0 = 1_700_000_000.0
 PAIR: PairKey = ("acme", "gpt-x")
@@ -381,7 +381,7 @@ class TestRestart:
         assert list(store.rows) == [("acme", "gpt-y", "weird")]
 
     async def test_with_sqlite(self, tmp_path: Path, make_tracker: MakeTracker, clock: FakeClock) -> None:
-        from cliproxy.store import SQLiteStore
+        from cliproxy.services.store import SQLiteStore
 
         clock.t = T0 + 0.987654
         db = await SQLiteStore.open(tmp_path / "x.db")

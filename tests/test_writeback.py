@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cliproxy.settings import load_config, parse_config
-from cliproxy.writeback import (
+from cliproxy.services.config_loader import load_config, parse_config
+from cliproxy.services.writeback import (
     FileChanged,
     MissingPath,
     WritebackError,
@@ -369,7 +369,7 @@ class TestAtomicWrite:
         child = textwrap.dedent(
             f"""
             import os, sys
-            from cliproxy import writeback
+            from cliproxy.services import writeback
             os.replace = lambda *args: os._exit(17)
             writeback.atomic_write(sys.argv[1], "port: 9000\\n" * 1000)
             """

@@ -1,9 +1,9 @@
 """The management API under `/api`: handlers and the marshmallow schemas that validate and serialise them.
 
 Every endpoint is declared once with `@endpoint(...)`, naming its body, query and response
-schemas; `cliproxy.openapi` builds `/api/openapi.json` from the same declarations, and every
+schemas; `cliproxy.web.openapi` builds `/api/openapi.json` from the same declarations, and every
 response is produced by `Schema().dump(...)` of the declared schema, so the document cannot drift
-from what is served. Access is decided before any handler runs (`cliproxy.admin_auth`).
+from what is served. Access is decided before any handler runs (`cliproxy.web.admin_auth`).
 
 Two axes make a pair unavailable, kept apart as in the tracker:
 
@@ -38,17 +38,17 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from .config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, Timeouts, Vendor
-from .errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
-from .events import EventKind
-from .keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
-from .redact import SecretMasker, mask_key, mask_secrets
-from .routing import Pair
-from .reload import ConfigManager
-from .runtime import Runtime
-from .times import format_timestamp, parse_since
-from .tracker import FailureTracker
-from .writeback import model_path, vendor_path
+from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Config, PairKey, Timeouts, Vendor
+from cliproxy.core.errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
+from cliproxy.core.events import EventKind
+from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
+from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
+from cliproxy.core.routing import Pair
+from cliproxy.services.config_manager import ConfigManager
+from cliproxy.core.runtime import Runtime
+from cliproxy.core.times import format_timestamp, parse_since
+from cliproxy.services.tracker import FailureTracker
+from cliproxy.services.writeback import model_path, vendor_path
 
 __all__ = ["COMMIT_TIMEOUT_SECONDS", "ENDPOINTS", "Endpoint", "routes"]
 
@@ -62,7 +62,7 @@ routes = web.RouteTableDef()
 
 
 # =============================================================================================
-# Endpoint declarations (shared with cliproxy.openapi)
+# Endpoint declarations (shared with cliproxy.web.openapi)
 # =============================================================================================
 
 
@@ -87,7 +87,7 @@ class Endpoint:
 
 ENDPOINTS: list[Endpoint] = []
 
-#: Errors any management endpoint may answer (the access rules of cliproxy.admin_auth).
+#: Errors any management endpoint may answer (the access rules of cliproxy.web.admin_auth).
 COMMON_ERRORS = (401, 403, 404, 429)
 
 
@@ -1132,6 +1132,6 @@ async def list_events(request: web.Request) -> web.Response:
 @endpoint("GET", "/api/openapi.json", summary="This document", response=None, response_content="application/json", tags=("meta",))
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 description of the management API, generated from the schemas the handlers use."""
-    from .openapi import build_document
+    from cliproxy.web.openapi import build_document
 
     return web.json_response(build_document())

@@ -45,15 +45,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import AutoDisableSettings, Config, PairKey, nothing_routes
-from .errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
-from .eventlog import event_fields
-from .events import Event
-from .keys import RUNTIME, TRACKER
-from .redact import mask_secrets
-from .runtime import Runtime
-from .settings import ConfigError, parse_config
-from .writeback import (
+from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_routes
+from cliproxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from cliproxy.core.eventlog import event_fields
+from cliproxy.core.events import Event
+from cliproxy.web.keys import RUNTIME, TRACKER
+from cliproxy.core.redact import mask_secrets
+from cliproxy.core.runtime import Runtime
+from cliproxy.services.config_loader import ConfigError, parse_config
+from cliproxy.services.writeback import (
     FileChanged,
     FileVersion,
     MissingPath,
@@ -69,7 +69,7 @@ from .writeback import (
 
 __all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
 
-log = logging.getLogger("cliproxy.reload")
+log = logging.getLogger("cliproxy.reload")  # the name operators grep for; kept across the move
 
 #: Settings read once at start-up (sockets, database, logging, runner): a change needs a restart.
 RESTART_FIELDS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
@@ -294,7 +294,7 @@ class ConfigManager:
         detail: dict | None = None,
         reason: str | None = None,
     ) -> Config:
-        """Edit the file in place (see `cliproxy.writeback.edit_yaml`), validate, write, swap, record ONE event.
+        """Edit the file in place (see `cliproxy.services.writeback.edit_yaml`), validate, write, swap, record ONE event.
 
         Raises `ConfigRejected` (400) when the result would be invalid, `NotFound` (404) when an
         edit's path does not exist in the file, `ConfigChanged` (409) when the file is being changed

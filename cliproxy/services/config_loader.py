@@ -26,7 +26,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from .config import (
+from cliproxy.core.config import (
     DEFAULT_TIMEOUTS,
     ApiKeyEntry,
     AutoDisableOverrides,

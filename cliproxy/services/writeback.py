@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .settings import ENV_PATTERN
+from cliproxy.services.config_loader import ENV_PATTERN
 
 __all__ = [
     "FileChanged",

@@ -7,11 +7,11 @@ import asyncio
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler  # aiohttp's own 100-continue
 
-from .body import parse_client_body
-from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
-from .keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
-from .runtime import Runtime
-from .upstream import AccessInfo, forward
+from cliproxy.core.body import parse_client_body
+from cliproxy.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
+from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
+from cliproxy.core.runtime import Runtime
+from cliproxy.web.upstream import AccessInfo, forward
 
 __all__ = ["routes", "check_client_key", "read_body", "PROXIED_PATHS"]
 

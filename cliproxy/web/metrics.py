@@ -1,6 +1,6 @@
 """Prometheus metrics: one registry per application, never prometheus-client's global one.
 
-Per request the access middleware (`cliproxy.logs`) calls `observe_request` once, after the
+Per request the access middleware (`cliproxy.web.logs`) calls `observe_request` once, after the
 handler, with the request's `AccessInfo`: nothing on the forwarding path itself is timed or
 counted. The request-path series are plain dicts of numbers keyed by their label values (asyncio
 runs one callback at a time, so they need none of prometheus-client's per-update locks) and are
@@ -38,15 +38,15 @@ from collections.abc import Container, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .events import Event
-from .tracker import FailureTracker
-from .upstream import AccessInfo
+from cliproxy.core.events import Event
+from cliproxy.services.tracker import FailureTracker
+from cliproxy.web.upstream import AccessInfo
 
 __all__ = ["CONTENT_TYPE", "Metrics", "NOT_FAILURES", "status_class"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-#: Outcome reasons that do not count against a pair (see `cliproxy.events.Outcome`).
+#: Outcome reasons that do not count against a pair (see `cliproxy.core.events.Outcome`).
 NOT_FAILURES = frozenset({"ok", "client_error", "client_disconnect", "client_write_timeout", "gateway_overloaded"})
 
 UNKNOWN_MODEL = "unknown"

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from .admin_auth import Lockout
-from .events import OutcomeSink
-from .inflight import InFlight
-from .metrics import Metrics
-from .overload import OverloadLog
-from .runtime import LiveRuntime
-from .store import Store
-from .tracker import FailureTracker
-from .upstream import AccessInfo
+from cliproxy.web.admin_auth import Lockout
+from cliproxy.core.events import OutcomeSink
+from cliproxy.web.inflight import InFlight
+from cliproxy.web.metrics import Metrics
+from cliproxy.web.overload import OverloadLog
+from cliproxy.core.runtime import LiveRuntime
+from cliproxy.services.store import Store
+from cliproxy.services.tracker import FailureTracker
+from cliproxy.web.upstream import AccessInfo
 
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
-    from .reload import ConfigManager
+    from cliproxy.services.config_manager import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",

@@ -1,6 +1,6 @@
 """The configuration as frozen, typed values.
 
-Pure: nothing here reads files or the environment. `cliproxy.settings` turns YAML into these
+Pure: nothing here reads files or the environment. `cliproxy.services.config_loader` turns YAML into these
 objects; everything past the loader sees only these types, never a dict.
 """
 

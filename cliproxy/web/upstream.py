@@ -20,13 +20,13 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .body import rewrite_model
-from .errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable
-from .events import ErrorInfo, Outcome, OutcomeSink
-from .overload import OverloadLog, local_resource_error
-from .redact import excerpt, mask_secrets
-from .routing import Pair, Route
-from .runtime import Runtime
+from cliproxy.core.body import rewrite_model
+from cliproxy.core.errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable
+from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
+from cliproxy.web.overload import OverloadLog, local_resource_error
+from cliproxy.core.redact import excerpt, mask_secrets
+from cliproxy.core.routing import Pair, Route
+from cliproxy.core.runtime import Runtime
 
 __all__ = ["AccessInfo", "classify_status", "forward"]
 
@@ -43,7 +43,7 @@ _DROP_REQUEST = frozenset(
 # itself. An allow-list, not a deny-list: an upstream (or a CDN in front of it) also sends cookies,
 # CORS and HSTS policies, Alt-Svc and hop-by-hop headers that would act on the client as if cliproxy
 # had said them. Framing (length, encoding) is cliproxy's own, and so is `x-request-id` (the
-# client's, or a new one: see cliproxy.logs).
+# client's, or a new one: see cliproxy.web.logs).
 _RELAY_RESPONSE = frozenset(
     {
         "content-type", "request-id", "openai-request-id",
@@ -474,4 +474,4 @@ def _overload_log(request: web.Request) -> OverloadLog:
 
 
 # Imported last: keys.py imports `AccessInfo` from this module.
-from . import keys as _keys  # noqa: E402
+from cliproxy.web import keys as _keys  # noqa: E402

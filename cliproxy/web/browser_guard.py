@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .admin_auth import is_loopback
-from .errors import Forbidden, MisdirectedRequest
-from .keys import CORS_ORIGIN, RUNTIME
+from cliproxy.web.admin_auth import is_loopback
+from cliproxy.core.errors import Forbidden, MisdirectedRequest
+from cliproxy.web.keys import CORS_ORIGIN, RUNTIME
 
 __all__ = ["browser_guard_middleware", "cors_response_headers", "is_loopback_host", "origin_allowed"]
 
@@ -49,7 +49,7 @@ _ALLOW_HEADERS = ", ".join((
     "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
     "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
 ))
-#: What a page may read of an answer besides the CORS-safelisted headers (see cliproxy.upstream's allow-list).
+#: What a page may read of an answer besides the CORS-safelisted headers (see cliproxy.web.upstream's allow-list).
 _EXPOSE_HEADERS = ", ".join((
     "x-request-id", "x-cliproxy-vendor", "x-cliproxy-model", "x-cliproxy-attempts",
     "retry-after", "retry-after-ms", "request-id", "openai-request-id",

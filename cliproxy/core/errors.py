@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .times import format_duration
+from cliproxy.core.times import format_duration
 
 __all__ = [
     "ProxyError",

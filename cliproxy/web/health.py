@@ -2,10 +2,10 @@
 
 - `/healthz`: the process answers (no auth, no I/O). For liveness checks.
 - `/readyz`: the configuration is loaded, the database answers a query within 2 s (and its path
-  still names the writable file the server has open: see `cliproxy.store`), and the tracker's
+  still names the writable file the server has open: see `cliproxy.services.store`), and the tracker's
   writes are being committed; otherwise 503 with the reasons. For load balancers.
 - `/metrics`: Prometheus text. Open by default; with `metrics.require-auth: true` it is guarded
-  exactly like the management API (`cliproxy.admin_auth.decide`: the management key as Bearer or
+  exactly like the management API (`cliproxy.web.admin_auth.decide`: the management key as Bearer or
   `X-Management-Key` compared in constant time, loopback unless `allow-remote`, the same
   lock-out), except that without a `secret-key` the answer is 403 with a message saying so.
 """
@@ -16,10 +16,10 @@ import asyncio
 
 from aiohttp import web
 
-from .admin_auth import authorize
-from .errors import Forbidden
-from .keys import METRICS, RUNTIME, STORE, TRACKER
-from .metrics import CONTENT_TYPE
+from cliproxy.web.admin_auth import authorize
+from cliproxy.core.errors import Forbidden
+from cliproxy.web.keys import METRICS, RUNTIME, STORE, TRACKER
+from cliproxy.web.metrics import CONTENT_TYPE
 
 __all__ = ["routes", "readiness_problems"]
 

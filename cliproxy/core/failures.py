@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cliproxy.config import AutoDisableSettings, PairKey
-from cliproxy.events import DisabledRecord, ErrorInfo, Event, Outcome
+from cliproxy.core.config import AutoDisableSettings, PairKey
+from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
 
 __all__ = [
     "EMPTY",

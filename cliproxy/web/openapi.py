@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the management API, generated from `cliproxy.admin_api.ENDPOINTS`.
+"""The OpenAPI 3.1 document of the management API, generated from `cliproxy.web.admin_api.ENDPOINTS`.
 
 Every body, query and response schema in it is the marshmallow schema the handler validates or
 serialises with (through apispec's MarshmallowPlugin), so the document describes what is served.
@@ -14,7 +14,7 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from .admin_api import COMMON_ERRORS, ENDPOINTS, Endpoint, ErrorSchema
+from cliproxy.web.admin_api import COMMON_ERRORS, ENDPOINTS, Endpoint, ErrorSchema
 
 __all__ = ["OPENAPI_VERSION", "build_document", "openapi_path"]
 

@@ -36,8 +36,8 @@ from typing import Literal
 
 from aiohttp import web
 
-from .config import RemoteManagement
-from .errors import Forbidden, TooManyRequests, Unauthorized
+from cliproxy.core.config import RemoteManagement
+from cliproxy.core.errors import Forbidden, TooManyRequests, Unauthorized
 
 __all__ = [
     "MAX_FAILURES",
@@ -258,7 +258,7 @@ def decide(
 
 
 # The shell. Imported here, below the pure core, because keys.py imports `Lockout` from this module.
-from . import keys as _keys  # noqa: E402
+from cliproxy.web import keys as _keys  # noqa: E402
 
 
 def _is_management_path(path: str) -> bool:

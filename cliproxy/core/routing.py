@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import count
 
-from .config import (
+from cliproxy.core.config import (
     ApiKeyEntry,
     AutoDisableSettings,
     Config,
@@ -21,7 +21,7 @@ from .config import (
     Vendor,
     resolve_auto_disable,
 )
-from .redact import SecretMasker, config_secrets
+from cliproxy.core.redact import SecretMasker, config_secrets
 
 __all__ = ["Pair", "Route", "RoutingTable", "KeyRotation"]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .config import PairKey, Vendor
-from .events import DisabledRecord, Event
-from .routing import RoutingTable
-from .times import format_duration, format_time, format_timestamp, parse_duration, parse_iso, parse_since
+from cliproxy.core.config import PairKey, Vendor
+from cliproxy.core.events import DisabledRecord, Event
+from cliproxy.core.routing import RoutingTable
+from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_iso, parse_since
 
 __all__ = [
     "DisableView",

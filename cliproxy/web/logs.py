@@ -14,7 +14,7 @@ handler it installed on the root logger (calling it again, on reload, swaps form
 - **Last line of defence.** Both formatters mask every configured secret (upstream, client and
   management keys, read live from the app so a reload is covered) and anything shaped like a
   credential from the final text, tracebacks included, before it is written.
-- **Transitions.** The failure tracker logs its own events (`cliproxy.tracker`, with the event's
+- **Transitions.** The failure tracker logs its own events (`cliproxy.services.tracker`, with the event's
   fields in `extra["cliproxy_event"]`); `log_event` logs other events (config reloaded or
   rejected) the same way. The JSON formatter turns those fields into keys of the line.
 """
@@ -35,10 +35,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from .config import LoggingSettings
-from .keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
-from .redact import SecretMasker, mask_secrets
-from .times import format_timestamp
+from cliproxy.core.config import LoggingSettings
+from cliproxy.web.keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
+from cliproxy.core.redact import SecretMasker, mask_secrets
+from cliproxy.core.times import format_timestamp
 
 __all__ = [
     "JsonFormatter",
@@ -69,7 +69,7 @@ def _no_secrets() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-# What the credential-shape pattern of `cliproxy.redact` needs to find anything; text (lowercased)
+# What the credential-shape pattern of `cliproxy.core.redact` needs to find anything; text (lowercased)
 # with none of these skips that (comparatively slow) regex.
 _CREDENTIAL_MARKERS = ("bearer", "sk-", "pk-", "rk-", "xai-", "key-")
 

@@ -26,7 +26,7 @@ OutcomeKind = Literal["success", "failure", "neutral"]
 class ErrorInfo:
     """The last error of a pair: an upstream status (None for transport errors) and a short excerpt.
 
-    The excerpt is already masked of secrets when it is built (see `cliproxy.redact`).
+    The excerpt is already masked of secrets when it is built (see `cliproxy.core.redact`).
     """
 
     status: int | None

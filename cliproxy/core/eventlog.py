@@ -1,6 +1,6 @@
 """Log lines for audit events, with the same fields as their row in the events table.
 
-Used by the failure tracker for pair transitions; kept apart from `cliproxy.logs` (the logging
+Used by the failure tracker for pair transitions; kept apart from `cliproxy.web.logs` (the logging
 setup and access shell) so that the tracker does not import the web layer.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .events import Event
-from .times import format_timestamp
+from cliproxy.core.events import Event
+from cliproxy.core.times import format_timestamp
 
 __all__ = ["event_fields", "log_event", "render_fields"]
 

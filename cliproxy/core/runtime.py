@@ -10,9 +10,9 @@ import hmac
 import time
 from dataclasses import dataclass, field
 
-from .config import Config
-from .redact import SecretMasker, config_secrets
-from .routing import RoutingTable
+from cliproxy.core.config import Config
+from cliproxy.core.redact import SecretMasker, config_secrets
+from cliproxy.core.routing import RoutingTable
 
 __all__ = ["LiveRuntime", "Runtime"]
 

@@ -21,7 +21,7 @@ from json.decoder import scanstring
 from json.scanner import make_scanner
 from typing import Any
 
-from .errors import InvalidRequest
+from cliproxy.core.errors import InvalidRequest
 
 __all__ = ["ClientRequest", "parse_client_body", "rewrite_model"]
 

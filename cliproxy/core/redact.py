@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, urlsplit
 
-from .config import Config
+from cliproxy.core.config import Config
 
 __all__ = ["SecretMasker", "config_secrets", "mask_secrets", "mask_key", "excerpt", "is_secret_header"]
 

@@ -19,11 +19,11 @@ from aiohttp import ClientResponse
 from openapi_spec_validator import validate as validate_openapi
 from yarl import URL
 
-from cliproxy.web import admin_api
-from cliproxy.web.admin_api import ENDPOINTS, parse_since
+from cliproxy.core.times import parse_since
+from cliproxy.web.admin import ENDPOINTS, exchange
 from cliproxy.core.config import Config
 from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
-from cliproxy.web.openapi import build_document, openapi_path
+from cliproxy.web.admin.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
@@ -907,7 +907,7 @@ class TestDatabaseNotAcceptingWrites:
     """While SQLite refuses writes, state-reporting and changing calls answer 503; once it recovers the disable is listed."""
 
     async def test_disabled_list_503_then_listed(self, admin, upstreams, tmp_path, monkeypatch):
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 0.3)
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
         a = await admin(two_vendors(bad.url, good.url))
@@ -931,7 +931,7 @@ class TestDatabaseNotAcceptingWrites:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 10)
         [row] = (await a.get("/api/models/disabled")).json["disabled"]
         assert (row["vendor"], row["reason"]) == ("bad", "auto")
         [event] = await a.events(kind="disabled")
@@ -939,7 +939,7 @@ class TestDatabaseNotAcceptingWrites:
 
 
     async def test_put_config_yaml_answers_once_its_event_is_committed(self, admin, upstreams, tmp_path, monkeypatch):
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 0.3)
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
         new = a.file().replace("name: m", "name: m2")
@@ -952,7 +952,7 @@ class TestDatabaseNotAcceptingWrites:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 10)
         reply = await a.call("PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"})
         assert reply.status == 200
         stored = read_events(tmp_path / "cliproxy.db", kind="config-reloaded")  # the file itself, no flush

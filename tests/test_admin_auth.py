@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cliproxy.web.admin_api import ENDPOINTS
-from cliproxy.web.admin_auth import (
+from cliproxy.web.admin import ENDPOINTS
+from cliproxy.web.admin.auth import (
     BLOCK_SECONDS,
     Lockout,
     client_address,
@@ -15,7 +15,7 @@ from cliproxy.web.admin_auth import (
 )
 from cliproxy.core.config import RemoteManagement
 from cliproxy.web.keys import CONFIG_MANAGER
-from cliproxy.web.openapi import openapi_path
+from cliproxy.web.admin.openapi import openapi_path
 from tests.conftest import FakeClock, make_config, vendor
 from tests.test_admin_api import MGMT_KEY, Admin, admin_starter
 

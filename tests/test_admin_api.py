@@ -24,7 +24,7 @@ from cliproxy.web.admin import ENDPOINTS, exchange
 from cliproxy.core.config import Config
 from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
 from cliproxy.web.admin.openapi import build_document, openapi_path
-from cliproxy.services.config_loader import load_config
+from cliproxy.services.config_loader import ConfigSchema, load_config
 from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
@@ -820,6 +820,39 @@ class TestConfigEndpoints:
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
         reply = await a.call("PUT", "/api/config.yaml", data=b"\xff\xfe", headers={"Content-Type": "application/yaml"})
         assert reply.status == 400
+
+    async def test_config_json_shows_every_key_the_file_may_hold(self, admin, upstreams):
+        """Every key of the loader's schema, nested ones included, is in `GET /api/config`: the view is not a
+        second copy of the config's shape that can fall behind (it once lacked `body-timeout`)."""
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        shown = (await a.get("/api/config")).json["config"]
+        # Read but shown under another key: CLIProxyAPI's `disabled` is the inverse of `enabled`.
+        shown_as_another = {("openai-compatibility", "disabled")}
+        missing = [
+            ".".join(path) for path, present in _schema_keys(ConfigSchema(), shown, ())
+            if not present and path not in shown_as_another
+        ]
+        assert missing == []
+        assert shown["body-timeout"] == 60 and shown["client-header-timeout"] == 10
+
+
+def _schema_keys(schema: Any, shown: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], bool]]:
+    """(key path, whether `shown` has it) for every key of a marshmallow schema, walking nested schemas and
+    lists of them (into the first item shown)."""
+    from marshmallow import fields as mfields
+
+    out: list[tuple[tuple[str, ...], bool]] = []
+    for attr, field_ in schema.fields.items():
+        key = field_.data_key or attr
+        present = isinstance(shown, dict) and key in shown
+        out.append(((*path, key), present))
+        value = shown.get(key) if present else None
+        if isinstance(field_, mfields.Nested):
+            out += _schema_keys(field_.schema, value, (*path, key))
+        elif isinstance(field_, mfields.List) and isinstance(field_.inner, mfields.Nested):
+            out += _schema_keys(field_.inner.schema, value[0] if value else None, (*path, key))
+    return out
 
 
 def mask_like(key: str) -> str:

@@ -284,6 +284,17 @@ class TestMiddlewareEndToEnd:
         clock.advance(1)
         assert (await a.get("/api/vendors")).status == 200
 
+    @pytest.mark.parametrize("failing_on", ["/metrics", "/api/vendors"])
+    async def test_metrics_with_require_auth_shares_the_lockout(self, admin, upstreams, failing_on):
+        """/metrics (a gateway route) and the management sub-application count failed keys in one lock-out."""
+        up = await upstreams()
+        a = await admin({**_config(up.url), "metrics": {"require-auth": True}}, clock=FakeClock())
+        for _ in range(5):
+            assert (await a.gw.client.get(failing_on, headers={"Authorization": "Bearer wrong"})).status == 401
+        right = {"Authorization": f"Bearer {MGMT_KEY}"}
+        assert (await a.gw.client.get("/metrics", headers=right)).status == 429
+        assert (await a.get("/api/vendors")).status == 429
+
     async def test_key_change_by_reload_applies_to_the_next_request(self, admin, upstreams):
         up = await upstreams()
         a = await admin(_config(up.url))

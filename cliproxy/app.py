@@ -11,19 +11,18 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from cliproxy.web import admin_api
-
 from cliproxy.web import health
 
 from cliproxy.web import proxy_api
-from cliproxy.web.admin_auth import Lockout, management_auth_middleware
+from cliproxy.web.admin import API_PREFIX, management_app
+from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
 from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.core.config import Config
 from cliproxy.core.errors import ProxyError, error_body
 from cliproxy.core.events import OutcomeSink
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.keys import (
-    ADMIN_LOCKOUT, CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
+    CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
 )
 from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
@@ -120,16 +119,17 @@ async def _close_overload_log(app: web.Application) -> None:
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
-    # The browser guard before the management key check: a web page's request is refused for what
-    # it is, and does not count towards (or get caught by) the key lock-out.
-    middlewares = [access_middleware, error_middleware, browser_guard_middleware, management_auth_middleware]
+    # The browser guard before the management key check (the management sub-application's own
+    # middleware, which runs after these): a web page's request is refused for what it is, and does
+    # not count towards (or get caught by) the key lock-out.
+    middlewares = [access_middleware, error_middleware, browser_guard_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes + 1)
     app[RUNTIME] = LiveRuntime(Runtime.build(config))
     app[CLOCK] = clock
     app[METRICS] = Metrics()
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
-    app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.web.admin_auth)
+    app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.web.admin.auth; /metrics too)
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
     app.on_cleanup.append(_close_overload_log)
     app[IN_FLIGHT] = InFlight()  # what a shutdown waits for, then cuts (cliproxy.server)
@@ -140,5 +140,5 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.on_response_prepare.append(cors_response_headers)  # an allowed browser origin's /v1 answers say so
     app.add_routes(proxy_api.routes)
     app.add_routes(health.routes)
-    app.add_routes(admin_api.routes)  # every /api route is behind management_auth_middleware
+    app.add_subapp(API_PREFIX + "/", management_app())  # every path under /api, known or not, behind its access rule
     return app

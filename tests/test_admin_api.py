@@ -19,12 +19,12 @@ from aiohttp import ClientResponse
 from openapi_spec_validator import validate as validate_openapi
 from yarl import URL
 
-from cliproxy.web import admin_api
-from cliproxy.web.admin_api import ENDPOINTS, parse_since
+from cliproxy.core.times import parse_since
+from cliproxy.web.admin import ENDPOINTS, exchange
 from cliproxy.core.config import Config
 from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
-from cliproxy.web.openapi import build_document, openapi_path
-from cliproxy.services.config_loader import load_config
+from cliproxy.web.admin.openapi import build_document, openapi_path
+from cliproxy.services.config_loader import ConfigSchema, load_config
 from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
 from tests.conftest import FakeClock, vendor
@@ -821,6 +821,39 @@ class TestConfigEndpoints:
         reply = await a.call("PUT", "/api/config.yaml", data=b"\xff\xfe", headers={"Content-Type": "application/yaml"})
         assert reply.status == 400
 
+    async def test_config_json_shows_every_key_the_file_may_hold(self, admin, upstreams):
+        """Every key of the loader's schema, nested ones included, is in `GET /api/config`: the view is not a
+        second copy of the config's shape that can fall behind (it once lacked `body-timeout`)."""
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        shown = (await a.get("/api/config")).json["config"]
+        # Read but shown under another key: CLIProxyAPI's `disabled` is the inverse of `enabled`.
+        shown_as_another = {("openai-compatibility", "disabled")}
+        missing = [
+            ".".join(path) for path, present in _schema_keys(ConfigSchema(), shown, ())
+            if not present and path not in shown_as_another
+        ]
+        assert missing == []
+        assert shown["body-timeout"] == 60 and shown["client-header-timeout"] == 10
+
+
+def _schema_keys(schema: Any, shown: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], bool]]:
+    """(key path, whether `shown` has it) for every key of a marshmallow schema, walking nested schemas and
+    lists of them (into the first item shown)."""
+    from marshmallow import fields as mfields
+
+    out: list[tuple[tuple[str, ...], bool]] = []
+    for attr, field_ in schema.fields.items():
+        key = field_.data_key or attr
+        present = isinstance(shown, dict) and key in shown
+        out.append(((*path, key), present))
+        value = shown.get(key) if present else None
+        if isinstance(field_, mfields.Nested):
+            out += _schema_keys(field_.schema, value, (*path, key))
+        elif isinstance(field_, mfields.List) and isinstance(field_.inner, mfields.Nested):
+            out += _schema_keys(field_.inner.schema, value[0] if value else None, (*path, key))
+    return out
+
 
 def mask_like(key: str) -> str:
     from cliproxy.core.redact import mask_key
@@ -907,7 +940,7 @@ class TestDatabaseNotAcceptingWrites:
     """While SQLite refuses writes, state-reporting and changing calls answer 503; once it recovers the disable is listed."""
 
     async def test_disabled_list_503_then_listed(self, admin, upstreams, tmp_path, monkeypatch):
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 0.3)
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
         a = await admin(two_vendors(bad.url, good.url))
@@ -931,7 +964,7 @@ class TestDatabaseNotAcceptingWrites:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 10)
         [row] = (await a.get("/api/models/disabled")).json["disabled"]
         assert (row["vendor"], row["reason"]) == ("bad", "auto")
         [event] = await a.events(kind="disabled")
@@ -939,7 +972,7 @@ class TestDatabaseNotAcceptingWrites:
 
 
     async def test_put_config_yaml_answers_once_its_event_is_committed(self, admin, upstreams, tmp_path, monkeypatch):
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 0.3)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 0.3)
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
         new = a.file().replace("name: m", "name: m2")
@@ -952,7 +985,7 @@ class TestDatabaseNotAcceptingWrites:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        monkeypatch.setattr(admin_api, "COMMIT_TIMEOUT_SECONDS", 10)
+        monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 10)
         reply = await a.call("PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"})
         assert reply.status == 200
         stored = read_events(tmp_path / "cliproxy.db", kind="config-reloaded")  # the file itself, no flush

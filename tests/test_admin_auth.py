@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cliproxy.web.admin_api import ENDPOINTS
-from cliproxy.web.admin_auth import (
+from cliproxy.web.admin import ENDPOINTS
+from cliproxy.web.admin.auth import (
     BLOCK_SECONDS,
     Lockout,
     client_address,
@@ -15,7 +15,7 @@ from cliproxy.web.admin_auth import (
 )
 from cliproxy.core.config import RemoteManagement
 from cliproxy.web.keys import CONFIG_MANAGER
-from cliproxy.web.openapi import openapi_path
+from cliproxy.web.admin.openapi import openapi_path
 from tests.conftest import FakeClock, make_config, vendor
 from tests.test_admin_api import MGMT_KEY, Admin, admin_starter
 
@@ -283,6 +283,17 @@ class TestMiddlewareEndToEnd:
         assert (await a.get("/api/vendors")).status == 429
         clock.advance(1)
         assert (await a.get("/api/vendors")).status == 200
+
+    @pytest.mark.parametrize("failing_on", ["/metrics", "/api/vendors"])
+    async def test_metrics_with_require_auth_shares_the_lockout(self, admin, upstreams, failing_on):
+        """/metrics (a gateway route) and the management sub-application count failed keys in one lock-out."""
+        up = await upstreams()
+        a = await admin({**_config(up.url), "metrics": {"require-auth": True}}, clock=FakeClock())
+        for _ in range(5):
+            assert (await a.gw.client.get(failing_on, headers={"Authorization": "Bearer wrong"})).status == 401
+        right = {"Authorization": f"Bearer {MGMT_KEY}"}
+        assert (await a.gw.client.get("/metrics", headers=right)).status == 429
+        assert (await a.get("/api/vendors")).status == 429
 
     async def test_key_change_by_reload_applies_to_the_next_request(self, admin, upstreams):
         up = await upstreams()

@@ -42,8 +42,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cliproxy.web.admin_api import ENDPOINTS
-from cliproxy.web.openapi import build_document, openapi_path
+from cliproxy.web.admin import ENDPOINTS
+from cliproxy.web.admin.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.writeback import atomic_write
 from tests.conftest import vendor

@@ -17,7 +17,7 @@ its real sockets, plus what only shows there:
 
 Only loopback is used. A real non-loopback peer would need a second address on this machine (or a
 network namespace), which a test cannot count on; the peer-is-remote case is reached through
-`trusted-proxies`, the same code path (`admin_auth.client_address`) a remote peer takes.
+`trusted-proxies`, the same code path (`cliproxy.web.admin.auth.client_address`) a remote peer takes.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import aiohttp
 import pytest
 import yaml
 
-from cliproxy.web.admin_api import ENDPOINTS
-from cliproxy.web.openapi import openapi_path
+from cliproxy.web.admin import ENDPOINTS
+from cliproxy.web.admin.openapi import openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.conftest import vendor

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from cliproxy.web.admin_auth import is_loopback
+from cliproxy.web.admin.auth import is_loopback
 from cliproxy.core.errors import Forbidden, MisdirectedRequest
 from cliproxy.web.keys import CORS_ORIGIN, RUNTIME
 

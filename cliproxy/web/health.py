@@ -5,7 +5,7 @@
   still names the writable file the server has open: see `cliproxy.services.store`), and the tracker's
   writes are being committed; otherwise 503 with the reasons. For load balancers.
 - `/metrics`: Prometheus text. Open by default; with `metrics.require-auth: true` it is guarded
-  exactly like the management API (`cliproxy.web.admin_auth.decide`: the management key as Bearer or
+  exactly like the management API (`cliproxy.web.admin.auth.decide`: the management key as Bearer or
   `X-Management-Key` compared in constant time, loopback unless `allow-remote`, the same
   lock-out), except that without a `secret-key` the answer is 403 with a message saying so.
 """
@@ -16,7 +16,7 @@ import asyncio
 
 from aiohttp import web
 
-from cliproxy.web.admin_auth import authorize
+from cliproxy.web.admin.auth import authorize
 from cliproxy.core.errors import Forbidden
 from cliproxy.web.keys import METRICS, RUNTIME, STORE, TRACKER
 from cliproxy.web.metrics import CONTENT_TYPE

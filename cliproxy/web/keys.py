@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from cliproxy.web.admin_auth import Lockout
 from cliproxy.core.events import OutcomeSink
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.metrics import Metrics
@@ -21,7 +20,7 @@ from cliproxy.web.upstream import AccessInfo
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from cliproxy.services.config_manager import ConfigManager
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
            "RELAYED_STATUS"]
 
@@ -39,8 +38,6 @@ STORE = web.AppKey("store", Store)
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.
 CLOCK = web.AppKey("clock", Callable[[], float])
-#: Failed management-key attempts per client address, and the addresses blocked for them.
-ADMIN_LOCKOUT = web.AppKey("admin_lockout", Lockout)
 #: The management client's address as decided by the auth rule; the `actor` of its changes.
 ADMIN_ACTOR = web.RequestKey("admin_actor", str)
 #: This app's Prometheus registry and the label children it caches.

@@ -1,9 +1,11 @@
 """Who may use the management API (`/api/...`): the key, the loopback rule and the lock-out.
 
 The decision is pure (`decide`, `client_address`, `Lockout`): the peer address, the headers and
-`now` are passed in, so the rules are tested as tables without sockets or sleeping. The aiohttp
-middleware at the bottom is the thin shell: it reads the live config from `app[RUNTIME].current` on every
-request (a hot reload swaps it), asks `decide`, and raises the error the error middleware renders.
+`now` are passed in, so the rules are tested as tables without sockets or sleeping. The shell at
+the bottom (`authorize`, and the management sub-application's middleware over it) reads the live
+config from the gateway's `RUNTIME` on every request (a hot reload swaps it), asks `decide`, and
+raises the error the gateway's error middleware renders. `/metrics` with `require-auth` goes
+through the same `authorize`, so it shares the key and the lock-out.
 
 The rules, in the order they are applied:
 
@@ -38,8 +40,10 @@ from aiohttp import web
 
 from cliproxy.core.config import RemoteManagement
 from cliproxy.core.errors import Forbidden, TooManyRequests, Unauthorized
+from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, RUNTIME
 
 __all__ = [
+    "ADMIN_LOCKOUT",
     "MAX_FAILURES",
     "FAILURE_WINDOW_SECONDS",
     "BLOCK_SECONDS",
@@ -48,6 +52,7 @@ __all__ = [
     "client_address",
     "decide",
     "is_loopback",
+    "authorize",
     "management_auth_middleware",
     "presented_key",
 ]
@@ -257,29 +262,28 @@ def decide(
     return Decision(200, address)
 
 
-# The shell. Imported here, below the pure core, because keys.py imports `Lockout` from this module.
-from cliproxy.web import keys as _keys  # noqa: E402
+# --- the shell ---------------------------------------------------------------------------------
 
-
-def _is_management_path(path: str) -> bool:
-    return path == "/api" or path.startswith("/api/")
+#: Failed management-key attempts per client address, and the addresses blocked for them (on the gateway:
+#: the management API and /metrics share it).
+ADMIN_LOCKOUT = web.AppKey("admin_lockout", Lockout)
 
 
 def authorize(request: web.Request) -> str:
     """Apply the management access rule to `request`; the caller's address, or raise the refusal.
 
     The one shell over `decide` for every guarded route (the management API and, when configured,
-    /metrics).
+    /metrics). Reads the gateway's keys through `config_dict`, from its own routes and the sub-application's alike.
     """
-    settings = request.app[_keys.RUNTIME].current.config.remote_management
+    settings = request.config_dict[RUNTIME].current.config.remote_management
     decision = decide(
         settings,
         peer=request.remote,
         # Every X-Forwarded-For line: a proxy may add its own line instead of appending to the client's.
         forwarded_for=", ".join(request.headers.getall("X-Forwarded-For", ())) or None,
         key=presented_key(request.headers.get("Authorization"), request.headers.get("X-Management-Key")),
-        lockout=request.app[_keys.ADMIN_LOCKOUT],
-        now=request.app[_keys.CLOCK](),
+        lockout=request.config_dict[ADMIN_LOCKOUT],
+        now=request.config_dict[CLOCK](),
     )
     if decision.status == 404:
         raise web.HTTPNotFound()
@@ -296,8 +300,6 @@ def authorize(request: web.Request) -> str:
 async def management_auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Guards every `/api` path (known or not); other paths pass untouched."""
-    if not _is_management_path(request.path):
-        return await handler(request)
-    request[_keys.ADMIN_ACTOR] = authorize(request)
+    """The management sub-application's guard: every path under `/api` (known or not) passes the rule first."""
+    request[ADMIN_ACTOR] = authorize(request)
     return await handler(request)

@@ -1,8 +1,9 @@
-"""The OpenAPI 3.1 document of the management API, generated from `cliproxy.web.admin_api.ENDPOINTS`.
+"""The OpenAPI 3.1 document of the management API, generated from the endpoint registry.
 
 Every body, query and response schema in it is the marshmallow schema the handler validates or
 serialises with (through apispec's MarshmallowPlugin), so the document describes what is served.
-Pure apart from building a dict once; served at `GET /api/openapi.json`.
+It reads only the registry (`cliproxy.web.admin.registry`), never a handler module; built once and
+served at `GET /api/openapi.json`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import functools
 import re
 from typing import Any
 
+from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from cliproxy.web.admin_api import COMMON_ERRORS, ENDPOINTS, Endpoint, ErrorSchema
+from cliproxy.web.admin.registry import COMMON_ERRORS, ENDPOINTS, Endpoint, endpoint
+from cliproxy.web.admin.schemas import ErrorSchema
 
-__all__ = ["OPENAPI_VERSION", "build_document", "openapi_path"]
+__all__ = ["OPENAPI_VERSION", "build_document", "openapi_json", "openapi_path"]
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -83,7 +86,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
 
 @functools.cache
 def build_document() -> dict[str, Any]:
-    """The whole document (built once; the endpoints are fixed at import)."""
+    """The whole document (built once: the endpoints are fixed once `cliproxy.web.admin` is imported)."""
     spec = APISpec(
         title="cliproxy management API",
         version="1",
@@ -107,3 +110,9 @@ def build_document() -> dict[str, Any]:
     document = spec.to_dict()
     document["security"] = [{"bearer": []}, {"managementKey": []}]
     return document
+
+
+@endpoint("GET", "/api/openapi.json", summary="This document", response=None, response_content="application/json", tags=("meta",))
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of the management API, generated from the schemas the handlers use."""
+    return web.json_response(build_document())

@@ -1,8 +1,8 @@
 """The live configuration: hot reload from the file, and changes written back to it.
 
 `ConfigManager` is the one place that changes the running config. Every path ends the same way:
-validate the whole file with the real loader, build a new `Runtime` and swap `app[RUNTIME].current` as one
-reference (a request takes the runtime once, so requests in flight finish on the config they started
+validate the whole file with the real loader, build a new `Runtime` and swap the `LiveRuntime` cell's
+`current` as one reference (a request takes the runtime once, so requests in flight finish on the config they started
 with), hand the new auto-disable rules to the tracker (its states and counts stay), and record one
 event in the audit history. A file that does not validate never replaces the running config.
 
@@ -27,7 +27,11 @@ edit is redone on the new text (once), a PUT answers 409; an operator's save is 
 
 Reading, editing, parsing, validating and building the routing table run in a worker thread (a
 10,000-pair file takes seconds of CPU); the thread only builds new immutable values, and the swap
-onto the live app happens back on the event loop, under the lock.
+onto the live cell happens back on the event loop, under the lock.
+
+The manager knows nothing of the web layer: the app hands it the `LiveRuntime` cell it swaps, and
+once the database is open the tracker (`attach`) that takes the new auto-disable rules and records
+the events.
 """
 
 from __future__ import annotations
@@ -43,15 +47,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path as FilePath
 from typing import Any
 
-from aiohttp import web
-
 from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_routes
 from cliproxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from cliproxy.core.eventlog import event_fields
 from cliproxy.core.events import Event
-from cliproxy.web.keys import RUNTIME, TRACKER
-from cliproxy.core.redact import mask_secrets
-from cliproxy.core.runtime import Runtime
+from cliproxy.core.runtime import LiveRuntime, Runtime
 from cliproxy.services.config_loader import ConfigError, parse_config
 from cliproxy.services.writeback import (
     FileChanged,
@@ -66,8 +66,9 @@ from cliproxy.services.writeback import (
     switch_edits,
     switch_state,
 )
+from cliproxy.services.tracker import FailureTracker
 
-__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
+__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS"]
 
 log = logging.getLogger("cliproxy.reload")  # the name operators grep for; kept across the move
 
@@ -119,11 +120,6 @@ class NoConfigFile(ServiceUnavailable):
         super().__init__("the configuration was not read from a file, so it cannot be read or changed at run time")
 
 
-def swap_runtime(app: web.Application, runtime: Runtime) -> None:
-    """Make `runtime` the one new requests take; requests in flight keep theirs."""
-    app[RUNTIME].current = runtime
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class _Built:
     """A validated config with its runtime and tracker settings, built off the event loop, not yet live."""
@@ -162,14 +158,17 @@ class ConfigManager:
 
     def __init__(
         self,
-        app: web.Application,
+        live: LiveRuntime,
         path: str | None,
         *,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.5,
         settle_seconds: float = 0.5,
     ) -> None:
-        self._app = app
+        #: The cell new requests take their `Runtime` from; a reload swaps its `current`.
+        self._live = live
+        #: Takes the auto-disable rules of each new config and records the events; None until `attach`.
+        self._tracker: FailureTracker | None = None
         #: The config file; None when the app was built from an in-memory Config (edits then raise).
         self.path = path
         self.poll_interval = poll_interval
@@ -182,7 +181,7 @@ class ConfigManager:
         self.last_loaded_at: float = clock()
         self._lock = asyncio.Lock()
         #: The config the process started with: sockets and database come from it until a restart.
-        self._started: Config = app[RUNTIME].current.config
+        self._started: Config = live.current.config
         self._seen_stat: _StatKey | None = self._stat()
         #: The file text the running config was built from (None: unknown, the next reload loads).
         self._loaded_text: str | None = None
@@ -197,12 +196,17 @@ class ConfigManager:
         self._explicit_on: set[tuple[str, str | None]] = set()
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    def attach(self, tracker: FailureTracker) -> None:
+        """From now on, hand each new config's auto-disable rules to `tracker` and record events through it
+        (the app calls this once the database is open; before, changes are recorded nowhere)."""
+        self._tracker = tracker
+
     # ------------------------------------------------------------------ views
 
     @property
     def restart_required(self) -> list[str]:
         """Settings of the running config that differ from those the process started with."""
-        return self._restart_fields(self._app[RUNTIME].current.config)
+        return self._restart_fields(self._live.current.config)
 
     def read_text(self) -> str:
         """The config file as it is on disk now (for GET /api/config.yaml)."""
@@ -326,7 +330,7 @@ class ConfigManager:
                 await self._record(
                     Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
                 )
-                return self._app[RUNTIME].current.config
+                return self._live.current.config
             raise ConfigChanged(
                 "config.yaml was saved by someone else while this change was being written, "
                 f"{EDIT_ATTEMPTS} times in a row; nothing was written: retry"
@@ -415,8 +419,8 @@ class ConfigManager:
             return _Built(text, config, runtime, dict(runtime.table.auto_disable_settings()))
 
     def _mask(self, problems: Sequence[str]) -> list[str]:
-        secrets = self._app[RUNTIME].current.secrets
-        return [mask_secrets(problem, secrets) for problem in problems]
+        masker = self._live.current.masker
+        return [masker.mask(problem) for problem in problems]
 
     async def _read(self, path: str) -> tuple[str, FileVersion | None]:
         """The file's text and version (missing: empty, None); 409 while someone is writing it."""
@@ -496,11 +500,10 @@ class ConfigManager:
 
     def _install(self, built: _Built) -> Config:
         """Swap in a config built off the loop; returns the config it replaced. On the loop, under the lock."""
-        previous = self._app[RUNTIME].current.config
-        swap_runtime(self._app, built.runtime)
-        tracker = self._app.get(TRACKER)
-        if tracker is not None:
-            tracker.update_settings(built.settings)
+        previous = self._live.current.config
+        self._live.current = built.runtime  # new requests take it; requests in flight keep theirs
+        if self._tracker is not None:
+            self._tracker.update_settings(built.settings)
         self._loaded_text = self._seen_text = built.text
         self.last_error = None
         self.last_loaded_at = self._clock()
@@ -558,9 +561,8 @@ class ConfigManager:
     async def _record(self, event: Event) -> None:
         """Append to the audit history through the tracker's ordered, retrying writer (never blocks
         on a slow or failing database; the in-memory config is authoritative)."""
-        tracker = self._app.get(TRACKER)
-        if tracker is not None:
-            tracker.record_event(event)
+        if self._tracker is not None:
+            self._tracker.record_event(event)
 
     async def _reload_logged(self, reason: str) -> bool:
         try:

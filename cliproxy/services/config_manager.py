@@ -48,10 +48,18 @@ from pathlib import Path as FilePath
 from typing import Any
 
 from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_routes
-from cliproxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from cliproxy.core.errors import NotFound, ProxyError
 from cliproxy.core.eventlog import event_fields
 from cliproxy.core.events import Event
 from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.services.config_change import (
+    ConfigChanged,
+    ConfigRejected,
+    NoConfigFile,
+    rejected_event,
+    reloaded_event,
+    restart_required,
+)
 from cliproxy.services.config_loader import ConfigError, parse_config
 from cliproxy.services.writeback import (
     FileChanged,
@@ -68,22 +76,10 @@ from cliproxy.services.writeback import (
 )
 from cliproxy.services.tracker import FailureTracker
 
-__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS"]
+# The errors are defined in config_change and re-exported: callers catch them as the manager's.
+__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile"]
 
 log = logging.getLogger("cliproxy.reload")  # the name operators grep for; kept across the move
-
-#: Settings read once at start-up (sockets, database, logging, runner): a change needs a restart.
-RESTART_FIELDS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
-    ("host", lambda c: c.host),
-    ("port", lambda c: c.port),
-    ("database", lambda c: c.database),
-    ("shutdown-grace-seconds", lambda c: c.shutdown_grace_seconds),
-    ("client-header-timeout", lambda c: c.client_header_timeout),
-    ("keepalive-timeout", lambda c: c.keepalive_timeout),
-    ("max-connections", lambda c: c.max_connections),
-    ("log-level", lambda c: c.logging.level),
-    ("log-format", lambda c: c.logging.format),
-)
 
 _StatKey = tuple[int, int, int]
 
@@ -91,33 +87,6 @@ _StatKey = tuple[int, int, int]
 EDIT_ATTEMPTS = 2
 
 Edits = Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]]
-
-
-class ConfigRejected(InvalidRequest):
-    """A change that would make the configuration invalid; nothing was written. 400 with every problem."""
-
-    code = "invalid_config"
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("the configuration would be invalid: " + "; ".join(problems))
-
-
-class ConfigChanged(ProxyError):
-    """The file on disk is being changed by someone else (or was, and is not valid): nothing was written. 409; retry."""
-
-    status = 409
-    error_type = "invalid_request_error"
-    code = "config_changed"
-
-
-class NoConfigFile(ServiceUnavailable):
-    """The app was built from an in-memory `Config`: there is no file to read, edit or reload."""
-
-    code = "no_config_file"
-
-    def __init__(self) -> None:
-        super().__init__("the configuration was not read from a file, so it cannot be read or changed at run time")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -206,7 +175,7 @@ class ConfigManager:
     @property
     def restart_required(self) -> list[str]:
         """Settings of the running config that differ from those the process started with."""
-        return self._restart_fields(self._live.current.config)
+        return restart_required(self._live.current.config, self._started)
 
     def read_text(self) -> str:
         """The config file as it is on disk now (for GET /api/config.yaml)."""
@@ -511,29 +480,11 @@ class ConfigManager:
             log.warning("%s", why)
         return previous
 
-    def _restart_fields(self, config: Config) -> list[str]:
-        fields = [name for name, get in RESTART_FIELDS if get(config) != get(self._started)]
-        if config.max_body_bytes > self._started.max_body_bytes:
-            fields.append("max-body-bytes")  # the server's body limit is fixed when it starts
-        return fields
-
     def _reloaded_event(self, previous: Config, config: Config, *, reason: str, actor: str | None) -> Event:
-        old_names = {v.name for v in previous.vendors}
-        new_names = {v.name for v in config.vendors}
-        detail: dict[str, Any] = {
-            "reason": reason,
-            "vendors": len(config.vendors),
-            "pairs": sum(len(v.models) for v in config.vendors),
-        }
-        if added := sorted(new_names - old_names):
-            detail["vendors_added"] = added
-        if removed := sorted(old_names - new_names):
-            detail["vendors_removed"] = removed
-        restart = self._restart_fields(config)
-        if restart:
-            detail["restart_required"] = restart
+        event = reloaded_event(previous, config, self._started, reason=reason, actor=actor, at=self._clock())
+        detail = event.detail or {}
+        if restart := detail.get("restart_required"):
             log.warning("config changes of %s take effect only after a restart", ", ".join(restart))
-        event = Event(kind="config-reloaded", at=self._clock(), actor=actor, detail=detail)
         log.info(
             "config reloaded (%s): %d vendor(s), %d pair(s)%s",
             reason,
@@ -546,7 +497,7 @@ class ConfigManager:
 
     async def _reject(self, problems: Sequence[str], reason: str, actor: str | None) -> None:
         masked = self._mask(problems)
-        event = Event(kind="config-rejected", at=self._clock(), actor=actor, detail={"problems": masked, "reason": reason})
+        event = rejected_event(masked, reason=reason, actor=actor, at=self._clock())
         log.warning(
             "config reload (%s) rejected, the running config stays: %d problem(s)",
             reason,

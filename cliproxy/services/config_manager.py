@@ -22,7 +22,7 @@ The operator's file wins over the API (issue 11). An API change starts from the 
 disk, and only from a complete one: a file that changed since it was loaded must have held still
 for `settle_seconds` and must validate (it is then loaded first, as a reload), otherwise the API
 answers 409 `config_changed` and writes nothing. The write itself is a compare-and-swap
-(`writeback.replace_if_unchanged`): when the file changed between the API's read and its rename, an
+(`config_file.replace_if_unchanged`): when the file changed between the API's read and its rename, an
 edit is redone on the new text (once), a PUT answers 409; an operator's save is never overwritten.
 
 Reading, editing, parsing, validating and building the routing table run in a worker thread (a
@@ -61,19 +61,8 @@ from cliproxy.services.config_change import (
     restart_required,
 )
 from cliproxy.services.config_loader import ConfigError, parse_config
-from cliproxy.services.writeback import (
-    FileChanged,
-    FileVersion,
-    MissingPath,
-    Path,
-    WritebackError,
-    current_version,
-    edit_yaml,
-    read_version,
-    replace_if_unchanged,
-    switch_edits,
-    switch_state,
-)
+from cliproxy.services.config_file import FileChanged, FileVersion, current_version, read_version, replace_if_unchanged
+from cliproxy.services.writeback import MissingPath, Path, WritebackError, edit_yaml, switch_edits, switch_state
 from cliproxy.services.tracker import FailureTracker
 
 # The errors are defined in config_change and re-exported: callers catch them as the manager's.

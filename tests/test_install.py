@@ -199,7 +199,7 @@ class TestArchives:
             entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
         migrations = {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
         assert migrations and migrations <= names
-        assert {"cliproxy/__main__.py", "cliproxy/cli/__main__.py", "cliproxy/fake_upstream.py", f"{dist_info}/licenses/LICENSE"} <= names
+        assert {"cliproxy/__main__.py", "cliproxy/cli/__main__.py", "cliproxy/fake_upstream/__init__.py", "cliproxy/fake_upstream/__main__.py", f"{dist_info}/licenses/LICENSE"} <= names
         assert "License-Expression: MIT" in metadata
         assert re.search(r"(?m)^cliproxy = cliproxy\.cli:main$", entry_points)
         assert not any(name.startswith("tests/") for name in names)

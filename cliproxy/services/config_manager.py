@@ -38,20 +38,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path as FilePath
 from typing import Any
 
-from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_routes
+from cliproxy.core.config import Config, nothing_routes
 from cliproxy.core.errors import NotFound, ProxyError
 from cliproxy.core.eventlog import event_fields
 from cliproxy.core.events import Event
-from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.core.runtime import LiveRuntime
+from cliproxy.services.config_build import BuiltConfig, build_config, collector_paused
 from cliproxy.services.config_change import (
     ConfigChanged,
     ConfigRejected,
@@ -60,7 +59,7 @@ from cliproxy.services.config_change import (
     reloaded_event,
     restart_required,
 )
-from cliproxy.services.config_loader import ConfigError, parse_config
+from cliproxy.services.config_loader import ConfigError
 from cliproxy.services.config_file import FileChanged, FileVersion, current_version, read_version, replace_if_unchanged
 from cliproxy.services.writeback import MissingPath, Path, WritebackError, edit_yaml, switch_edits, switch_state
 from cliproxy.services.tracker import FailureTracker
@@ -76,35 +75,6 @@ _StatKey = tuple[int, int, int]
 EDIT_ATTEMPTS = 2
 
 Edits = Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Built:
-    """A validated config with its runtime and tracker settings, built off the event loop, not yet live."""
-
-    text: str
-    config: Config
-    runtime: Runtime
-    settings: dict[PairKey, AutoDisableSettings]
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Any:
-    """Pause Python's cyclic garbage collector while a worker thread builds a config.
-
-    Parsing a 10,000-pair file allocates a few hundred thousand short-lived objects, which triggers
-    full collections; a full collection holds the GIL for its whole run (30-190 ms measured), so
-    the event loop stalls even though the work is in another thread. What the build allocates is
-    freed by reference counting (YAML nodes, dicts, frozen dataclasses: no cycles), so nothing
-    piles up meanwhile. Builds are serialised by the manager's lock, so pauses never overlap.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _stat_key(version: FileVersion) -> _StatKey:
@@ -365,16 +335,9 @@ class ConfigManager:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _parse(self, text: str) -> Config:
-        return replace(parse_config(text, source=self.path), path=self.path)
-
-    def _build(self, text: str) -> _Built:
-        """Parse, validate and build the runtime (routing table) of a text. Pure CPU, run off the loop:
-        it reads nothing of the live app and builds only new values."""
-        with _collector_paused():
-            config = self._parse(text)
-            runtime = Runtime.build(config)
-            return _Built(text, config, runtime, dict(runtime.table.auto_disable_settings()))
+    def _build(self, text: str) -> BuiltConfig:
+        """The file's `text` validated and built (run off the loop; raises `ConfigError`)."""
+        return build_config(text, self.path)
 
     def _mask(self, problems: Sequence[str]) -> list[str]:
         masker = self._live.current.masker
@@ -427,12 +390,12 @@ class ConfigManager:
         await self._record(self._reloaded_event(previous, built.config, reason="file-changed", actor=None))
         return text, version
 
-    async def _edited(self, text: str, edits: Edits) -> tuple[str, _Built | None]:
+    async def _edited(self, text: str, edits: Edits) -> tuple[str, BuiltConfig | None]:
         """The edited text and, when it differs from the running config's, its validated build (off the loop)."""
         loaded = self._loaded_text
 
-        def work() -> tuple[str, _Built | None]:
-            with _collector_paused():
+        def work() -> tuple[str, BuiltConfig | None]:
+            with collector_paused():
                 new_text = edit_yaml(text, edits(text) if callable(edits) else edits)
             return new_text, None if new_text == loaded else self._build(new_text)
 
@@ -456,7 +419,7 @@ class ConfigManager:
         # is at the path now (an operator's save right after ours must still be seen).
         self._seen_stat = (written.st_mtime_ns, written.st_size, written.st_ino)
 
-    def _install(self, built: _Built) -> Config:
+    def _install(self, built: BuiltConfig) -> Config:
         """Swap in a config built off the loop; returns the config it replaced. On the loop, under the lock."""
         previous = self._live.current.config
         self._live.current = built.runtime  # new requests take it; requests in flight keep theirs

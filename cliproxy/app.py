@@ -85,6 +85,7 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[TRACKER] = tracker
     app[OUTCOMES] = tracker
+    app[CONFIG_MANAGER].attach(tracker)  # reloads hand it their auto-disable rules and record through it
     yield
     await tracker.close()
     await store.close()
@@ -128,7 +129,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[CLOCK] = clock
     app[METRICS] = Metrics()
     app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
-    app[CONFIG_MANAGER] = ConfigManager(app, config.path, clock=clock)
+    app[CONFIG_MANAGER] = ConfigManager(app[RUNTIME], config.path, clock=clock)
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.web.admin.auth; /metrics too)
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
     app.on_cleanup.append(_close_overload_log)

@@ -33,7 +33,7 @@ from cliproxy.web.keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
 from cliproxy.web.logs import configure_logging
 from cliproxy.web.overload import OverloadLog, local_resource_error
 from cliproxy.sdnotify import notify
-from cliproxy.services.writeback import remove_leftover_temp_files
+from cliproxy.services.config_file import remove_leftover_temp_files
 
 __all__ = ["serve"]
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from cliproxy import cli_views
+from cliproxy.cli import views as cli_views
 from cliproxy.cli import default_url, main
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
 from cliproxy.core.routing import RoutingTable

@@ -1,6 +1,6 @@
 """Config files fuzzed: any YAML gives a valid `Config` or a `ConfigError` whose every line names where, never another exception.
 
-Documents are generated from the real schema (`cliproxy.services.config_loader.ConfigSchema`, walked at import
+Documents are generated from the real schema (`cliproxy.services.config_schema.ConfigSchema`, walked at import
 time, so keys added later are fuzzed too): nested mappings under the real key names with random
 types, right-shaped values and unknown keys, `${VAR}` placeholders, and raw text. In-process
 through `parse_config` for speed, plus a handful through the real `cliproxy check-config`.
@@ -24,7 +24,8 @@ from marshmallow import Schema, fields
 
 from cliproxy.core.config import Config
 from cliproxy.core.runtime import Runtime
-from cliproxy.services.config_loader import ConfigError, ConfigSchema, StatusSet, parse_config
+from cliproxy.services.config_loader import ConfigError, parse_config
+from cliproxy.services.config_schema import ConfigSchema, StatusSet
 
 REPO = Path(__file__).resolve().parent.parent
 

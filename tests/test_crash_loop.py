@@ -384,7 +384,7 @@ class TestLeftoverTempFiles:
 
         flaky, good = await upstreams(), await upstreams()
         gw = GatewayProcess(tmp_path, _config(flaky, good))
-        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.services.writeback names it
+        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.services.config_file names it
         os.write(fd, b"port: 1\n")  # half a config
         os.close(fd)
         unrelated = tmp_path / ".config.yaml.notes.tmp"

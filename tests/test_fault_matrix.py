@@ -32,7 +32,8 @@ import aiohttp
 import pytest
 
 from cliproxy.web.keys import CLIENT_SESSION, TRACKER
-from cliproxy.fake_upstream import _HTML_PAGE, _MALFORMED, FakeUpstream, Fault
+from cliproxy.fake_upstream import FakeUpstream, Fault
+from cliproxy.fake_upstream.faults import HTML_PAGE, MALFORMED_BODY
 from tests.conftest import vendor
 
 PAIR = ("v", "m")
@@ -126,7 +127,7 @@ CASES: dict[str, Case] = {
     "503": _status(503),
     "504": _status(504),
     "malformed_json_200": Case(
-        Fault(malformed_json=True), **_same(RelayedAsSuccess("application/json", lambda body: body == _MALFORMED))
+        Fault(malformed_json=True), **_same(RelayedAsSuccess("application/json", lambda body: body == MALFORMED_BODY))
     ),
     # A plain request has no stream to end early: the fault does not apply, the answer is whole.
     "sse_without_done": Case(
@@ -134,7 +135,7 @@ CASES: dict[str, Case] = {
         stream=RelayedAsSuccess("text/event-stream", _stream_without_done),
         plain=RelayedAsSuccess("application/json", _whole_chat_json),
     ),
-    "html_200": Case(Fault(html_200=True), **_same(RelayedAsSuccess("text/html", lambda body: body == _HTML_PAGE))),
+    "html_200": Case(Fault(html_200=True), **_same(RelayedAsSuccess("text/html", lambda body: body == HTML_PAGE))),
     "body_50mb": Case(Fault(big_body_bytes=BIG), **_same(RelayedAsSuccess("application/json"))),
 }
 

@@ -185,7 +185,7 @@ class TestArchives:
     def test_sdist_contents(self, built: Built):
         with tarfile.open(built.sdist) as sdist:
             names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-        needed = {"LICENSE", "README.md", "pyproject.toml", "config.yaml", "scripts/cliproxy.service", "scripts/install-service.sh", "cliproxy/cli.py"}
+        needed = {"LICENSE", "README.md", "pyproject.toml", "config.yaml", "scripts/cliproxy.service", "scripts/install-service.sh", "cliproxy/cli/__init__.py"}
         needed |= {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
         assert needed <= names, sorted(needed - names)
 
@@ -199,7 +199,7 @@ class TestArchives:
             entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
         migrations = {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
         assert migrations and migrations <= names
-        assert {"cliproxy/__main__.py", "cliproxy/fake_upstream.py", f"{dist_info}/licenses/LICENSE"} <= names
+        assert {"cliproxy/__main__.py", "cliproxy/cli/__main__.py", "cliproxy/fake_upstream/__init__.py", "cliproxy/fake_upstream/__main__.py", f"{dist_info}/licenses/LICENSE"} <= names
         assert "License-Expression: MIT" in metadata
         assert re.search(r"(?m)^cliproxy = cliproxy\.cli:main$", entry_points)
         assert not any(name.startswith("tests/") for name in names)

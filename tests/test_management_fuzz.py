@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import load_config
-from cliproxy.services.writeback import atomic_write
+from cliproxy.services.config_file import atomic_write
 from tests.conftest import vendor
 from tests.processes import GatewayProcess
 

@@ -56,7 +56,7 @@ class TestParsing:
 
     def test_the_cli_and_the_api_use_it(self):
         from cliproxy.web.admin import events
-        from cliproxy import cli_views
+        from cliproxy.cli import views as cli_views
 
         assert events.parse_since is parse_since and cli_views.parse_since is parse_since
         assert cli_views.parse_duration is parse_duration

@@ -10,7 +10,7 @@ from marshmallow import Schema, fields
 
 from cliproxy.cli import build_parser
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
-from cliproxy.services.config_loader import ConfigSchema
+from cliproxy.services.config_schema import ConfigSchema
 from cliproxy.services.store import SQLiteStore
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

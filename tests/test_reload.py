@@ -25,7 +25,8 @@ from cliproxy.core.errors import InvalidRequest, NotFound
 from cliproxy.web.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
 from cliproxy.services.config_manager import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
 from cliproxy.services.config_loader import load_config
-from cliproxy.services.writeback import atomic_write, model_path, vendor_enabled_edits
+from cliproxy.services.config_file import atomic_write
+from cliproxy.services.writeback import model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
 from tests.conftest import Gateway, vendor
 from tests.processes import GatewayProcess, free_port

@@ -15,18 +15,14 @@ import pytest
 import yaml
 
 from cliproxy.services.config_loader import load_config, parse_config
+from cliproxy.services.config_file import FileChanged, _write_temp, atomic_write, read_version, replace_if_unchanged
 from cliproxy.services.writeback import (
-    FileChanged,
     MissingPath,
     WritebackError,
-    _write_temp,
-    atomic_write,
     dump_scalar,
     edit_yaml,
     model_index,
     model_path,
-    read_version,
-    replace_if_unchanged,
     switch_edits,
     switch_state,
     vendor_enabled_edits,
@@ -369,9 +365,9 @@ class TestAtomicWrite:
         child = textwrap.dedent(
             f"""
             import os, sys
-            from cliproxy.services import writeback
+            from cliproxy.services import config_file
             os.replace = lambda *args: os._exit(17)
-            writeback.atomic_write(sys.argv[1], "port: 9000\\n" * 1000)
+            config_file.atomic_write(sys.argv[1], "port: 9000\\n" * 1000)
             """
         )
         result = subprocess.run([sys.executable, "-c", child, str(target)], cwd=Path(__file__).parent.parent, timeout=30)

@@ -1,8 +1,8 @@
 """The live configuration: hot reload from the file, and changes written back to it.
 
 `ConfigManager` is the one place that changes the running config. Every path ends the same way:
-validate the whole file with the real loader, build a new `Runtime` and swap `app[RUNTIME].current` as one
-reference (a request takes the runtime once, so requests in flight finish on the config they started
+validate the whole file with the real loader, build a new `Runtime` and swap the `LiveRuntime` cell's
+`current` as one reference (a request takes the runtime once, so requests in flight finish on the config they started
 with), hand the new auto-disable rules to the tracker (its states and counts stay), and record one
 event in the audit history. A file that does not validate never replaces the running config.
 
@@ -22,67 +22,52 @@ The operator's file wins over the API (issue 11). An API change starts from the 
 disk, and only from a complete one: a file that changed since it was loaded must have held still
 for `settle_seconds` and must validate (it is then loaded first, as a reload), otherwise the API
 answers 409 `config_changed` and writes nothing. The write itself is a compare-and-swap
-(`writeback.replace_if_unchanged`): when the file changed between the API's read and its rename, an
+(`config_file.replace_if_unchanged`): when the file changed between the API's read and its rename, an
 edit is redone on the new text (once), a PUT answers 409; an operator's save is never overwritten.
 
 Reading, editing, parsing, validating and building the routing table run in a worker thread (a
 10,000-pair file takes seconds of CPU); the thread only builds new immutable values, and the swap
-onto the live app happens back on the event loop, under the lock.
+onto the live cell happens back on the event loop, under the lock.
+
+The manager knows nothing of the web layer: the app hands it the `LiveRuntime` cell it swaps, and
+once the database is open the tracker (`attach`) that takes the new auto-disable rules and records
+the events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path as FilePath
 from typing import Any
 
-from aiohttp import web
-
-from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_routes
-from cliproxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from cliproxy.core.config import Config, nothing_routes
+from cliproxy.core.errors import NotFound, ProxyError
 from cliproxy.core.eventlog import event_fields
 from cliproxy.core.events import Event
-from cliproxy.web.keys import RUNTIME, TRACKER
-from cliproxy.core.redact import mask_secrets
-from cliproxy.core.runtime import Runtime
-from cliproxy.services.config_loader import ConfigError, parse_config
-from cliproxy.services.writeback import (
-    FileChanged,
-    FileVersion,
-    MissingPath,
-    Path,
-    WritebackError,
-    current_version,
-    edit_yaml,
-    read_version,
-    replace_if_unchanged,
-    switch_edits,
-    switch_state,
+from cliproxy.core.runtime import LiveRuntime
+from cliproxy.services.config_build import BuiltConfig, build_config, collector_paused
+from cliproxy.services.config_change import (
+    ConfigChanged,
+    ConfigRejected,
+    NoConfigFile,
+    rejected_event,
+    reloaded_event,
+    restart_required,
 )
+from cliproxy.services.config_loader import ConfigError
+from cliproxy.services.config_file import FileChanged, FileVersion, current_version, read_version, replace_if_unchanged
+from cliproxy.services.writeback import MissingPath, Path, WritebackError, edit_yaml, switch_edits, switch_state
+from cliproxy.services.tracker import FailureTracker
 
-__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile", "RESTART_FIELDS", "swap_runtime"]
+# The errors are defined in config_change and re-exported: callers catch them as the manager's.
+__all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile"]
 
 log = logging.getLogger("cliproxy.reload")  # the name operators grep for; kept across the move
-
-#: Settings read once at start-up (sockets, database, logging, runner): a change needs a restart.
-RESTART_FIELDS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
-    ("host", lambda c: c.host),
-    ("port", lambda c: c.port),
-    ("database", lambda c: c.database),
-    ("shutdown-grace-seconds", lambda c: c.shutdown_grace_seconds),
-    ("client-header-timeout", lambda c: c.client_header_timeout),
-    ("keepalive-timeout", lambda c: c.keepalive_timeout),
-    ("max-connections", lambda c: c.max_connections),
-    ("log-level", lambda c: c.logging.level),
-    ("log-format", lambda c: c.logging.format),
-)
 
 _StatKey = tuple[int, int, int]
 
@@ -90,67 +75,6 @@ _StatKey = tuple[int, int, int]
 EDIT_ATTEMPTS = 2
 
 Edits = Sequence[tuple[Path, Any]] | Callable[[str], Sequence[tuple[Path, Any]]]
-
-
-class ConfigRejected(InvalidRequest):
-    """A change that would make the configuration invalid; nothing was written. 400 with every problem."""
-
-    code = "invalid_config"
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("the configuration would be invalid: " + "; ".join(problems))
-
-
-class ConfigChanged(ProxyError):
-    """The file on disk is being changed by someone else (or was, and is not valid): nothing was written. 409; retry."""
-
-    status = 409
-    error_type = "invalid_request_error"
-    code = "config_changed"
-
-
-class NoConfigFile(ServiceUnavailable):
-    """The app was built from an in-memory `Config`: there is no file to read, edit or reload."""
-
-    code = "no_config_file"
-
-    def __init__(self) -> None:
-        super().__init__("the configuration was not read from a file, so it cannot be read or changed at run time")
-
-
-def swap_runtime(app: web.Application, runtime: Runtime) -> None:
-    """Make `runtime` the one new requests take; requests in flight keep theirs."""
-    app[RUNTIME].current = runtime
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Built:
-    """A validated config with its runtime and tracker settings, built off the event loop, not yet live."""
-
-    text: str
-    config: Config
-    runtime: Runtime
-    settings: dict[PairKey, AutoDisableSettings]
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Any:
-    """Pause Python's cyclic garbage collector while a worker thread builds a config.
-
-    Parsing a 10,000-pair file allocates a few hundred thousand short-lived objects, which triggers
-    full collections; a full collection holds the GIL for its whole run (30-190 ms measured), so
-    the event loop stalls even though the work is in another thread. What the build allocates is
-    freed by reference counting (YAML nodes, dicts, frozen dataclasses: no cycles), so nothing
-    piles up meanwhile. Builds are serialised by the manager's lock, so pauses never overlap.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _stat_key(version: FileVersion) -> _StatKey:
@@ -162,14 +86,17 @@ class ConfigManager:
 
     def __init__(
         self,
-        app: web.Application,
+        live: LiveRuntime,
         path: str | None,
         *,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.5,
         settle_seconds: float = 0.5,
     ) -> None:
-        self._app = app
+        #: The cell new requests take their `Runtime` from; a reload swaps its `current`.
+        self._live = live
+        #: Takes the auto-disable rules of each new config and records the events; None until `attach`.
+        self._tracker: FailureTracker | None = None
         #: The config file; None when the app was built from an in-memory Config (edits then raise).
         self.path = path
         self.poll_interval = poll_interval
@@ -182,7 +109,7 @@ class ConfigManager:
         self.last_loaded_at: float = clock()
         self._lock = asyncio.Lock()
         #: The config the process started with: sockets and database come from it until a restart.
-        self._started: Config = app[RUNTIME].current.config
+        self._started: Config = live.current.config
         self._seen_stat: _StatKey | None = self._stat()
         #: The file text the running config was built from (None: unknown, the next reload loads).
         self._loaded_text: str | None = None
@@ -197,12 +124,17 @@ class ConfigManager:
         self._explicit_on: set[tuple[str, str | None]] = set()
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    def attach(self, tracker: FailureTracker) -> None:
+        """From now on, hand each new config's auto-disable rules to `tracker` and record events through it
+        (the app calls this once the database is open; before, changes are recorded nowhere)."""
+        self._tracker = tracker
+
     # ------------------------------------------------------------------ views
 
     @property
     def restart_required(self) -> list[str]:
         """Settings of the running config that differ from those the process started with."""
-        return self._restart_fields(self._app[RUNTIME].current.config)
+        return restart_required(self._live.current.config, self._started)
 
     def read_text(self) -> str:
         """The config file as it is on disk now (for GET /api/config.yaml)."""
@@ -326,7 +258,7 @@ class ConfigManager:
                 await self._record(
                     Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
                 )
-                return self._app[RUNTIME].current.config
+                return self._live.current.config
             raise ConfigChanged(
                 "config.yaml was saved by someone else while this change was being written, "
                 f"{EDIT_ATTEMPTS} times in a row; nothing was written: retry"
@@ -403,20 +335,13 @@ class ConfigManager:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _parse(self, text: str) -> Config:
-        return replace(parse_config(text, source=self.path), path=self.path)
-
-    def _build(self, text: str) -> _Built:
-        """Parse, validate and build the runtime (routing table) of a text. Pure CPU, run off the loop:
-        it reads nothing of the live app and builds only new values."""
-        with _collector_paused():
-            config = self._parse(text)
-            runtime = Runtime.build(config)
-            return _Built(text, config, runtime, dict(runtime.table.auto_disable_settings()))
+    def _build(self, text: str) -> BuiltConfig:
+        """The file's `text` validated and built (run off the loop; raises `ConfigError`)."""
+        return build_config(text, self.path)
 
     def _mask(self, problems: Sequence[str]) -> list[str]:
-        secrets = self._app[RUNTIME].current.secrets
-        return [mask_secrets(problem, secrets) for problem in problems]
+        masker = self._live.current.masker
+        return [masker.mask(problem) for problem in problems]
 
     async def _read(self, path: str) -> tuple[str, FileVersion | None]:
         """The file's text and version (missing: empty, None); 409 while someone is writing it."""
@@ -465,12 +390,12 @@ class ConfigManager:
         await self._record(self._reloaded_event(previous, built.config, reason="file-changed", actor=None))
         return text, version
 
-    async def _edited(self, text: str, edits: Edits) -> tuple[str, _Built | None]:
+    async def _edited(self, text: str, edits: Edits) -> tuple[str, BuiltConfig | None]:
         """The edited text and, when it differs from the running config's, its validated build (off the loop)."""
         loaded = self._loaded_text
 
-        def work() -> tuple[str, _Built | None]:
-            with _collector_paused():
+        def work() -> tuple[str, BuiltConfig | None]:
+            with collector_paused():
                 new_text = edit_yaml(text, edits(text) if callable(edits) else edits)
             return new_text, None if new_text == loaded else self._build(new_text)
 
@@ -494,13 +419,12 @@ class ConfigManager:
         # is at the path now (an operator's save right after ours must still be seen).
         self._seen_stat = (written.st_mtime_ns, written.st_size, written.st_ino)
 
-    def _install(self, built: _Built) -> Config:
+    def _install(self, built: BuiltConfig) -> Config:
         """Swap in a config built off the loop; returns the config it replaced. On the loop, under the lock."""
-        previous = self._app[RUNTIME].current.config
-        swap_runtime(self._app, built.runtime)
-        tracker = self._app.get(TRACKER)
-        if tracker is not None:
-            tracker.update_settings(built.settings)
+        previous = self._live.current.config
+        self._live.current = built.runtime  # new requests take it; requests in flight keep theirs
+        if self._tracker is not None:
+            self._tracker.update_settings(built.settings)
         self._loaded_text = self._seen_text = built.text
         self.last_error = None
         self.last_loaded_at = self._clock()
@@ -508,29 +432,11 @@ class ConfigManager:
             log.warning("%s", why)
         return previous
 
-    def _restart_fields(self, config: Config) -> list[str]:
-        fields = [name for name, get in RESTART_FIELDS if get(config) != get(self._started)]
-        if config.max_body_bytes > self._started.max_body_bytes:
-            fields.append("max-body-bytes")  # the server's body limit is fixed when it starts
-        return fields
-
     def _reloaded_event(self, previous: Config, config: Config, *, reason: str, actor: str | None) -> Event:
-        old_names = {v.name for v in previous.vendors}
-        new_names = {v.name for v in config.vendors}
-        detail: dict[str, Any] = {
-            "reason": reason,
-            "vendors": len(config.vendors),
-            "pairs": sum(len(v.models) for v in config.vendors),
-        }
-        if added := sorted(new_names - old_names):
-            detail["vendors_added"] = added
-        if removed := sorted(old_names - new_names):
-            detail["vendors_removed"] = removed
-        restart = self._restart_fields(config)
-        if restart:
-            detail["restart_required"] = restart
+        event = reloaded_event(previous, config, self._started, reason=reason, actor=actor, at=self._clock())
+        detail = event.detail or {}
+        if restart := detail.get("restart_required"):
             log.warning("config changes of %s take effect only after a restart", ", ".join(restart))
-        event = Event(kind="config-reloaded", at=self._clock(), actor=actor, detail=detail)
         log.info(
             "config reloaded (%s): %d vendor(s), %d pair(s)%s",
             reason,
@@ -543,7 +449,7 @@ class ConfigManager:
 
     async def _reject(self, problems: Sequence[str], reason: str, actor: str | None) -> None:
         masked = self._mask(problems)
-        event = Event(kind="config-rejected", at=self._clock(), actor=actor, detail={"problems": masked, "reason": reason})
+        event = rejected_event(masked, reason=reason, actor=actor, at=self._clock())
         log.warning(
             "config reload (%s) rejected, the running config stays: %d problem(s)",
             reason,
@@ -558,9 +464,8 @@ class ConfigManager:
     async def _record(self, event: Event) -> None:
         """Append to the audit history through the tracker's ordered, retrying writer (never blocks
         on a slow or failing database; the in-memory config is authoritative)."""
-        tracker = self._app.get(TRACKER)
-        if tracker is not None:
-            tracker.record_event(event)
+        if self._tracker is not None:
+            self._tracker.record_event(event)
 
     async def _reload_logged(self, reason: str) -> bool:
         try:

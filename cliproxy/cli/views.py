@@ -1,6 +1,6 @@
 """What the operator CLI shows: pair states, durations, times and aligned tables.
 
-Pure: no I/O, no clock. `cliproxy.cli` reads the config and the database and passes `now` in;
+Pure: no I/O, no clock. The `cliproxy.cli` commands read the config and the database and pass `now` in;
 everything here turns those values into states, text and JSON-ready dicts.
 
 A configured pair's state, by precedence (the first that holds is the state; the others that

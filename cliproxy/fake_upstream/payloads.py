@@ -1,0 +1,238 @@
+"""What the fake upstream answers when nothing goes wrong: OpenAI-shaped bodies and SSE frames for
+chat, completions, responses and embeddings. Pure: values in, bytes and dicts out."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import struct
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["BadInput", "SSE_DONE", "dumps", "full_body", "stream_frames"]
+
+# One compact encoder reused for every payload (json.dumps with separators= builds a new one per call).
+dumps = json.JSONEncoder(separators=(",", ":")).encode
+#: The frame that ends a chat or completions stream.
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class BadInput(ValueError):
+    """A request the fake answers with 400 (the message is the error's)."""
+
+
+def _pieces(model: str, n: int) -> list[str]:
+    # The first piece names the model so tests can see which upstream model arrived.
+    return [f"hello from {model}"] + [f" chunk{i}" for i in range(1, n)]
+
+
+def _prompt_tokens(body: Mapping[str, Any]) -> int:
+    # A crude but cheap estimate: about four characters per token.
+    size = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                size += len(str(m.get("content", "")))
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if value is not None:
+            size += len(str(value))
+    return size // 4 + 1
+
+
+def full_body(
+    kind: str, body: Mapping[str, Any], model: str, chunks: int, *, name: str, next_id: Callable[[str], str], embedding_dim: int
+) -> dict[str, Any]:
+    """The non-stream JSON object for ``kind`` (`BadInput` for bad embeddings input)."""
+    if kind == "embeddings":
+        return _embedding_object(body, model, embedding_dim)
+    text = "".join(_pieces(model, chunks))
+    prompt_tokens = _prompt_tokens(body)
+    created = int(time.time())
+    if kind == "chat":
+        return {
+            "id": next_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": chunks,
+                "total_tokens": prompt_tokens + chunks,
+            },
+            "system_fingerprint": f"fp_{name}",
+        }
+    if kind == "completions":
+        return {
+            "id": next_id("cmpl"),
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": chunks,
+                "total_tokens": prompt_tokens + chunks,
+            },
+        }
+    assert kind == "responses"
+    return _response_object(next_id("resp"), model, text, prompt_tokens, chunks, created)
+
+
+def _response_object(
+    rid: str, model: str, text: str | None, prompt_tokens: int, chunks: int, created: int
+) -> dict[str, Any]:
+    done = text is not None
+    output = (
+        [
+            {
+                "type": "message",
+                "id": f"msg_{rid}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        if done
+        else []
+    )
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": "completed" if done else "in_progress",
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": (
+            {
+                "input_tokens": prompt_tokens,
+                "output_tokens": chunks,
+                "total_tokens": prompt_tokens + chunks,
+            }
+            if done
+            else None
+        ),
+    }
+
+
+def stream_frames(
+    kind: str, body: Mapping[str, Any], model: str, chunks: int, *, name: str, next_id: Callable[[str], str]
+) -> tuple[list[bytes], bytes]:
+    """SSE frames (each one write) and the terminating frame for a stream."""
+    pieces = _pieces(model, chunks)
+    created = int(time.time())
+    model_json = dumps(model)
+    last = len(pieces) - 1
+    if kind == "responses":
+        return _response_frames(model, pieces, _prompt_tokens(body), created, next_id=next_id)
+    if kind == "chat":
+        # Static parts are formatted once per request; only the delta varies.
+        base = (
+            f'data: {{"id":"{next_id("chatcmpl")}","object":"chat.completion.chunk",'
+            f'"created":{created},"model":{model_json},"system_fingerprint":"fp_{name}",'
+        )
+        head = base + '"choices":[{"index":0,"delta":'
+        frames: list[bytes] = []
+        for i, piece in enumerate(pieces):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            finish = '"stop"' if i == last else "null"
+            frames.append(
+                f'{head}{dumps(delta)},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
+            )
+    else:
+        base = (
+            f'data: {{"id":"{next_id("cmpl")}","object":"text_completion",'
+            f'"created":{created},"model":{model_json},'
+        )
+        head = base + '"choices":[{"text":'
+        frames = []
+        for i, piece in enumerate(pieces):
+            finish = '"stop"' if i == last else "null"
+            frames.append(
+                f'{head}{dumps(piece)},"index":0,"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
+            )
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        prompt_tokens = _prompt_tokens(body)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": chunks,
+            "total_tokens": prompt_tokens + chunks,
+        }
+        frames.append(f'{base}"choices":[],"usage":{dumps(usage)}}}\n\n'.encode())
+    return frames, SSE_DONE
+
+
+def _response_frames(
+    model: str, pieces: list[str], prompt_tokens: int, created: int, *, next_id: Callable[[str], str]
+) -> tuple[list[bytes], bytes]:
+    rid = next_id("resp")
+    item_id = f"msg_{rid}"
+    seq = itertools.count()
+    text = "".join(pieces)
+
+    def event(type_: str, **data: Any) -> bytes:
+        payload = {"type": type_, "sequence_number": next(seq), **data}
+        return f"event: {type_}\ndata: {dumps(payload)}\n\n".encode()
+
+    in_progress = _response_object(rid, model, None, prompt_tokens, len(pieces), created)
+    item = {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    loc = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    frames = [
+        event("response.created", response=in_progress),
+        event("response.output_item.added", output_index=0, item=item),
+        event("response.content_part.added", part=part, **loc),
+    ]
+    frames += [event("response.output_text.delta", delta=p, **loc) for p in pieces]
+    full = _response_object(rid, model, text, prompt_tokens, len(pieces), created)
+    frames += [
+        event("response.output_text.done", text=text, **loc),
+        event("response.content_part.done", part={**part, "text": text}, **loc),
+        event("response.output_item.done", output_index=0, item=full["output"][0]),
+    ]
+    return frames, event("response.completed", response=full)
+
+
+def _embedding_object(body: Mapping[str, Any], model: str, embedding_dim: int) -> dict[str, Any]:
+    inputs = body.get("input")
+    if isinstance(inputs, str) or (
+        isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)
+    ):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise BadInput("'input' must be a non-empty string or array")
+    dim = body.get("dimensions")
+    dim = dim if isinstance(dim, int) and 0 < dim <= 4096 else embedding_dim
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(inputs):
+        # Deterministic per input so callers can compare vectors.
+        seed = sum(map(ord, str(item))) % 997
+        vector = [round(math.sin(seed + k) * 0.5, 6) for k in range(dim)]
+        embedding: Any = (
+            base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode() if as_base64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(len(str(i)) for i in inputs) // 4 + 1
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -1,0 +1,493 @@
+"""A fake OpenAI-compatible upstream with failure injection.
+
+Used in-process by the test-suite (``FakeUpstream``) and as a subprocess by the
+benchmark and demos (`cliproxy.fake_upstream.cli`). Faults are chosen per request
+from the request body's ``model`` and can be installed from Python
+(``FakeUpstream.fail``) or over HTTP (``POST /_fake/faults``); what they are and
+how they break a connection is `cliproxy.fake_upstream.faults`, the bodies a
+healthy answer carries `cliproxy.fake_upstream.payloads`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cliproxy.fake_upstream.faults import (
+    FAULT_HEADERS,
+    HTML_PAGE,
+    MALFORMED_BODY,
+    Fault,
+    FaultEntry,
+    SelfReset,
+    abort_with_rst,
+    add_fault_headers,
+    close_gracefully,
+)
+from cliproxy.fake_upstream.payloads import BadInput, dumps, full_body, stream_frames
+
+__all__ = ["DEFAULT_MODELS", "FakeUpstream", "RecordedRequest"]
+
+DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+
+_JSON = "application/json"
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_BIG_BLOCK = b"x" * 65536
+
+
+def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(data).encode(), status=status, content_type=_JSON)
+
+
+def _error_response(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
+    return _json_response(_error_body(message, type_), status=status)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any | None
+    model: str | None
+
+
+def _int_header(request: web.Request, name: str, default: int) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        return default
+
+
+def _float_header(request: web.Request, name: str, default: float) -> float:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+class FakeUpstream:
+    """An in-process OpenAI-compatible server whose misbehaviour tests can script."""
+
+    def __init__(
+        self,
+        *,
+        chunks: int = 5,
+        chunk_delay: float = 0.0,
+        name: str = "fake",
+        seed: int | None = None,
+        models: Sequence[str] = DEFAULT_MODELS,
+        record: bool = True,
+        embedding_dim: int = 8,
+    ) -> None:
+        self.chunks = max(1, chunks)
+        self.chunk_delay = chunk_delay
+        self.name = name
+        self.models = list(models)
+        self.record = record
+        self.embedding_dim = embedding_dim
+        self.url = ""
+        self.port = 0
+        self.requests: list[RecordedRequest] = []
+        self.request_count = 0
+        self.streams_in_flight = 0
+        self.disconnects = 0
+        self.completed_streams = 0
+        self.faults_applied = 0
+        self._faults: list[FaultEntry] = []
+        self._rng = random.Random(seed)
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.app = self._make_app()
+
+    # ---------------------------------------------------------------- control
+
+    def fail(self, model: str | None, fault: Fault) -> None:
+        """Install ``fault`` for requests naming ``model`` (None: every model)."""
+        self._faults.append(FaultEntry(model, fault, fault.times))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def reset_stats(self) -> None:
+        """Forget recorded requests and zero the counters (not streams_in_flight)."""
+        self.requests.clear()
+        self.request_count = 0
+        self.disconnects = 0
+        self.completed_streams = 0
+        self.faults_applied = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.request_count,
+            "disconnects": self.disconnects,
+            "streams_in_flight": self.streams_in_flight,
+            "completed_streams": self.completed_streams,
+            "faults_applied": self.faults_applied,
+            "faults_installed": len(self._faults),
+        }
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0 = any free port) and return the /v1 base URL."""
+        self._stopping = False
+        # handler_cancellation: a client that goes away cancels its handler, so
+        # stalls end and `disconnects` is counted even when nothing is being written.
+        runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{url_host}:{self.port}/v1"
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop quickly: in-flight (e.g. stalled) handlers are cancelled, not awaited."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        await runner.cleanup()
+
+    async def __aenter__(self) -> FakeUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------- internals
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        for path, kind in (
+            ("/v1/chat/completions", "chat"),
+            ("/v1/completions", "completions"),
+            ("/v1/responses", "responses"),
+            ("/v1/embeddings", "embeddings"),
+        ):
+            app.router.add_post(path, self._api_handler(kind))
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_post("/_fake/faults", self._add_fault)
+        app.router.add_delete("/_fake/faults", self._clear_faults)
+        app.router.add_get("/_fake/stats", self._get_stats)
+        app.router.add_delete("/_fake/stats", self._delete_stats)
+        app.on_response_prepare.append(add_fault_headers)
+        return app
+
+    def _pick_fault(self, model: str | None) -> Fault | None:
+        for entry in self._faults:
+            if entry.model is not None and entry.model != model:
+                continue
+            fault = entry.fault
+            if fault.probability < 1.0 and self._rng.random() >= fault.probability:
+                continue
+            if entry.remaining is not None:
+                entry.remaining -= 1
+                if entry.remaining <= 0:
+                    self._faults.remove(entry)
+            self.faults_applied += 1
+            return fault
+        return None
+
+    def _next_id(self, prefix: str) -> str:
+        return f"{prefix}-{self.name}{next(self._ids)}"
+
+    async def _read_body(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """Parse and record the body; return (body, None) or (None, 400 response)."""
+        self.request_count += 1
+        raw = await request.read()
+        body: Any = None
+        error: str | None = None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            error = "We could not parse the JSON body of your request."
+        if error is None and not isinstance(body, dict):
+            error = "The request body must be a JSON object."
+        model = body.get("model") if isinstance(body, dict) else None
+        if self.record:
+            self.requests.append(
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    dict(request.headers),
+                    body,
+                    model if isinstance(model, str) else None,
+                )
+            )
+        if error is None and not isinstance(model, str):
+            error = "you must provide a model parameter"
+        if error is not None:
+            return None, _error_response(400, error)
+        return body, None
+
+    async def _guarded(self, request: web.Request, body: dict[str, Any], kind: str) -> web.StreamResponse:
+        """Run one API request with fault handling and disconnect accounting."""
+        model: str = body["model"]
+        fault = self._pick_fault(model) if self._faults else None
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        state = _ReqState()
+        if fault is not None and fault.headers:
+            request[FAULT_HEADERS] = fault.headers
+        try:
+            return await self._serve(request, body, kind, model, fault, state)
+        except asyncio.CancelledError:
+            # handler_cancellation: the client went away (or stop() cancelled us).
+            if not (self._stopping or state.self_reset or state.finished):
+                self.disconnects += 1
+            raise
+        except ConnectionResetError:
+            # A write hit a closed transport before the cancellation arrived.
+            if not (self._stopping or state.self_reset):
+                self.disconnects += 1
+            return self._quiet_response(state)
+        except SelfReset:
+            return self._quiet_response(state)
+        finally:
+            if state.streaming:
+                self.streams_in_flight -= 1
+            if task is not None:
+                self._tasks.discard(task)
+
+    @staticmethod
+    def _quiet_response(state: _ReqState) -> web.StreamResponse:
+        # Returning (rather than raising) after the connection is gone makes
+        # aiohttp's own write fail with ConnectionError, which it treats as a
+        # quiet client disconnect; raising would log "Error handling request".
+        return state.response or web.Response()
+
+    async def _serve(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        kind: str,
+        model: str,
+        fault: Fault | None,
+        state: _ReqState,
+    ) -> web.StreamResponse:
+        stream = kind != "embeddings" and bool(body.get("stream"))
+        if fault is not None:
+            if fault.stall_before_headers > 0:
+                await asyncio.sleep(fault.stall_before_headers)
+            if fault.reset_before_headers:
+                state.self_reset = True
+                abort_with_rst(request)
+                raise SelfReset
+            if fault.status is not None:
+                return self._fault_status_response(fault)
+            if fault.malformed_json:
+                return web.Response(body=MALFORMED_BODY, content_type=_JSON)
+            if fault.html_200:
+                return web.Response(body=HTML_PAGE, content_type="text/html")
+            if fault.big_body_bytes is not None:
+                return await self._big_body(request, model, fault.big_body_bytes, state)
+
+        chunks = _int_header(request, "x-fake-chunks", self.chunks)
+        if not stream:
+            try:
+                full = full_body(kind, body, model, chunks, name=self.name, next_id=self._next_id, embedding_dim=self.embedding_dim)
+            except BadInput as exc:
+                return _error_response(400, str(exc))
+            payload = dumps(full).encode()
+            if fault is not None and (fault.reset_after_chunks is not None or fault.stall_after_chunks is not None):
+                return await self._partial_body(request, payload, fault, state)
+            return web.Response(body=payload, content_type=_JSON)
+
+        delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
+        frames, terminator = stream_frames(kind, body, model, chunks, name=self.name, next_id=self._next_id)
+        return await self._stream(request, frames, terminator, delay, fault, state)
+
+    def _fault_status_response(self, fault: Fault) -> web.Response:
+        assert fault.status is not None
+        headers = dict(fault.headers)
+        body = fault.body
+        if body is None:
+            type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
+            if fault.status == 429:
+                type_ = "rate_limit_exceeded"
+            body = _error_body(f"fake upstream injected HTTP {fault.status}", type_)
+        if isinstance(body, (dict, list)):
+            data = dumps(body).encode()
+            headers.setdefault("Content-Type", _JSON)
+        elif isinstance(body, str):
+            data = body.encode()
+            headers.setdefault("Content-Type", "text/plain")
+        else:
+            data = bytes(body)
+            headers.setdefault("Content-Type", "application/octet-stream")
+        return web.Response(status=fault.status, body=data, headers=headers)
+
+    async def _big_body(self, request: web.Request, model: str, size: int, state: _ReqState) -> web.StreamResponse:
+        # Valid JSON of exactly `size` bytes (when size allows), written in 64 KiB
+        # blocks so the fake never holds the whole body in memory.
+        prefix = b'{"object":"chat.completion","model":' + dumps(model).encode() + b',"padding":"'
+        suffix = b'"}'
+        resp = web.StreamResponse(headers={"Content-Type": _JSON})
+        resp.content_length = size
+        state.response = resp
+        await resp.prepare(request)
+        padding = size - len(prefix) - len(suffix)
+        if padding < 0:
+            await resp.write((prefix + suffix)[:size])
+        else:
+            await resp.write(prefix)
+            while padding > 0:
+                block = _BIG_BLOCK if padding >= len(_BIG_BLOCK) else _BIG_BLOCK[:padding]
+                await resp.write(block)
+                padding -= len(block)
+            await resp.write(suffix)
+        await resp.write_eof()
+        state.finished = True
+        return resp
+
+    async def _partial_body(
+        self, request: web.Request, payload: bytes, fault: Fault, state: _ReqState
+    ) -> web.StreamResponse:
+        """Non-stream reset/stall: announce the full length, send half, then drop or stall."""
+        resp = web.StreamResponse(headers={"Content-Type": _JSON})
+        resp.content_length = len(payload)
+        state.response = resp
+        await resp.prepare(request)
+        half = len(payload) // 2
+        await resp.write(payload[:half])
+        if fault.reset_after_chunks is not None:
+            state.self_reset = True
+            close_gracefully(request)
+            raise SelfReset
+        await asyncio.sleep(fault.stall_seconds)
+        await resp.write(payload[half:])
+        await resp.write_eof()
+        state.finished = True
+        return resp
+
+    async def _stream(
+        self,
+        request: web.Request,
+        frames: list[bytes],
+        terminator: bytes,
+        delay: float,
+        fault: Fault | None,
+        state: _ReqState,
+    ) -> web.StreamResponse:
+        reset_at: int | None = None
+        stall_at: int | None = None
+        stall_seconds = 0.0
+        if fault is not None:
+            reset_at, stall_at, stall_seconds = fault.reset_after_chunks, fault.stall_after_chunks, fault.stall_seconds
+        if fault is None or not fault.no_done:
+            frames = [*frames, terminator]
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        state.response = resp
+        writer = await resp.prepare(request)
+        assert writer is not None
+        state.streaming = True
+        self.streams_in_flight += 1
+        for i, frame in enumerate(frames):
+            if i == reset_at:
+                break
+            if i == stall_at:
+                await asyncio.sleep(stall_seconds)
+            elif i and delay > 0:
+                await asyncio.sleep(delay)
+            # One write and drain per frame: relays must see real chunk boundaries.
+            await resp.write(frame)
+            await writer.drain()
+        if reset_at is not None:
+            # Also when reset_at is past the last frame: the chunked terminator
+            # is still missing, so the client sees an incomplete transfer.
+            state.self_reset = True
+            close_gracefully(request)
+            raise SelfReset
+        if stall_at is not None and stall_at >= len(frames):
+            await asyncio.sleep(stall_seconds)
+        await resp.write_eof()
+        state.finished = True
+        self.completed_streams += 1
+        return resp
+
+    # --------------------------------------------------------------- handlers
+
+    def _api_handler(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body, error = await self._read_body(request)
+            if error is not None:
+                return error
+            assert body is not None
+            return await self._guarded(request, body, kind)
+
+        return handler
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        self.request_count += 1
+        if self.record:
+            self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), None, None))
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in self.models]
+        return _json_response({"object": "list", "data": data})
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise ValueError("body must be a JSON object")
+            model = data.pop("model", None)
+            if model is not None and not isinstance(model, str):
+                raise ValueError("'model' must be a string or null")
+            fault = Fault.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            return _error_response(400, str(exc))
+        self.fail(model, fault)
+        return _json_response({"ok": True, "faults_installed": len(self._faults)}, status=201)
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        self.clear_faults()
+        return _json_response({"ok": True, "faults_installed": 0})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return _json_response(self.stats())
+
+    async def _delete_stats(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return _json_response(self.stats())
+
+
+@dataclass
+class _ReqState:
+    """Per-request bookkeeping shared between the guard and the writers."""
+
+    response: web.StreamResponse | None = None
+    streaming: bool = False
+    self_reset: bool = False
+    finished: bool = False

@@ -49,7 +49,7 @@ from cliproxy.core.config import AutoDisableSettings, Config, PairKey, nothing_r
 from cliproxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from cliproxy.core.eventlog import event_fields
 from cliproxy.core.events import Event
-from cliproxy.web.keys import RUNTIME, TRACKER
+from cliproxy.web.keys import JOURNAL, RUNTIME, TRACKER
 from cliproxy.core.redact import mask_secrets
 from cliproxy.core.runtime import Runtime
 from cliproxy.services.config_loader import ConfigError, parse_config
@@ -556,11 +556,11 @@ class ConfigManager:
         await self._record(event)
 
     async def _record(self, event: Event) -> None:
-        """Append to the audit history through the tracker's ordered, retrying writer (never blocks
+        """Append to the audit history through the journal's ordered, retrying writer (never blocks
         on a slow or failing database; the in-memory config is authoritative)."""
-        tracker = self._app.get(TRACKER)
-        if tracker is not None:
-            tracker.record_event(event)
+        journal = self._app.get(JOURNAL)
+        if journal is not None:
+            journal.record(event)
 
     async def _reload_logged(self, reason: str) -> bool:
         try:

@@ -553,6 +553,18 @@ class TestPersistence:
         assert await tracker.flush(1.0)
         assert store.kinds() == ["disabled", "disabled"]
 
+    async def test_config_events_share_the_one_order(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
+        """An event the config manager records through the journal is written between the transitions around it."""
+        store.fail_next = 2
+        tracker = await make_tracker(store)
+        trip(tracker)
+        tracker.journal.record(Event(kind="config-reloaded", at=clock(), detail={"reason": "test"}))
+        await tracker.manual_enable(PAIR, actor="ops")
+        assert tracker.journal.pending_writes == 3
+        assert await tracker.flush(1.0)
+        assert store.kinds() == ["disabled", "config-reloaded", "enabled"]
+        assert tracker.committed_disabled_pairs() == []
+
     async def test_flush_waits_only_for_what_was_queued(self, store: MemoryStore, make_tracker: MakeTracker) -> None:
         tracker = await make_tracker(store)
         assert await tracker.flush(0.0)  # nothing queued

@@ -137,15 +137,17 @@ def apply_outcome(
         return Decision(state)
     if is_disabled(state, now):
         return Decision(state)  # a late outcome of a request in flight when the pair tripped
-    expired = expire(pair, state, now)
-    state = expired.state
+    ended: tuple[Effect, ...] = ()
+    if state.disabled_until is not None:  # over (not disabled at `now`), though the sweep has not said so yet
+        ended = (_ended(pair, state, now, cause="expired"),)
+        state = reset(state)
     if outcome.kind == "success":
-        return Decision(reset(state), expired.effects)
+        return Decision(reset(state), ended)
     state = _count_failure(state, outcome, settings, now)
     if settings.enabled and state.failure_count >= settings.failure_threshold:
         state = replace(state, disabled_at=now, disabled_until=ms(now + settings.disable_duration_seconds))
-        return Decision(state, (*expired.effects, _tripped(pair, state, settings)))
-    return Decision(state, expired.effects)
+        return Decision(state, (*ended, _tripped(pair, state, settings)))
+    return Decision(state, ended)
 
 
 def _count_failure(state: PairState, outcome: Outcome, settings: AutoDisableSettings, now: float) -> PairState:

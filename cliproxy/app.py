@@ -19,16 +19,17 @@ from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
 from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.core.config import Config
 from cliproxy.core.errors import ProxyError, error_body
-from cliproxy.core.events import OutcomeSink
+from cliproxy.core.events import AlwaysAvailable
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.keys import (
-    CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
+    CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, JOURNAL, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
 )
 from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
 from cliproxy.web.overload import OverloadLog
 from cliproxy.services.config_manager import ConfigManager
 from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.services.journal import Journal
 from cliproxy.services.store import SQLiteStore
 from cliproxy.services.tracker import FailureTracker
 
@@ -72,22 +73,28 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def _persistence(app: web.Application) -> AsyncIterator[None]:
-    """Open the database (migrating it), restore disabled pairs, run the tracker; close in reverse."""
+    """Open the database (migrating it), start the journal, restore disabled pairs, run the tracker;
+    close in reverse (the journal flushes what is queued before the store closes)."""
     runtime = app[RUNTIME].current
     store = await SQLiteStore.open(runtime.config.database)
-    tracker = FailureTracker(store, runtime.table.auto_disable_settings(), clock=app[CLOCK])
-    app[METRICS].attach(tracker)  # before start: re-enables of disables that expired while down count too
+    journal = Journal(store)
+    tracker = FailureTracker(journal, runtime.table.auto_disable_settings(), clock=app[CLOCK])
+    app[METRICS].attach(tracker, journal)  # before start: re-enables of disables that expired while down count too
     try:
+        await journal.start()
         await tracker.start()
     except BaseException:
+        await journal.close()
         await store.close()
         raise
     app[STORE] = store
+    app[JOURNAL] = journal
     app[TRACKER] = tracker
     app[OUTCOMES] = tracker
     app[CONFIG_MANAGER].attach(tracker)  # reloads hand it their auto-disable rules and record through it
     yield
     await tracker.close()
+    await journal.close()
     await store.close()
 
 
@@ -128,7 +135,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[RUNTIME] = LiveRuntime(Runtime.build(config))
     app[CLOCK] = clock
     app[METRICS] = Metrics()
-    app[OUTCOMES] = OutcomeSink()  # replaced by the tracker once the database is open
+    app[OUTCOMES] = AlwaysAvailable()  # replaced by the tracker once the database is open
     app[CONFIG_MANAGER] = ConfigManager(app[RUNTIME], config.path, clock=clock)
     app[ADMIN_LOCKOUT] = Lockout()  # failed management-key attempts per address (cliproxy.web.admin.auth; /metrics too)
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request

@@ -1,4 +1,4 @@
-"""The pure auto-disable rule: synchronous tables of (outcomes, now) -> expected."""
+"""The pure auto-disable rule: synchronous tables of (outcomes, now) -> expected state and effects."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from cliproxy.core.config import (
     AutoDisableSettings,
     resolve_auto_disable,
 )
-from cliproxy.core.events import DisabledRecord, ErrorInfo, Outcome
-from cliproxy.core.failures import EMPTY, DisableTransition, EnableTransition, PairState
+from cliproxy.core.events import Decision, DisabledRecord, Effect, ErrorInfo, Event, Outcome
+from cliproxy.core.failures import EMPTY, PairState
 
 PAIR = ("acme", "gpt-x")
 
@@ -39,13 +39,30 @@ _BY_NAME = {"f": FAIL, "s": OK, "n": NEUTRAL}
 
 def run(
     steps: list[tuple[str, float]], settings: AutoDisableSettings, state: PairState = EMPTY
-) -> tuple[PairState, list[failures.Transition]]:
-    """Apply ("f" | "s" | "n", now) steps in order; return the final state and every transition."""
-    transitions: list[failures.Transition] = []
+) -> tuple[PairState, list[Effect]]:
+    """Apply ("f" | "s" | "n", now) steps in order; return the final state and every effect."""
+    effects: list[Effect] = []
     for name, now in steps:
-        state, ts = failures.apply_outcome(state, _BY_NAME[name], settings, now)
-        transitions.extend(ts)
-    return state, transitions
+        decision = failures.apply_outcome(PAIR, state, _BY_NAME[name], settings, now)
+        state = decision.state
+        effects.extend(decision.effects)
+    return state, effects
+
+
+def expired_effect(disabled_at: float, disabled_until: float, now: float, cause: str = "expired", actor: str | None = None) -> Effect:
+    """The `enabled` event of an auto-disable that ended at `now`, clearing its row."""
+    event = Event(
+        kind="enabled",
+        at=now,
+        vendor="acme",
+        model="gpt-x",
+        reason="auto",
+        cause=cause,
+        disabled_at=disabled_at,
+        disabled_until=disabled_until,
+        actor=actor,
+    )
+    return Effect(event, clear_disabled=("acme", "gpt-x", "auto"))
 
 
 class TestCountingWindow:
@@ -77,29 +94,29 @@ class TestCountingWindow:
         window_started_at: float | None,
         last_failure_at: float | None,
     ) -> None:
-        state, transitions = run(steps, rule(threshold=5))
+        state, effects = run(steps, rule(threshold=5))
         assert (state.failure_count, state.window_started_at, state.last_failure_at) == (
             count,
             window_started_at,
             last_failure_at,
         )
-        assert transitions == []
+        assert effects == []
         assert state.disabled_until is None
 
     def test_neutral_returns_the_same_state(self) -> None:
         state, _ = run([("f", 1.0)], rule())
-        assert failures.apply_outcome(state, NEUTRAL, rule(), 2.0) == (state, ())
+        assert failures.apply_outcome(PAIR, state, NEUTRAL, rule(), 2.0) == Decision(state, ())
 
     def test_success_on_a_clean_state_returns_it_unchanged(self) -> None:
-        assert failures.apply_outcome(EMPTY, OK, rule(), 1.0)[0] is EMPTY
+        assert failures.apply_outcome(PAIR, EMPTY, OK, rule(), 1.0).state is EMPTY
 
     def test_last_error_is_the_latest_failures(self) -> None:
-        state, _ = failures.apply_outcome(EMPTY, Outcome("failure", "http_status", err(500, "a")), rule(), 1.0)
-        state, _ = failures.apply_outcome(state, Outcome("failure", "http_status", err(429, "b")), rule(), 2.0)
+        state = failures.apply_outcome(PAIR, EMPTY, Outcome("failure", "http_status", err(500, "a")), rule(), 1.0).state
+        state = failures.apply_outcome(PAIR, state, Outcome("failure", "http_status", err(429, "b")), rule(), 2.0).state
         assert state.last_error == err(429, "b")
 
     def test_a_failure_without_error_info_records_its_reason(self) -> None:
-        state, _ = failures.apply_outcome(EMPTY, Outcome("failure", "connect_timeout"), rule(), 1.0)
+        state = failures.apply_outcome(PAIR, EMPTY, Outcome("failure", "connect_timeout"), rule(), 1.0).state
         assert state.last_error == ErrorInfo(status=None, message="connect_timeout")
 
 
@@ -124,26 +141,42 @@ class TestThreshold:
         disabled_at: float | None,
         disabled_until: float | None,
     ) -> None:
-        state, transitions = run(steps, rule(threshold=threshold, duration=60.0))
+        state, effects = run(steps, rule(threshold=threshold, duration=60.0))
         assert (state.disabled_at, state.disabled_until) == (disabled_at, disabled_until)
-        assert len(transitions) == (1 if disabled_at is not None else 0)
+        assert [e.event.kind for e in effects] == (["disabled"] if disabled_at is not None else [])
 
-    def test_transition_describes_the_disable(self) -> None:
+    def test_the_effect_records_the_disable_and_writes_its_row(self) -> None:
         settings = rule(threshold=2, window=30.0, duration=90.0)
         steps = [("f", 100.0), ("f", 120.0)]
-        state, transitions = run(steps, settings)
-        assert transitions == [
-            DisableTransition(
-                failure_count=2,
-                window_started_at=100.0,
-                disabled_at=120.0,
-                disabled_until=210.0,
-                settings=settings,
-                last_error=err(),
-                last_failure_at=120.0,
-            )
-        ]
+        state, effects = run(steps, settings)
+        row = DisabledRecord(
+            vendor="acme",
+            model="gpt-x",
+            reason="auto",
+            disabled_at=120.0,
+            disabled_until=210.0,
+            failure_count=2,
+            window_started_at=100.0,
+            last_error=err(),
+            last_failure_at=120.0,
+        )
+        event = Event(
+            kind="disabled",
+            at=120.0,
+            vendor="acme",
+            model="gpt-x",
+            reason="auto",
+            disabled_at=120.0,
+            disabled_until=210.0,
+            failure_count=2,
+            window_started_at=100.0,
+            settings={"failure_threshold": 2, "time_window_seconds": 30.0, "disable_duration_seconds": 90.0},
+            last_error=err(),
+            last_failure_at=120.0,
+        )
+        assert effects == [Effect(event, set_disabled=row)]
         assert state.failure_count == 2 and state.window_started_at == 100.0
+        assert failures.auto_record(PAIR, state) == row
 
     def test_disabled_until_is_rounded_to_the_millisecond(self) -> None:
         state, _ = run([("f", 0.1)], rule(threshold=1, duration=0.2))
@@ -151,16 +184,16 @@ class TestThreshold:
 
     @pytest.mark.parametrize("n", [1, 5, 50])
     def test_threshold_zero_counts_but_never_disables(self, n: int) -> None:
-        state, transitions = run([("f", 100.0 + i * 0.01) for i in range(n)], rule(threshold=0))
-        assert transitions == []
+        state, effects = run([("f", 100.0 + i * 0.01) for i in range(n)], rule(threshold=0))
+        assert effects == []
         assert state.failure_count == n
         assert not failures.is_disabled(state, 101.0)
 
     def test_a_lower_threshold_applies_from_the_next_failure(self) -> None:
         state, _ = run([("f", 100.0), ("f", 101.0), ("f", 102.0)], rule(threshold=5))
-        state, transitions = run([("f", 103.0)], rule(threshold=2), state)
+        state, effects = run([("f", 103.0)], rule(threshold=2), state)
         assert state.failure_count == 4 and state.disabled_at == 103.0
-        assert len(transitions) == 1
+        assert [e.event.kind for e in effects] == ["disabled"]
 
 
 class TestWhileDisabled:
@@ -178,9 +211,9 @@ class TestWhileDisabled:
     )
     def test_late_outcomes_are_ignored(self, late: list[tuple[str, float]]) -> None:
         tripped, _ = run([("f", 100.0), ("f", 101.0), ("f", 102.0)], rule())
-        state, transitions = run(late, rule(), tripped)
+        state, effects = run(late, rule(), tripped)
         assert state is tripped
-        assert transitions == []
+        assert effects == []
 
 
 class TestExpiry:
@@ -198,13 +231,16 @@ class TestExpiry:
     def test_boundary(self, now: float, disabled: bool) -> None:
         state = self.tripped()
         assert failures.is_disabled(state, now) is disabled
-        ended_state, ended = failures.expire(state, now)
-        assert (ended is None) is disabled
+        decision = failures.expire(PAIR, state, now)
+        assert (decision.effects == ()) is disabled
+        assert (failures.as_of(state, now) is state) is disabled
         assert failures.remaining(state, now) == pytest.approx(max(0.0, 162.0 - now))
 
     def test_expire_resets(self) -> None:
-        state, ended = failures.expire(self.tripped(), 162.0)
-        assert ended == EnableTransition("expired", disabled_at=102.0, disabled_until=162.0)
+        decision = failures.expire(PAIR, self.tripped(), 162.0)
+        state = decision.state
+        assert decision.effects == (expired_effect(102.0, 162.0, now=162.0),)
+        assert failures.as_of(self.tripped(), 162.0) == state
         assert state == PairState(
             failure_count=0,
             window_started_at=None,
@@ -216,23 +252,26 @@ class TestExpiry:
 
     def test_expire_leaves_an_active_or_clean_state_alone(self) -> None:
         state = self.tripped()
-        assert failures.expire(state, 161.0) == (state, None)
-        assert failures.expire(EMPTY, 1.0) == (EMPTY, None)
+        assert failures.expire(PAIR, state, 161.0) == Decision(state)
+        assert failures.expire(PAIR, EMPTY, 1.0) == Decision(EMPTY)
 
     def test_outcome_after_expiry_ends_the_disable_first(self) -> None:
         """Without the sweep having run, the next failure sees an expired disable and counts from 1."""
-        state, transitions = run([("f", 170.0)], rule(), self.tripped())
-        assert transitions == [EnableTransition("expired", 102.0, 162.0)]
+        state, effects = run([("f", 170.0)], rule(), self.tripped())
+        assert effects == [expired_effect(102.0, 162.0, now=170.0)]
         assert (state.failure_count, state.window_started_at, state.disabled_until) == (1, 170.0, None)
 
     def test_expiry_and_new_disable_in_one_step(self) -> None:
-        state, transitions = run([("f", 170.0)], rule(threshold=1), self.tripped())
-        assert [type(t) for t in transitions] == [EnableTransition, DisableTransition]
+        state, effects = run([("f", 170.0)], rule(threshold=1), self.tripped())
+        assert [(e.event.kind, e.clear_disabled is not None, e.set_disabled is not None) for e in effects] == [
+            ("enabled", True, False),
+            ("disabled", False, True),
+        ]
         assert state.disabled_until == 230.0
 
     def test_success_after_expiry(self) -> None:
-        state, transitions = run([("s", 162.0)], rule(), self.tripped())
-        assert transitions == [EnableTransition("expired", 102.0, 162.0)]
+        state, effects = run([("s", 162.0)], rule(), self.tripped())
+        assert effects == [expired_effect(102.0, 162.0, now=162.0)]
         assert state.failure_count == 0
 
 
@@ -253,7 +292,32 @@ class TestRecords:
             last_error=err(),
             last_failure_at=102.0,
         )
-        assert failures.restore(record) == state
+        assert failures.restore(record, now=161.999) == Decision(state)
+
+    def test_restore_of_a_disable_over_while_down_ends_it(self) -> None:
+        state, _ = run([("f", 100.0), ("f", 101.0), ("f", 102.0)], rule())
+        record = failures.auto_record(PAIR, state)
+        assert record is not None
+        assert failures.restore(record, now=500.0) == Decision(None, (expired_effect(102.0, 162.0, now=500.0, cause="startup-expired"),))
+
+    @pytest.mark.parametrize(
+        ("state", "effects"),
+        [
+            (None, ()),
+            (PairState(failure_count=2, window_started_at=100.0, last_failure_at=101.0), ()),
+            (
+                PairState(failure_count=3, window_started_at=100.0, last_failure_at=102.0, disabled_at=102.0, disabled_until=162.0),
+                (expired_effect(102.0, 162.0, now=110.0, cause="manual", actor="ops"),),
+            ),
+        ],
+    )
+    def test_end_by_operator(self, state: PairState | None, effects: tuple[Effect, ...]) -> None:
+        decision = failures.end_by_operator(PAIR, state, 110.0, "ops")
+        assert decision.effects == effects
+        if state is None:
+            assert decision.state is None
+        else:
+            assert decision.state == failures.reset(state) and decision.state.failure_count == 0
 
     def test_no_record_when_not_disabled(self) -> None:
         assert failures.auto_record(PAIR, EMPTY) is None
@@ -272,9 +336,8 @@ class TestRecords:
 
     def test_disabled_event(self) -> None:
         settings = rule(threshold=2, window=30.0, duration=90.0)
-        _, (t,) = run([("f", 100.0), ("f", 101.0)], settings)
-        assert isinstance(t, DisableTransition)
-        event = failures.disabled_event(PAIR, t)
+        _, (effect,) = run([("f", 100.0), ("f", 101.0)], settings)
+        event = effect.event
         assert (event.kind, event.at, event.vendor, event.model, event.reason) == (
             "disabled",
             101.0,

@@ -22,7 +22,7 @@ import yaml
 
 from cliproxy.app import create_app
 from cliproxy.core.errors import InvalidRequest, NotFound
-from cliproxy.web.keys import CONFIG_MANAGER, RUNTIME, STORE, TRACKER
+from cliproxy.web.keys import CONFIG_MANAGER, JOURNAL, RUNTIME, STORE, TRACKER
 from cliproxy.services.config_manager import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.config_file import atomic_write
@@ -237,7 +237,7 @@ class TestReload:
             files.write({"openai-compatibility": [vendor("v", second.url, ["m"])]})
             assert await asyncio.wait_for(manager(gw).reload(reason="test"), 1.0) is True
             assert await chat(gw) == 200 and second.request_count == 1
-            assert gw.app[TRACKER].pending_writes == 1  # the event waits in the queue
+            assert gw.app[JOURNAL].pending_writes == 1  # the event waits in the queue
         finally:
             lock.execute("ROLLBACK")
             lock.close()

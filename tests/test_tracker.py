@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import FakeClock
 from cliproxy.core.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
+from cliproxy.services.journal import Journal
 from cliproxy.services.tracker import FailureTracker
 
 T0 = 1_700_000_000.0
@@ -128,7 +129,7 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 async def make_tracker(clock: FakeClock) -> AsyncIterator[MakeTracker]:
-    """Build and start trackers with fast background loops; close them all at the end."""
+    """Build and start trackers on their own journals with fast background loops; close them all at the end."""
     made: list[FailureTracker] = []
 
     async def make(
@@ -138,23 +139,32 @@ async def make_tracker(clock: FakeClock) -> AsyncIterator[MakeTracker]:
         start: bool = True,
         **kwargs: object,
     ) -> FailureTracker:
-        options: dict[str, object] = {
-            "clock": clock,
-            "sweep_interval": 0.002,
-            "retry_initial": 0.001,
-            "retry_max": 0.004,
-            "close_timeout": 1.0,
-        }
-        options.update(kwargs)
-        tracker = FailureTracker(store, settings, **options)  # type: ignore[arg-type]
+        journal_options: dict[str, object] = {"retry_initial": 0.001, "retry_max": 0.004, "close_timeout": 1.0}
+        options: dict[str, object] = {"clock": clock, "sweep_interval": 0.002}
+        for key, value in kwargs.items():
+            (journal_options if key in journal_options else options)[key] = value
+        journal = Journal(store, **journal_options)  # type: ignore[arg-type]
+        tracker = FailureTracker(journal, settings, **options)  # type: ignore[arg-type]
         made.append(tracker)
         if start:
-            await tracker.start()
+            await begin(tracker)
         return tracker
 
     yield make
     for tracker in made:
-        await tracker.close()
+        await shut(tracker)
+
+
+async def begin(tracker: FailureTracker) -> None:
+    """Start as the app does: the journal (seeding its committed view from the store), then the tracker."""
+    await tracker.journal.start()
+    await tracker.start()
+
+
+async def shut(tracker: FailureTracker) -> None:
+    """Close as the app does: the tracker's sweep, then the journal (flushing what is queued)."""
+    await tracker.close()
+    await tracker.journal.close()
 
 
 def trip(tracker: FailureTracker, pair: PairKey = PAIR, n: int = 3) -> None:
@@ -242,8 +252,8 @@ class TestAutoDisable:
         def broken(event: Event) -> None:
             raise RuntimeError("listener bug")
 
-        tracker.listeners.append(broken)
-        tracker.listeners.append(lambda e: seen.append(e.kind))
+        tracker.journal.listeners.append(broken)
+        tracker.journal.listeners.append(lambda e: seen.append(e.kind))
         with caplog.at_level(logging.INFO, logger="cliproxy.tracker"):
             trip(tracker)
             assert seen == ["disabled"]  # synchronously, before anything was awaited
@@ -324,7 +334,7 @@ class TestRestart:
         first = await make_tracker(store)
         clock.advance(0.5)
         trip(first)
-        await first.close()
+        await shut(first)
         clock.advance(100.0)
         second = await make_tracker(store)
         assert second.state(PAIR) == first.state(PAIR)
@@ -338,7 +348,7 @@ class TestRestart:
     async def test_startup_expired(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
         first = await make_tracker(store)
         trip(first)
-        await first.close()
+        await shut(first)
         clock.advance(1000.0)
         second = await make_tracker(store)
         assert second.is_available(PAIR)
@@ -358,7 +368,7 @@ class TestRestart:
     ) -> None:
         first = await make_tracker(store)
         trip(first)
-        await first.close()
+        await shut(first)
         second = await make_tracker(store, {OTHER: rule()})
         assert second.is_available(PAIR)  # not routed by this tracker
         assert [(r.vendor, r.model) for r in second.disabled_pairs()] == [PAIR]
@@ -390,19 +400,19 @@ class TestRestart:
             trip(first)
             await first.manual_disable(OTHER, 600.0, actor="127.0.0.1")
             assert await first.flush(2.0)
-            await first.close()
+            await shut(first)
             clock.advance(100.0)
             second = await make_tracker(db)
             assert second.state(PAIR) == first.state(PAIR)
             assert second.disabled_pairs() == first.disabled_pairs()
             assert not second.is_available(PAIR) and not second.is_available(OTHER)
             clock.advance(200.0)  # the auto-disable is over, the manual one is not
-            await eventually(lambda: second.pending_writes == 0 and second.is_available(PAIR))
+            await eventually(lambda: second.journal.pending_writes == 0 and second.is_available(PAIR))
             assert await second.flush(2.0)
             events = await db.events()
             assert [e.kind for e in reversed(events)] == ["disabled", "manual-disable", "enabled"]
             assert events[0].disabled_at == first.state(PAIR).disabled_at  # type: ignore[union-attr]
-            await second.close()
+            await shut(second)
             clock.advance(1000.0)
             third = await make_tracker(db)
             assert third.is_available(OTHER)
@@ -443,7 +453,7 @@ class TestManual:
         tracker = await make_tracker(store)
         with pytest.raises(ValueError):
             await tracker.manual_disable(PAIR, duration, actor="ops")
-        assert tracker.is_available(PAIR) and tracker.pending_writes == 0
+        assert tracker.is_available(PAIR) and tracker.journal.pending_writes == 0
 
     async def test_manual_disable_without_duration_only_records(self, store: MemoryStore, make_tracker: MakeTracker) -> None:
         tracker = await make_tracker(store)
@@ -520,11 +530,11 @@ class TestPersistence:
             clock.advance(300.0)
             tracker.record_outcome(PAIR, FAIL)  # records the expiry, queued behind the disable
             assert tracker.is_available(PAIR)
-            assert tracker.pending_writes == 2
+            assert tracker.journal.pending_writes == 2
             await eventually(lambda: store.calls >= 2)
-            assert not tracker.persist_healthy
+            assert not tracker.journal.persist_healthy
             assert await tracker.flush(1.0)
-        assert tracker.persist_healthy and tracker.pending_writes == 0
+        assert tracker.journal.persist_healthy and tracker.journal.pending_writes == 0
         assert store.calls == 6
         assert store.kinds() == ["disabled", "enabled"]  # each once, in order
         retries = [r for r in caplog.records if "store write failed" in r.getMessage()]
@@ -536,12 +546,24 @@ class TestPersistence:
         trip(tracker)
         assert not tracker.is_available(PAIR)  # in memory at once
         assert not await tracker.flush(0.01)
-        assert tracker.pending_writes == 1
+        assert tracker.journal.pending_writes == 1
         trip(tracker, OTHER)
-        assert tracker.pending_writes == 2
+        assert tracker.journal.pending_writes == 2
         store.gate.set()
         assert await tracker.flush(1.0)
         assert store.kinds() == ["disabled", "disabled"]
+
+    async def test_config_events_share_the_one_order(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
+        """An event the config manager records through the journal is written between the transitions around it."""
+        store.fail_next = 2
+        tracker = await make_tracker(store)
+        trip(tracker)
+        tracker.journal.record(Event(kind="config-reloaded", at=clock(), detail={"reason": "test"}))
+        await tracker.manual_enable(PAIR, actor="ops")
+        assert tracker.journal.pending_writes == 3
+        assert await tracker.flush(1.0)
+        assert store.kinds() == ["disabled", "config-reloaded", "enabled"]
+        assert tracker.committed_disabled_pairs() == []
 
     async def test_flush_waits_only_for_what_was_queued(self, store: MemoryStore, make_tracker: MakeTracker) -> None:
         tracker = await make_tracker(store)
@@ -555,17 +577,17 @@ class TestPersistence:
         store.fail_next = 2
         tracker = await make_tracker(store)
         trip(tracker)
-        await tracker.close()
+        await shut(tracker)
         assert store.kinds() == ["disabled"]
-        assert tracker.pending_writes == 0
+        assert tracker.journal.pending_writes == 0
 
     async def test_flush_without_a_writer(self, store: MemoryStore, make_tracker: MakeTracker) -> None:
         tracker = await make_tracker(store, start=False)
         assert await tracker.flush()
         trip(tracker)
         assert not await tracker.flush()
-        assert not tracker.is_available(PAIR) and tracker.pending_writes == 1
-        await tracker.start()
+        assert not tracker.is_available(PAIR) and tracker.journal.pending_writes == 1
+        await begin(tracker)
         assert await tracker.flush(1.0)
         assert store.kinds() == ["disabled"]
 
@@ -573,8 +595,8 @@ class TestPersistence:
         store.gate = asyncio.Event()
         tracker = await make_tracker(store, close_timeout=0.01)
         trip(tracker)
-        await asyncio.wait_for(tracker.close(), 1.0)
-        assert tracker.pending_writes == 1
+        await asyncio.wait_for(shut(tracker), 1.0)
+        assert tracker.journal.pending_writes == 1
         assert store.history == []
 
 
@@ -631,7 +653,7 @@ class TestCommittedView:
         store.gate = asyncio.Event()
         tracker = await make_tracker(store)
         committed: list[str] = []
-        tracker.committed_listeners.append(lambda e: committed.append(e.kind))
+        tracker.journal.committed_listeners.append(lambda e: committed.append(e.kind))
         trip(tracker)
         await asyncio.sleep(0.01)  # the writer is inside store.record, held by the gate
         assert not tracker.is_available(PAIR)  # routing uses memory at once

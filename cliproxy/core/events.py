@@ -7,16 +7,20 @@ nothing after a restart, and these are persisted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 __all__ = [
+    "AlwaysAvailable",
+    "Decision",
     "DisabledRecord",
+    "Effect",
     "ErrorInfo",
     "Event",
     "EventKind",
     "Outcome",
     "OutcomeKind",
     "OutcomeSink",
+    "RowKey",
 ]
 
 OutcomeKind = Literal["success", "failure", "neutral"]
@@ -49,25 +53,41 @@ class Outcome:
     error: ErrorInfo | None = None
 
 
-class OutcomeSink:
-    """The single seam through which every attempt reports its outcome for its pair.
+class OutcomeSink(Protocol):
+    """The single seam through which every attempt reports its outcome for its pair, and routing
+    asks whether a pair may be used. The failure tracker implements it; `AlwaysAvailable` stands in
+    until the tracker is up."""
 
-    The core gateway ships this no-op; the failure tracker replaces it.
-    """
-
-    def record_outcome(self, pair: tuple[str, str], outcome: Outcome) -> None:  # pragma: no cover - no-op
-        return None
+    def record_outcome(self, pair: tuple[str, str], outcome: Outcome) -> None:
+        """Count one attempt's outcome for `pair`; synchronous and O(1) (it runs on the hot path)."""
+        ...
 
     def is_available(self, pair: tuple[str, str]) -> bool:
         """False while the pair is disabled by the tracker or manually; routing skips it."""
-        return True
+        ...
 
     def seconds_until_available(self, pair: tuple[str, str]) -> float | None:
         """For Retry-After: seconds until the pair comes back, None when unknown or never."""
-        return None
+        ...
 
     def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual"] | None:
         """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto", or None."""
+        ...
+
+
+class AlwaysAvailable:
+    """The `OutcomeSink` of a gateway without a tracker (yet): outcomes are dropped, every pair is available."""
+
+    def record_outcome(self, pair: tuple[str, str], outcome: Outcome) -> None:
+        return None
+
+    def is_available(self, pair: tuple[str, str]) -> bool:
+        return True
+
+    def seconds_until_available(self, pair: tuple[str, str]) -> float | None:
+        return None
+
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual"] | None:
         return None
 
 
@@ -119,3 +139,32 @@ class DisabledRecord:
     last_error: ErrorInfo | None = None
     actor: str | None = None
     last_failure_at: float | None = None  # the last counted failure when an auto-disable tripped
+
+
+#: The key of a current-state row: (vendor, model, reason).
+RowKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one transition leaves behind for the shell to carry out: the audit `event` to append and,
+    in the same transaction, the current-state row to clear (`clear_disabled`) and/or write
+    (`set_disabled`)."""
+
+    event: Event
+    set_disabled: DisabledRecord | None = None
+    clear_disabled: RowKey | None = None
+
+
+_S = TypeVar("_S")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[_S]):
+    """A pure rule's answer: the new `state` and the `effects` the shell carries out, in order.
+
+    The shell applies `state` in memory first (routing uses it at once), then queues `effects`.
+    """
+
+    state: _S
+    effects: tuple[Effect, ...] = ()

@@ -16,6 +16,9 @@ One `PairState` per (vendor, model) pair. The rule is a counting window (design 
   `expire` resets it to zero failures;
 - neutral outcomes change nothing.
 
+Each step returns one `Decision`: the pair's new state and its effects (the `disabled` /
+`enabled` event to record, the current-state row to write or clear), so the shell only applies it.
+
 Stamps this module computes (`disabled_until`) are rounded to the millisecond, the precision the
 store keeps, so what is held in memory equals what is persisted; the shell passes `now` already
 rounded. Nothing here imports asyncio, time, aiohttp or SQL.
@@ -26,18 +29,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cliproxy.core.config import AutoDisableSettings, PairKey
-from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
+from cliproxy.core.events import Decision, DisabledRecord, Effect, ErrorInfo, Event, Outcome
 
 __all__ = [
+    "AUTO",
     "EMPTY",
-    "DisableTransition",
-    "EnableTransition",
     "PairState",
-    "Transition",
     "apply_outcome",
+    "as_of",
     "auto_record",
-    "disabled_event",
-    "enabled_event",
+    "end_by_operator",
+    "ended_effect",
     "expire",
     "is_disabled",
     "is_idle",
@@ -47,6 +49,9 @@ __all__ = [
     "restore",
     "settings_summary",
 ]
+
+#: The `reason` of an automatic disable's row and events.
+AUTO = "auto"
 
 
 def ms(t: float) -> float:
@@ -74,31 +79,6 @@ class PairState:
 EMPTY = PairState()
 
 
-@dataclass(frozen=True, slots=True)
-class DisableTransition:
-    """The pair was just auto-disabled: everything the `disabled` event and the store row need."""
-
-    failure_count: int
-    window_started_at: float
-    disabled_at: float
-    disabled_until: float
-    settings: AutoDisableSettings
-    last_error: ErrorInfo | None
-    last_failure_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EnableTransition:
-    """The pair's auto-disable just ended; `disabled_at`/`disabled_until` are those of that disable."""
-
-    cause: str  # expired | manual | startup-expired
-    disabled_at: float
-    disabled_until: float
-
-
-Transition = DisableTransition | EnableTransition
-
-
 def is_disabled(state: PairState, now: float) -> bool:
     """True while auto-disabled: `now < disabled_until`. At exactly `disabled_until` it is available."""
     return state.disabled_until is not None and now < state.disabled_until
@@ -111,16 +91,31 @@ def remaining(state: PairState, now: float) -> float:
     return state.disabled_until - now
 
 
-def expire(state: PairState, now: float) -> tuple[PairState, EnableTransition | None]:
-    """End a disable whose time has come (`disabled_until <= now`), with the failure count reset.
-
-    Returns the state unchanged and no transition when there is nothing to end.
-    """
+def as_of(state: PairState, now: float) -> PairState:
+    """The state as it stands at `now`: a disable whose time has come shows as ended (count reset)."""
     if state.disabled_until is None or now < state.disabled_until:
-        return state, None
-    assert state.disabled_at is not None
-    transition = EnableTransition("expired", state.disabled_at, state.disabled_until)
-    return reset(state), transition
+        return state
+    return reset(state)
+
+
+def expire(pair: PairKey, state: PairState, now: float) -> Decision[PairState]:
+    """End a disable whose time has come (`disabled_until <= now`), with the failure count reset:
+    an `enabled` event (cause expired) that clears the row. Nothing to do otherwise."""
+    if state.disabled_until is None or now < state.disabled_until:
+        return Decision(state)
+    return Decision(reset(state), (_ended(pair, state, now, cause="expired"),))
+
+
+def end_by_operator(pair: PairKey, state: PairState | None, now: float, actor: str) -> Decision[PairState | None]:
+    """An operator's enable: zero failures, and the disable in force (if any) ended with cause manual.
+
+    Call `expire` first: a disable whose time had passed is recorded as expired, not as ended here.
+    """
+    if state is None:
+        return Decision(None)
+    if state.disabled_until is None:
+        return Decision(reset(state))
+    return Decision(reset(state), (_ended(pair, state, now, cause="manual", actor=actor),))
 
 
 def reset(state: PairState) -> PairState:
@@ -131,26 +126,28 @@ def reset(state: PairState) -> PairState:
 
 
 def apply_outcome(
-    state: PairState, outcome: Outcome, settings: AutoDisableSettings, now: float
-) -> tuple[PairState, tuple[Transition, ...]]:
+    pair: PairKey, state: PairState, outcome: Outcome, settings: AutoDisableSettings, now: float
+) -> Decision[PairState]:
     """Apply one outcome of one attempt at `now`.
 
-    A disable whose time has passed is ended first (an `expired` transition), so the result is
-    right even when the shell's expiry sweep has not run yet: up to two transitions come back.
+    A disable whose time has passed is ended first (an `expired` effect), so the result is right
+    even when the shell's expiry sweep has not run yet: up to two effects come back.
     """
     if outcome.kind == "neutral":
-        return state, ()
+        return Decision(state)
     if is_disabled(state, now):
-        return state, ()  # a late outcome of a request in flight when the pair tripped
-    state, ended = expire(state, now)
-    before: tuple[Transition, ...] = (ended,) if ended is not None else ()
+        return Decision(state)  # a late outcome of a request in flight when the pair tripped
+    ended: tuple[Effect, ...] = ()
+    if state.disabled_until is not None:  # over (not disabled at `now`), though the sweep has not said so yet
+        ended = (_ended(pair, state, now, cause="expired"),)
+        state = reset(state)
     if outcome.kind == "success":
-        return reset(state), before
+        return Decision(reset(state), ended)
     state = _count_failure(state, outcome, settings, now)
     if settings.enabled and state.failure_count >= settings.failure_threshold:
-        state, tripped = _disable(state, settings, now)
-        return state, (*before, tripped)
-    return state, before
+        state = replace(state, disabled_at=now, disabled_until=ms(now + settings.disable_duration_seconds))
+        return Decision(state, (*ended, _tripped(pair, state, settings)))
+    return Decision(state, ended)
 
 
 def _count_failure(state: PairState, outcome: Outcome, settings: AutoDisableSettings, now: float) -> PairState:
@@ -165,24 +162,70 @@ def _count_failure(state: PairState, outcome: Outcome, settings: AutoDisableSett
     return replace(state, failure_count=1, window_started_at=now, last_failure_at=now, last_error=error)
 
 
-def _disable(state: PairState, settings: AutoDisableSettings, now: float) -> tuple[PairState, DisableTransition]:
-    until = ms(now + settings.disable_duration_seconds)
-    state = replace(state, disabled_at=now, disabled_until=until)
-    assert state.window_started_at is not None
-    return state, DisableTransition(
+def _tripped(pair: PairKey, state: PairState, settings: AutoDisableSettings) -> Effect:
+    """The `disabled` event and the row of the disable `state` has just entered."""
+    record = auto_record(pair, state)
+    assert record is not None and state.disabled_at is not None
+    event = Event(
+        kind="disabled",
+        at=state.disabled_at,
+        vendor=pair[0],
+        model=pair[1],
+        reason=AUTO,
+        disabled_at=state.disabled_at,
+        disabled_until=state.disabled_until,
         failure_count=state.failure_count,
         window_started_at=state.window_started_at,
-        disabled_at=now,
-        disabled_until=until,
-        settings=settings,
+        settings=settings_summary(settings),
         last_error=state.last_error,
         last_failure_at=state.last_failure_at,
     )
+    return Effect(event, set_disabled=record)
 
 
-def restore(record: DisabledRecord) -> PairState:
-    """The state of an auto-disable read back from the store, with its original timestamps."""
-    return PairState(
+def _ended(pair: PairKey, state: PairState, now: float, *, cause: str, actor: str | None = None) -> Effect:
+    """The `enabled` event ending the disable `state` holds, clearing its row."""
+    return ended_effect(pair, AUTO, state.disabled_at, state.disabled_until, now, cause=cause, actor=actor)
+
+
+def ended_effect(
+    pair: PairKey,
+    reason: str,
+    disabled_at: float | None,
+    disabled_until: float | None,
+    now: float,
+    *,
+    cause: str,
+    actor: str | None = None,
+) -> Effect:
+    """The `enabled` event ending a disable of `reason` (auto | manual) at `now`, and clearing its row;
+    `cause` is expired | manual | startup-expired."""
+    vendor, model = pair
+    event = Event(
+        kind="enabled",
+        at=now,
+        vendor=vendor,
+        model=model,
+        reason=reason,
+        cause=cause,
+        disabled_at=disabled_at,
+        disabled_until=disabled_until,
+        actor=actor,
+    )
+    return Effect(event, clear_disabled=(vendor, model, reason))
+
+
+def restore(record: DisabledRecord, now: float) -> Decision[PairState | None]:
+    """An auto-disable read back from the store at start-up, with its original timestamps.
+
+    One whose time passed while cliproxy was down is ended now (cause startup-expired) and nothing
+    is held for the pair.
+    """
+    assert record.disabled_until is not None, "an auto-disable row always has an end"
+    if record.disabled_until <= now:
+        pair = (record.vendor, record.model)
+        return Decision(None, (ended_effect(pair, AUTO, record.disabled_at, record.disabled_until, now, cause="startup-expired"),))
+    state = PairState(
         failure_count=record.failure_count,
         window_started_at=record.window_started_at,
         last_failure_at=record.last_failure_at if record.last_failure_at is not None else record.disabled_at,
@@ -190,6 +233,7 @@ def restore(record: DisabledRecord) -> PairState:
         disabled_until=record.disabled_until,
         last_error=record.last_error,
     )
+    return Decision(state)
 
 
 def is_idle(state: PairState, now: float, idle_seconds: float) -> bool:
@@ -216,55 +260,11 @@ def auto_record(pair: PairKey, state: PairState) -> DisabledRecord | None:
     return DisabledRecord(
         vendor=vendor,
         model=model,
-        reason="auto",
+        reason=AUTO,
         disabled_at=state.disabled_at,
         disabled_until=state.disabled_until,
         failure_count=state.failure_count,
         window_started_at=state.window_started_at,
         last_error=state.last_error,
         last_failure_at=state.last_failure_at,
-    )
-
-
-def disabled_event(pair: PairKey, t: DisableTransition) -> Event:
-    """The `disabled` audit event of an automatic disable."""
-    vendor, model = pair
-    return Event(
-        kind="disabled",
-        at=t.disabled_at,
-        vendor=vendor,
-        model=model,
-        reason="auto",
-        disabled_at=t.disabled_at,
-        disabled_until=t.disabled_until,
-        failure_count=t.failure_count,
-        window_started_at=t.window_started_at,
-        settings=settings_summary(t.settings),
-        last_error=t.last_error,
-        last_failure_at=t.last_failure_at,
-    )
-
-
-def enabled_event(
-    pair: PairKey,
-    *,
-    at: float,
-    reason: str,
-    cause: str,
-    disabled_at: float | None,
-    disabled_until: float | None,
-    actor: str | None = None,
-) -> Event:
-    """The `enabled` audit event ending a disable; `reason` names which one (auto | manual)."""
-    vendor, model = pair
-    return Event(
-        kind="enabled",
-        at=at,
-        vendor=vendor,
-        model=model,
-        reason=reason,
-        cause=cause,
-        disabled_at=disabled_at,
-        disabled_until=disabled_until,
-        actor=actor,
     )

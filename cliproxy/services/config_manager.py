@@ -125,7 +125,7 @@ class ConfigManager:
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def attach(self, tracker: FailureTracker) -> None:
-        """From now on, hand each new config's auto-disable rules to `tracker` and record events through it
+        """From now on, hand each new config's auto-disable rules to `tracker` and record events through its journal
         (the app calls this once the database is open; before, changes are recorded nowhere)."""
         self._tracker = tracker
 
@@ -462,10 +462,10 @@ class ConfigManager:
         await self._record(event)
 
     async def _record(self, event: Event) -> None:
-        """Append to the audit history through the tracker's ordered, retrying writer (never blocks
+        """Append to the audit history through the journal's ordered, retrying writer (never blocks
         on a slow or failing database; the in-memory config is authoritative)."""
         if self._tracker is not None:
-            self._tracker.record_event(event)
+            self._tracker.journal.record(event)
 
     async def _reload_logged(self, reason: str) -> bool:
         try:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from cliproxy.web.admin.auth import authorize
 from cliproxy.core.errors import Forbidden
-from cliproxy.web.keys import METRICS, RUNTIME, STORE, TRACKER
+from cliproxy.web.keys import JOURNAL, METRICS, RUNTIME, STORE
 from cliproxy.web.metrics import CONTENT_TYPE
 
 __all__ = ["routes", "readiness_problems"]
@@ -49,9 +49,9 @@ async def readiness_problems(app: web.Application) -> list[str]:
         if not ok:
             problem = getattr(store, "file_problem", None)  # deleted, replaced or unwritable under us
             problems.append(problem or "the database does not answer")
-    tracker = app.get(TRACKER)
-    if tracker is not None and not tracker.persist_healthy:
-        problems.append(f"writes to the database are failing ({tracker.pending_writes} pending)")
+    journal = app.get(JOURNAL)
+    if journal is not None and not journal.persist_healthy:
+        problems.append(f"writes to the database are failing ({journal.pending_writes} pending)")
     return problems
 
 

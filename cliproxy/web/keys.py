@@ -13,6 +13,7 @@ from cliproxy.web.inflight import InFlight
 from cliproxy.web.metrics import Metrics
 from cliproxy.web.overload import OverloadLog
 from cliproxy.core.runtime import LiveRuntime
+from cliproxy.services.journal import Journal
 from cliproxy.services.store import Store
 from cliproxy.services.tracker import FailureTracker
 from cliproxy.web.upstream import AccessInfo
@@ -20,7 +21,7 @@ from cliproxy.web.upstream import AccessInfo
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from cliproxy.services.config_manager import ConfigManager
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_ACTOR",
+__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "JOURNAL", "TRACKER", "CLOCK", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
            "RELAYED_STATUS"]
 
@@ -34,6 +35,8 @@ OUTCOMES = web.AppKey("outcomes", OutcomeSink)
 TRACKER = web.AppKey("tracker", FailureTracker)
 #: The SQLite store behind the tracker and the audit history.
 STORE = web.AppKey("store", Store)
+#: The ordered write-behind queue into the audit history (the tracker's effects, config events).
+JOURNAL = web.AppKey("journal", Journal)
 #: What the access log line and metrics read about a proxied request once its handler is done.
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.

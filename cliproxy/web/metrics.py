@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollecto
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from cliproxy.core.events import Event
+from cliproxy.services.journal import Journal
 from cliproxy.services.tracker import FailureTracker
 from cliproxy.web.upstream import AccessInfo
 
@@ -145,6 +146,7 @@ class Metrics:
         #: SSE answers being relayed now (`stream_started` / `stream_ended`).
         self.streams_in_flight = 0
         self._tracker: FailureTracker | None = None
+        self._journal: Journal | None = None
         self.registry.register(self)
         if process:
             ProcessCollector(registry=self.registry)
@@ -153,10 +155,12 @@ class Metrics:
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, tracker: FailureTracker) -> None:
-        """Count the tracker's transitions once committed and report its committed state at scrape time."""
+    def attach(self, tracker: FailureTracker, journal: Journal) -> None:
+        """Count the journal's events once committed; report the tracker's committed state and the
+        journal's backlog at scrape time."""
         self._tracker = tracker
-        tracker.committed_listeners.append(self.on_event)
+        self._journal = journal
+        journal.committed_listeners.append(self.on_event)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything in this registry."""
@@ -191,7 +195,7 @@ class Metrics:
     # ------------------------------------------------------------------ tracker listener
 
     def on_event(self, event: Event) -> None:
-        """A tracker committed listener: count disables, enables and reloads."""
+        """A journal committed listener: count disables, enables and reloads."""
         vendor, model = event.vendor or "", event.model or ""
         if event.kind == "disabled":
             self._disables.inc((vendor, model, "auto"))
@@ -229,8 +233,10 @@ class Metrics:
                 each.add_metric([record.vendor, record.model, record.reason], 1)
             for reason, n in sorted(by_reason.items()):
                 count.add_metric([reason], n)
-            pending.add_metric([], tracker.pending_writes)
-            healthy.add_metric([], 1 if tracker.persist_healthy else 0)
+        journal = self._journal
+        if journal is not None:
+            pending.add_metric([], journal.pending_writes)
+            healthy.add_metric([], 1 if journal.persist_healthy else 0)
         yield from (streams, count, each, pending, healthy)
 
     def _counters(self) -> tuple[_Counter, ...]:

@@ -1,0 +1,211 @@
+"""The journal: the one ordered, retrying write-behind queue into the audit history, and its listeners.
+
+Everything that goes into the history passes through here: the tracker's effects (disables,
+enables, with their current-state rows) and the config manager's events (reloads, rejections,
+operator edits). `append` never awaits and never touches the disk: the effect is told to the
+`listeners` and queued for ONE writer task that calls `store.record` in order, retrying a failing
+write with backoff, so an event that happens while the database is failing is written once it is
+back, in order. `flush()` waits for what has been queued so far to be committed.
+
+Acknowledged means durable: what reports show is the COMMITTED view. `committed_rows()` holds the
+current-state rows whose write has returned from `store.record` (seeded from the store at
+`start`), and `committed_listeners` (metrics) hear each event once it is committed. Waiting
+(`flush`) only for the writes queued before a report began, then reading the committed view, can
+neither report an uncommitted transition nor starve behind a stream of new ones.
+
+Its log lines go to `cliproxy.tracker`, where they were before the journal was its own module:
+operators grep that name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from cliproxy.core.events import DisabledRecord, Effect, Event, RowKey
+from cliproxy.services.store import Store
+
+__all__ = ["Journal"]
+
+_log = logging.getLogger("cliproxy.tracker")  # the name operators grep for; kept across the move
+
+
+class Journal:
+    """Appends effects to the store in order, in the background; knows what has been committed."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        logger: logging.Logger = _log,
+        retry_initial: float = 0.05,
+        retry_max: float = 5.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._log = logger
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._close_timeout = close_timeout
+
+        #: Called synchronously with each event when it is appended (not yet committed). Exceptions are logged.
+        self.listeners: list[Callable[[Event], None]] = []
+        #: Called with each event once its write has been committed to the store (metrics).
+        self.committed_listeners: list[Callable[[Event], None]] = []
+
+        # (vendor, model, reason) -> the row as committed to the store; what reports show.
+        self._committed_rows: dict[RowKey, DisabledRecord] = {}
+        self._pending: deque[Effect] = deque()
+        self._enqueued = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._healthy = True
+        self._writer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def persist_healthy(self) -> bool:
+        """False while the writer is failing to commit to the store."""
+        return self._healthy
+
+    @property
+    def pending_writes(self) -> int:
+        """Effects appended and not yet committed to the store."""
+        return len(self._pending)
+
+    def committed_rows(self) -> list[DisabledRecord]:
+        """Every current-state row as committed to the store (ended or not: the reader has the clock)."""
+        return list(self._committed_rows.values())
+
+    def committed_row(self, key: RowKey) -> DisabledRecord | None:
+        """The committed current-state row of (vendor, model, reason), or None."""
+        return self._committed_rows.get(key)
+
+    # ------------------------------------------------------------------ appending (sync, O(1))
+
+    def append(self, effect: Effect) -> None:
+        """Tell the listeners, queue the write. The caller has already applied it in memory and logged it."""
+        for listener in list(self.listeners):
+            try:
+                listener(effect.event)
+            except Exception:
+                self._log.exception("journal listener %r failed on %s", listener, effect.event.kind)
+        self._pending.append(effect)
+        self._enqueued += 1
+        self._wakeup.set()
+
+    def record(self, event: Event) -> None:
+        """Append an audit event that changes no current-state row (config reloads, operator edits)."""
+        self.append(Effect(event))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Seed the committed view from the store's current-state rows, then start the writer."""
+        if self._writer is not None:
+            raise RuntimeError("Journal already started")
+        records = await self._store.load_disabled()
+        self._committed_rows = {(r.vendor, r.model, r.reason): r for r in records}
+        self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
+
+    async def close(self) -> None:
+        """Flush pending writes (bounded by `close_timeout`), stop the writer. The store is its owner's to close."""
+        if self._writer is not None and not await self.flush(self._close_timeout):
+            self._log.warning("journal closed with %d writes not committed", len(self._pending))
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is committed (True) or `timeout` passed (False).
+
+        False at once when something is pending and the writer is not running (before `start`,
+        after `close`).
+        """
+        target = self._enqueued
+        if self._committed >= target:
+            return True
+        if self._writer is None or self._writer.done():
+            return False  # not started or closed: nothing will commit it
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        try:
+            await asyncio.wait_for(future, timeout)  # cancels the future on timeout
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the writer
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            effect = self._pending[0]
+            attempts = await self._write(effect)
+            self._pending.popleft()
+            self._apply_committed(effect)
+            self._committed += 1
+            if not self._healthy:
+                self._log.info("store writes recovered after %d attempts", attempts)
+            self._healthy = True
+            self._wake_waiters()
+
+    async def _write(self, effect: Effect) -> int:
+        """Write one effect, retrying with backoff until the store takes it; returns the attempts made."""
+        delay = self._retry_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._store.record(effect.event, set_disabled=effect.set_disabled, clear_disabled=effect.clear_disabled)
+                return attempt
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._healthy = False
+                self._log.warning(
+                    "store write failed (attempt %d, %d pending, retry in %.2fs): event=%s vendor=%s model=%s: %r",
+                    attempt,
+                    len(self._pending),
+                    delay,
+                    effect.event.kind,
+                    effect.event.vendor,
+                    effect.event.model,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+
+    def _apply_committed(self, effect: Effect) -> None:
+        """The write is in the store: update the committed view the same way, tell the committed listeners."""
+        if effect.clear_disabled is not None:
+            self._committed_rows.pop(effect.clear_disabled, None)
+        record = effect.set_disabled
+        if record is not None:
+            self._committed_rows[(record.vendor, record.model, record.reason)] = record
+        for listener in list(self.committed_listeners):
+            try:
+                listener(effect.event)
+            except Exception:
+                self._log.exception("journal committed listener %r failed on %s", listener, effect.event.kind)
+
+    def _wake_waiters(self) -> None:
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, future in self._waiters:
+            if future.done():
+                continue
+            if target <= self._committed:
+                future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiters = still

@@ -16,14 +16,15 @@ from cliproxy.web.overload import OverloadLog
 from cliproxy.core.runtime import LiveRuntime
 from cliproxy.services.store import Store
 from cliproxy.services.tracker import FailureTracker
-from cliproxy.web.upstream import AccessInfo
+from cliproxy.web.access import AccessInfo
+from cliproxy.web.proxied_request import ProxiedRequest
 
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from cliproxy.services.config_manager import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "TRACKER", "CLOCK", "ADMIN_LOCKOUT", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
-           "RELAYED_STATUS"]
+           "RELAYED_STATUS", "PROXIED_REQUEST"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -37,6 +38,9 @@ TRACKER = web.AppKey("tracker", FailureTracker)
 STORE = web.AppKey("store", Store)
 #: What the access log line and metrics read about a proxied request once its handler is done.
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
+#: The /v1 request as read and validated (its model, for the access line and the metrics); absent
+#: when it was refused before its body was parsed.
+PROXIED_REQUEST = web.RequestKey("proxied_request", ProxiedRequest)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.
 CLOCK = web.AppKey("clock", Callable[[], float])
 #: Failed management-key attempts per client address, and the addresses blocked for them.

@@ -22,15 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import rewrite_model
-from cliproxy.core.errors import (
-    GatewayOverloaded,
-    NoVendorAvailable,
-    ProxyError,
-    Unavailability,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    error_event,
-)
+from cliproxy.core.errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable, error_event
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
 from cliproxy.core.redact import excerpt, mask_secrets
 from cliproxy.core.routing import Pair, Route

@@ -107,6 +107,19 @@ class TestUpstreamErrors:
         assert b"sk-a-upstream-key-0001" not in await resp.read()
 
 
+    async def test_a_broken_stream_ends_with_an_event_in_the_same_shape(self, upstreams, gateway):
+        """Once the 200 is out, the error is the last SSE event, shaped like every JSON error."""
+        up = await upstreams(chunks=5)
+        up.fail(None, Fault(reset_after_chunks=2))
+        gw = await gateway({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": []})
+        assert resp.status == 200
+        last = (await resp.read()).decode().rstrip("\n").split("\n\n")[-1]
+        assert last.startswith("data: ")
+        error = json.loads(last[len("data: ") :])
+        assert_openai_shape(error, "stream_error")
+        assert error["error"]["type"] == "upstream_error" and error["error"]["param"] is None
+
 class TestSlowClients:
     """A client that stalls while sending its body is cut off with 408 once `body-timeout` has passed."""
 

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from cliproxy.fake_upstream import Fault
+from cliproxy.web.keys import TRACKER
 from tests.conftest import vendor
 
 
@@ -109,6 +110,23 @@ class TestRouting:
         for _ in range(4):
             await gw.sdk.chat.completions.create(model="m", messages=[])
         assert len(a.requests) == 2 and len(b.requests) == 2
+
+    async def test_a_503_takes_one_turn_of_the_round_robin_and_its_retry_after_none(self, upstreams, gateway):
+        """Every request moves the round robin one step, whatever its answer; explaining a 503
+        (its causes, its Retry-After) looks at the pairs without moving it again."""
+        up = await upstreams()
+        gw = await gateway({"openai-compatibility": [vendor(name, up.url, ["m"]) for name in ("a", "b", "c")]})
+        served = [(await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"]]
+        tracker = gw.app[TRACKER]
+        for name in ("a", "b", "c"):
+            await tracker.manual_disable((name, "m"), 60, "test")
+        refused = await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        assert refused.status == 503 and refused.headers["Retry-After"] == "60"  # the turn of b
+        for name in ("a", "b", "c"):
+            await tracker.manual_enable((name, "m"), "test")
+        for _ in range(3):
+            served.append((await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"])
+        assert served == ["a", "c", "a", "b"]
 
     async def test_higher_priority_wins(self, upstreams, gateway):
         low, high = await upstreams(), await upstreams()

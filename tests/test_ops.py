@@ -332,6 +332,32 @@ class TestAccessLog:
         assert [(x["path"], x["status"]) for x in lines] == [("/v1/chat/completions", 401), ("/nowhere", 404)]
         assert lines[0]["attempts"] == 0 and lines[1]["attempts"] is None
 
+    async def test_client_gone_before_the_upstream_answered_is_a_499_client_disconnect(self, upstreams, gateway, caplog):
+        """The client leaves while the upstream has not sent its headers yet: the access line and the
+        metrics still show the request, as 499 with outcome client_disconnect, and nothing counts against the pair."""
+        caplog.set_level(logging.INFO)
+        up = await upstreams()
+        up.fail(None, Fault(stall_before_headers=30))
+        gw = await gateway({"auto-disable": {"failure-threshold": 1}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        sent = asyncio.create_task(gw.client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "gone-1"}))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not up.requests:  # the attempt is open upstream, its headers not yet back
+            assert asyncio.get_running_loop().time() < deadline, "the upstream never got the request"
+            await asyncio.sleep(0.01)
+        sent.cancel()  # the client closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await sent
+        while not [x for x in access_records(caplog) if x["request_id"] == "gone-1"]:
+            assert asyncio.get_running_loop().time() < deadline, "no access line for the client that left"
+            await asyncio.sleep(0.01)
+        [line] = [x for x in access_records(caplog) if x["request_id"] == "gone-1"]
+        assert (line["status"], line["outcome"], line["vendor"], line["attempts"]) == (499, "client_disconnect", "a", 1)
+        samples = await scrape(gw)
+        assert value(samples, "cliproxy_requests_total", model="m", vendor="a", status_class="4xx") == 1
+        assert value(samples, "cliproxy_upstream_attempts_total", model="m") == 1
+        assert not names_with(samples, "cliproxy_upstream_failures_total", "reason")
+        assert gw.app[TRACKER].is_available(("a", "m"))
+
     async def test_request_id_echoed_or_made(self, upstreams, gateway):
         up = await upstreams()
         gw = await gateway({"openai-compatibility": [vendor("a", up.url, ["m"])]})

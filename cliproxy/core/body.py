@@ -23,7 +23,7 @@ from typing import Any
 
 from cliproxy.core.errors import InvalidRequest
 
-__all__ = ["ClientRequest", "parse_client_body", "rewrite_model"]
+__all__ = ["ClientRequest", "Span", "parse_client_body", "rewrite_model"]
 
 _COLON = re.compile(rb"\s*:\s*")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as json.decoder has it
@@ -31,6 +31,7 @@ _scan_value = make_scanner(json.JSONDecoder())  # json.loads' own value scanner 
 #: From this size on, one pass that also finds the `model` spans beats `json.loads` plus a rescan.
 _ONE_PASS_FROM = 64 * 1024
 
+#: Where a value is in the body: [start, end) byte offsets.
 Span = tuple[int, int]
 
 

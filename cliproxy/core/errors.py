@@ -18,6 +18,8 @@
 
 One middleware (`cliproxy.app`) renders each as `{"error": {"message", "type", "param", "code"}}`
 with its status. The `openai` SDK picks its exception class from the status, so statuses are honest.
+A stream that breaks once its 200 has gone out ends with the same shape as its last SSE event
+(`error_event`): `error_body` is the one place that shape is written.
 Pure: no aiohttp import; the middleware turns `headers` into response headers.
 """
 
@@ -47,6 +49,7 @@ __all__ = [
     "ServiceUnavailable",
     "GatewayOverloaded",
     "error_body",
+    "error_event",
 ]
 
 
@@ -201,6 +204,12 @@ class GatewayOverloaded(ServiceUnavailable):
 
 
 def error_body(message: str, error_type: str, code: str, param: str | None = None) -> bytes:
+    """The OpenAI error shape, `{"error": {"message", "type", "param", "code"}}`, as a JSON body."""
     return json.dumps(
         {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     ).encode()
+
+
+def error_event(message: str, error_type: str, code: str, param: str | None = None) -> bytes:
+    """The same error as the last event of an SSE stream that cannot go on (its status has already been sent)."""
+    return b"data: " + error_body(message, error_type, code, param) + b"\n\n"

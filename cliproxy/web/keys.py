@@ -16,14 +16,15 @@ from cliproxy.core.runtime import LiveRuntime
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import Store
 from cliproxy.services.tracker import FailureTracker
-from cliproxy.web.upstream import AccessInfo
+from cliproxy.web.access import AccessInfo
+from cliproxy.web.proxied_request import ProxiedRequest
 
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from cliproxy.services.config_manager import ConfigManager
 
 __all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "JOURNAL", "TRACKER", "CLOCK", "ADMIN_ACTOR",
            "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
-           "RELAYED_STATUS"]
+           "RELAYED_STATUS", "PROXIED_REQUEST"]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)
@@ -39,6 +40,9 @@ STORE = web.AppKey("store", Store)
 JOURNAL = web.AppKey("journal", Journal)
 #: What the access log line and metrics read about a proxied request once its handler is done.
 ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
+#: The /v1 request as read and validated (its model, for the access line and the metrics); absent
+#: when it was refused before its body was parsed.
+PROXIED_REQUEST = web.RequestKey("proxied_request", ProxiedRequest)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.
 CLOCK = web.AppKey("clock", Callable[[], float])
 #: The management client's address as decided by the auth rule; the `actor` of its changes.

@@ -5,8 +5,8 @@ handler it installed on the root logger (calling it again, on reload, swaps form
 
 - **The access shell.** `access_middleware` (outermost) gives each request an id (a sane
   `x-request-id` from the client, else a new one), and after the handler writes one access line
-  and feeds the metrics from the request's `AccessInfo`. `stamp_response` (an
-  `on_response_prepare` hook) puts the id on the response before its headers leave, streams
+  and feeds the metrics from the request's `AccessInfo` (and the model of its `ProxiedRequest`).
+  `stamp_response` (an `on_response_prepare` hook) puts the id on the response before its headers leave, streams
   included, and counts the streams in flight. When the access logger is filtered out by the level,
   no line is built at all.
 - **What is logged.** Method, path, status, model, vendor, upstream model, attempts, latency,
@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from cliproxy.core.config import LoggingSettings
-from cliproxy.web.keys import ACCESS_INFO, IN_FLIGHT, METRICS, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
+from cliproxy.web.keys import ACCESS_INFO, IN_FLIGHT, METRICS, PROXIED_REQUEST, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from cliproxy.core.redact import SecretMasker, mask_secrets
 from cliproxy.core.times import format_timestamp
 
@@ -255,20 +255,22 @@ def _after(
     request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float, *, cut_by_shutdown: bool = False
 ) -> None:
     info = request.get(ACCESS_INFO)
+    model = None
     if info is not None:
+        proxied = request.get(PROXIED_REQUEST)
+        if proxied is not None:
+            model = proxied.model
         metrics = request.app.get(METRICS)
         if metrics is not None:
             if request.get(STREAM_COUNTED):
                 metrics.stream_ended()
-            metrics.observe_request(info, status, elapsed, request.app[RUNTIME].current.table.routes)
+            metrics.observe_request(info, model, status, elapsed, request.app[RUNTIME].current.table.routes)
     level = logging.DEBUG if request.path in _QUIET_PATHS else logging.INFO
     if not access_log.isEnabledFor(level):
         return
-    model = None
     if info is not None:
         size: int | None = info.bytes_out or _body_size(response)  # an error answer is not relayed
         ttfb = None if info.ttfb is None else round(info.ttfb * 1000, 1)
-        model = info.model
         runtime = request.app[RUNTIME].current
         if model is not None and model not in runtime.table.routes:
             model = mask_secrets(model[:_FIELD_LIMIT], runtime.masker)  # client text: it may hold anything

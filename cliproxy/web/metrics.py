@@ -1,7 +1,7 @@
 """Prometheus metrics: one registry per application, never prometheus-client's global one.
 
 Per request the access middleware (`cliproxy.web.logs`) calls `observe_request` once, after the
-handler, with the request's `AccessInfo`: nothing on the forwarding path itself is timed or
+handler, with the request's `AccessInfo` and the model it asked for: nothing on the forwarding path itself is timed or
 counted. The request-path series are plain dicts of numbers keyed by their label values (asyncio
 runs one callback at a time, so they need none of prometheus-client's per-update locks) and are
 turned into prometheus-client metric families only when Prometheus scrapes: a request costs a
@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from cliproxy.core.events import Event
 from cliproxy.services.journal import Journal
 from cliproxy.services.tracker import FailureTracker
-from cliproxy.web.upstream import AccessInfo
+from cliproxy.web.access import AccessInfo
 
 __all__ = ["CONTENT_TYPE", "Metrics", "NOT_FAILURES", "status_class"]
 
@@ -168,9 +168,12 @@ class Metrics:
 
     # ------------------------------------------------------------------ per request
 
-    def observe_request(self, info: AccessInfo, status: int, elapsed: float, configured: Container[str]) -> None:
-        """Record one proxied request. `configured` holds the client-facing model names of the config."""
-        model = info.model if info.model in configured else UNKNOWN_MODEL
+    def observe_request(
+        self, info: AccessInfo, model: str | None, status: int, elapsed: float, configured: Container[str]
+    ) -> None:
+        """Record one proxied request for the client's `model` (None: its body was refused unread).
+        `configured` holds the client-facing model names of the config."""
+        model = model if model in configured else UNKNOWN_MODEL
         vendor = info.vendor or NO_VENDOR
         series = (model, vendor)
         self._requests.inc((model, vendor, status_class(status)))

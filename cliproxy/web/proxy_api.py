@@ -9,9 +9,11 @@ from aiohttp.web_urldispatcher import _default_expect_handler  # aiohttp's own 1
 
 from cliproxy.core.body import parse_client_body
 from cliproxy.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
-from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, RUNTIME
+from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PROXIED_REQUEST, RUNTIME
 from cliproxy.core.runtime import Runtime
-from cliproxy.web.upstream import AccessInfo, forward
+from cliproxy.web.access import AccessInfo
+from cliproxy.web.proxied_request import ProxiedRequest
+from cliproxy.web.upstream import forward
 
 __all__ = ["routes", "check_client_key", "read_body", "PROXIED_PATHS"]
 
@@ -64,14 +66,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     request[ACCESS_INFO] = info
     check_client_key(request, runtime)
     body = await read_body(request, runtime.config.max_body_bytes, runtime.config.body_timeout)
-    parsed = parse_client_body(body)
-    info.model = parsed.model
-    route = runtime.table.route(parsed.model)
+    proxied = ProxiedRequest.of(request, body, parse_client_body(body), runtime.config)
+    request[PROXIED_REQUEST] = proxied  # the access line names the model, routed or not
+    route = runtime.table.route(proxied.model)
     if route is None:
-        raise ModelNotFound(f"the model '{parsed.model}' does not exist", param="model")
+        raise ModelNotFound(f"the model '{proxied.model}' does not exist", param="model")
+    app = request.app
     return await forward(
-        request, runtime, route, body, parsed.stream, request.app[CLIENT_SESSION], request.app[OUTCOMES], info,
-        model_spans=parsed.model_spans,
+        request, proxied, route, info, session=app[CLIENT_SESSION], sink=app[OUTCOMES], overload=app[OVERLOAD_LOG]
     )
 
 

@@ -1,44 +1,37 @@
 """Forwarding a client request upstream: choose a pair (may fail over), then relay it (may not).
 
-`choose_upstream` walks the candidates in routing order and opens the request on each until one
-answers with something the client should see: a success, or an error that is the client's own
-fault. Every attempt reports exactly one `Outcome` through the `OutcomeSink` seam, classified in
-`classify_status` and at the exception handlers below, nowhere else. Once a pair is chosen,
-`relay` copies the answer to the client chunk by chunk; a failure from then on can no longer fail
-over and ends the client's stream with an error event.
+`choose_upstream` walks the candidates in routing order and opens the request (a `ProxiedRequest`,
+built once by the handler) on each until one answers with something the client should see: a
+success, or an error that is the client's own fault. Every attempt reports exactly one `Outcome`,
+classified in `classify_status` and at the exception handlers below, and always through `_report`,
+which tells both the failure tracker (the `OutcomeSink` seam) and the request's access record.
+Once a pair is chosen, `relay` copies the answer to the client chunk by chunk; a failure from then
+on can no longer fail over and ends the client's stream with an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import chain
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import rewrite_model
-from cliproxy.core.errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable
+from cliproxy.core.errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable, error_event
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
-from cliproxy.web.overload import OverloadLog, local_resource_error
 from cliproxy.core.redact import excerpt, mask_secrets
 from cliproxy.core.routing import Pair, Route
-from cliproxy.core.runtime import Runtime
+from cliproxy.web.access import AccessInfo
+from cliproxy.web.overload import OverloadLog, local_resource_error
+from cliproxy.web.proxied_request import ProxiedRequest, connection_options
 
-__all__ = ["AccessInfo", "classify_status", "forward"]
+__all__ = ["classify_status", "forward"]
 
-# Never forwarded upstream: hop-by-hop headers, the client's own credentials, and what aiohttp sets itself.
-_DROP_REQUEST = frozenset(
-    {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "host", "content-length", "authorization", "x-api-key",
-        "x-management-key", "cookie", "accept-encoding", "expect",
-        "content-encoding",  # aiohttp has decoded the body: the header no longer describes the bytes we send
-    }
-)
 # The only upstream response headers a client gets: what it needs to read the answer and to pace
 # itself. An allow-list, not a deny-list: an upstream (or a CDN in front of it) also sends cookies,
 # CORS and HSTS policies, Alt-Svc and hop-by-hop headers that would act on the client as if cliproxy
@@ -53,7 +46,6 @@ _RELAY_RESPONSE = frozenset(
 )
 _RELAY_RESPONSE_PREFIX = "x-ratelimit-"
 _SSE_CACHE_CONTROL = "cache-control"  # relayed on streams only: `no-cache` keeps proxies from buffering them
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 _ERROR_BODY_LIMIT = 64 * 1024
 _SSE = "text/event-stream"
 
@@ -63,20 +55,6 @@ CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
 CLIENT_WRITE_TIMEOUT = Outcome("neutral", "client_write_timeout")
 #: Reason of the neutral outcome when cliproxy itself ran out of descriptors, buffers or memory.
 GATEWAY_OVERLOADED = "gateway_overloaded"
-
-@dataclass(slots=True)
-class AccessInfo:
-    """What the access log line and the metrics want to know about one client request."""
-
-    #: `time.perf_counter()` when the request arrived.
-    started: float = field(default_factory=time.perf_counter)
-    model: str | None = None
-    vendor: str | None = None
-    upstream_model: str | None = None
-    attempts: int = 0
-    ttfb: float | None = None
-    bytes_out: int = 0
-    outcomes: list[str] = field(default_factory=list)
 
 
 def classify_status(status: int, count_statuses: frozenset[int]) -> Outcome | None:
@@ -110,78 +88,78 @@ class _Failed:
     timeout: bool = False
 
 
+def _report(sink: OutcomeSink, info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
+    """The one way an attempt's outcome is told: to the failure tracker, and to the access line and metrics."""
+    sink.record_outcome(pair.key, outcome)
+    info.outcomes.append(outcome.reason)
+
+
 async def forward(
     request: web.Request,
-    runtime: Runtime,
+    proxied: ProxiedRequest,
     route: Route,
-    body: bytes,
-    stream: bool,
-    session: aiohttp.ClientSession,
-    sink: OutcomeSink,
     info: AccessInfo,
     *,
-    model_spans: tuple[tuple[int, int], ...] | None = None,
+    session: aiohttp.ClientSession,
+    sink: OutcomeSink,
+    overload: OverloadLog,
 ) -> web.StreamResponse:
     """Choose an upstream for the request, then relay its answer to the client.
 
-    `model_spans`: where the body's top-level `model` values are, when parsing found them (saves a rescan).
+    `session` is the upstream connection pool, `sink` the failure tracker every outcome goes to,
+    `overload` the log of the gateway's own resource exhaustion.
     """
-    opened = await choose_upstream(request, runtime, route, body, stream, session, sink, info, model_spans=model_spans)
-    return await relay(request, opened, stream, sink, info)
+    opened = await choose_upstream(proxied, route, info, session=session, sink=sink, overload=overload)
+    return await relay(request, opened, proxied, info, sink)
 
 
 async def choose_upstream(
-    request: web.Request,
-    runtime: Runtime,
+    proxied: ProxiedRequest,
     route: Route,
-    body: bytes,
-    stream: bool,
-    session: aiohttp.ClientSession,
-    sink: OutcomeSink,
     info: AccessInfo,
     *,
-    model_spans: tuple[tuple[int, int], ...] | None = None,
+    session: aiohttp.ClientSession,
+    sink: OutcomeSink,
+    overload: OverloadLog,
 ) -> _Opened:
     """Try candidates in routing order until one gives an answer for the client (fail over on countable failures)."""
-    max_attempts = 1 + runtime.config.request_retry
-    forwarded = _forwardable_headers(request)
-    subpath = request.match_info.get("subpath") or request.path[len("/v1") :]
     last_failure: _Failed | None = None
     for pair in route.ordered():
         if not sink.is_available(pair.key):
             continue
-        if info.attempts >= max_attempts:
+        if info.attempts >= proxied.max_attempts:
             break
         info.attempts += 1
         info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
-        upstream_body = body if pair.model.name == info.model else rewrite_model(body, pair.model.name, model_spans)
-        result = await _open(pair, runtime, subpath, forwarded, upstream_body, stream, session, request, sink)
+        body = proxied.body if pair.model.name == proxied.model else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+        try:
+            result = await _open(pair, proxied, body, session, overload)
+        except asyncio.CancelledError:
+            # The client went away before the upstream answered: neutral for the pair, and its
+            # access line and metrics say why (499, outcome client_disconnect).
+            _report(sink, info, pair, CLIENT_DISCONNECT)
+            raise
         if isinstance(result, _Opened):
             return result
-        sink.record_outcome(pair.key, result.outcome)
-        info.outcomes.append(result.outcome.reason)
+        _report(sink, info, pair, result.outcome)
         if result.outcome.kind != "failure":
-            raise _final_error(result, info)  # the client's fault: no failover
+            raise _final_error(result, proxied, info)  # the client's fault: no failover
         last_failure = result
 
     if last_failure is not None:
-        raise _final_error(last_failure, info)
+        raise _final_error(last_failure, proxied, info)
     raise _nothing_available(route, sink)
 
 
 async def _open(
     pair: Pair,
-    runtime: Runtime,
-    subpath: str,
-    forwarded: CIMultiDict[str],
+    proxied: ProxiedRequest,
     body: bytes,
-    stream: bool,
     session: aiohttp.ClientSession,
-    request: web.Request,
-    sink: OutcomeSink,
+    overload: OverloadLog,
 ) -> _Opened | _Failed:
     """Send one attempt and wait for its headers (and first chunk when streaming), within the timeouts."""
-    headers = CIMultiDict(forwarded)
+    headers = CIMultiDict(proxied.headers)
     for name, value in pair.vendor.headers:
         headers[name] = value
     key = pair.keys.next()
@@ -189,14 +167,14 @@ async def _open(
         headers["Authorization"] = f"Bearer {key.api_key}"
     proxy = (key.proxy_url if key is not None else None) or pair.proxy_url
     timeouts = pair.timeouts
-    url = pair.base_url + subpath
-    if request.query_string:
-        url = f"{url}?{request.query_string}"
+    url = pair.base_url + proxied.path
+    if proxied.query:
+        url = f"{url}?{proxied.query}"
     response: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(timeouts.first_byte):
             response = await session.request(
-                request.method,
+                proxied.method,
                 url,
                 data=body,
                 headers=headers,
@@ -218,7 +196,7 @@ async def _open(
                 headers=CIMultiDict(response.headers),
             )
         first_chunk = b""
-        if stream:
+        if proxied.stream:
             # Headers go to the client only with the first chunk, so a failure up to here can still fail over.
             async with asyncio.timeout(timeouts.stream_idle):
                 first_chunk = await response.content.readany()
@@ -238,30 +216,29 @@ async def _open(
             response.close()
         if (local := local_resource_error(exc)) is not None:
             # EMFILE on our own socket(): the gateway is out of descriptors; the upstream was never reached.
-            _overload_log(request).note("upstream connect", local)
+            overload.note("upstream connect", local)
             return _Failed(pair, Outcome("neutral", GATEWAY_OVERLOADED, ErrorInfo(None, local.strerror or str(local))))
         reason = "connect_error" if response is None else "stream_error"
         return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), pair.secrets))))
     except asyncio.CancelledError:
-        # The client went away while we waited: neutral for the pair, and nothing may stay open.
+        # The client went away while we waited (reported by the caller): nothing may stay open.
         if response is not None:
             response.close()
-        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
         raise
 
 
 async def relay(
     request: web.Request,
     opened: _Opened,
-    stream: bool,
-    sink: OutcomeSink,
+    proxied: ProxiedRequest,
     info: AccessInfo,
+    sink: OutcomeSink,
 ) -> web.StreamResponse:
     """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
     upstream = opened.response
     pair = opened.pair
-    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info))
-    if not stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
+    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info.attempts))
+    if not proxied.stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
         client.content_length = upstream.content_length
     is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
     idle = pair.timeouts.stream_idle
@@ -269,7 +246,7 @@ async def relay(
     outcome: Outcome = OK
     # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
     # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
-    write_timeout = request.app[_keys.RUNTIME].current.config.client_write_timeout
+    write_timeout = proxied.client_write_timeout
     try:
         await client.prepare(request)
         chunk = opened.first_chunk
@@ -306,8 +283,7 @@ async def relay(
                 # A plain body cut short: the client must not take it for a whole answer.
                 if request.transport is not None:
                     request.transport.close()
-                sink.record_outcome(pair.key, outcome)
-                info.outcomes.append(outcome.reason)
+                _report(sink, info, pair, outcome)
                 return client
         else:
             upstream.release()
@@ -317,22 +293,18 @@ async def relay(
         upstream.close()
         if request.transport is not None:
             request.transport.abort()
-        sink.record_outcome(pair.key, CLIENT_WRITE_TIMEOUT)
-        info.outcomes.append(CLIENT_WRITE_TIMEOUT.reason)
+        _report(sink, info, pair, CLIENT_WRITE_TIMEOUT)
         return client
     except asyncio.CancelledError:
         upstream.close()
-        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
-        info.outcomes.append(CLIENT_DISCONNECT.reason)
+        _report(sink, info, pair, CLIENT_DISCONNECT)
         raise
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client reset the connection
         # Answered, not raised: raised, aiohttp logs an ERROR with a traceback for each such client.
         upstream.close()
-        sink.record_outcome(pair.key, CLIENT_DISCONNECT)
-        info.outcomes.append(CLIENT_DISCONNECT.reason)
+        _report(sink, info, pair, CLIENT_DISCONNECT)
         return client
-    sink.record_outcome(pair.key, outcome)
-    info.outcomes.append(outcome.reason)
+    _report(sink, info, pair, outcome)
     return client
 
 
@@ -347,31 +319,16 @@ class _ClientResponse(web.StreamResponse):
 
 
 def _sse_error(outcome: Outcome) -> bytes:
+    """The last event of a stream the upstream broke: the OpenAI error shape, `code` the outcome's reason."""
     message = "the upstream stream was interrupted"
     if outcome.reason == "stream_idle_timeout":
         message = "the upstream stream stalled past the idle timeout"
-    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": outcome.reason}}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-
-def _connection_options(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> frozenset[str] | tuple[()]:
-    """The header names a `Connection` header lists: hop-by-hop for this one connection (RFC 9110 7.6.1)."""
-    values = headers.getall("connection", ())
-    if not values or (len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION):
-        return ()  # the usual case names no other header: nothing to build
-    return frozenset(token.strip().lower() for value in values for token in value.split(","))
-
-
-def _forwardable_headers(request: web.Request) -> CIMultiDict[str]:
-    named = _connection_options(request.headers)  # `Connection: keep-alive, X-Secret-Hop` drops X-Secret-Hop
-    return CIMultiDict(
-        (k, v) for k, v in request.headers.items() if (name := k.lower()) not in _DROP_REQUEST and name not in named
-    )
+    return error_event(message, "upstream_error", outcome.reason)
 
 
 def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) -> Iterator[tuple[str, str]]:
     """The upstream headers on the allow-list; O(headers), one lower() each, as the deny-list was."""
-    named = _connection_options(headers)
+    named = connection_options(headers)
     for k, v in headers.items():
         name = k.lower()
         if (
@@ -382,10 +339,10 @@ def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) 
             yield k, v
 
 
-def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, info: AccessInfo) -> CIMultiDict[str]:
+def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, attempts: int) -> CIMultiDict[str]:
     stream = upstream.headers.get("content-type", "").startswith(_SSE)
     headers = CIMultiDict(_relayable(upstream.headers, stream))
-    _stamp(headers, pair.vendor.name, pair.model.name, info.attempts)
+    _stamp(headers, pair.vendor.name, pair.model.name, attempts)
     return headers
 
 
@@ -430,7 +387,7 @@ class _RelayedUpstreamError(ProxyError):
         return self.raw_body
 
 
-def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
+def _final_error(failure: _Failed, proxied: ProxiedRequest, info: AccessInfo) -> ProxyError:
     headers: dict[str, str] = {}
     _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts)
     if failure.outcome.reason == GATEWAY_OVERLOADED:
@@ -445,7 +402,7 @@ def _final_error(failure: _Failed, info: AccessInfo) -> ProxyError:
         return _RelayedUpstreamError(failure, headers)
     error = failure.outcome.error
     detail = f" ({error.message})" if error and error.message else ""
-    message = f"all {info.attempts} upstream attempt(s) for '{info.model}' failed; last: {failure.outcome.reason}{detail}"
+    message = f"all {info.attempts} upstream attempt(s) for '{proxied.model}' failed; last: {failure.outcome.reason}{detail}"
     if failure.timeout:
         return UpstreamTimeout(message, headers=headers)
     return UpstreamUnavailable(message, headers=headers)
@@ -458,7 +415,8 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
     models_off = sum(1 for p in route.switched_off_pairs if p.vendor.routable and not p.model.enabled)
     auto: list[float] = []
     manual: list[float | None] = []
-    for pair in route.ordered():
+    # The tiers as they are: `route.ordered()` would move the round robin for the next request.
+    for pair in chain.from_iterable(route.tiers):
         reason = sink.disabled_by(pair.key)
         wait = sink.seconds_until_available(pair.key)
         if reason == "manual":
@@ -468,10 +426,3 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
     why = Unavailability(len(vendors_off), len(keyless), models_off, tuple(auto), tuple(manual))
     return NoVendorAvailable.for_model(route.name, why)
 
-
-def _overload_log(request: web.Request) -> OverloadLog:
-    return request.app[_keys.OVERLOAD_LOG]
-
-
-# Imported last: keys.py imports `AccessInfo` from this module.
-from cliproxy.web import keys as _keys  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.fake_upstream import Fault
-from tests.conftest import FakeClock, vendor
+from tests.helpers import FakeClock, vendor
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -32,7 +32,7 @@ import pytest
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.store import parse_timestamp
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 ROUNDS = int(os.environ.get("CLIPROXY_CRASH_ROUNDS", "10"))

@@ -36,7 +36,7 @@ import pytest
 
 from cliproxy.services.store import parse_timestamp, read_events
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 MGMT_KEY = "disk-failure-management-key-01"

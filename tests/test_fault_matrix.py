@@ -33,7 +33,7 @@ import pytest
 
 from cliproxy.web.keys import CLIENT_SESSION, TRACKER
 from cliproxy.fake_upstream import _HTML_PAGE, _MALFORMED, FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 
 PAIR = ("v", "m")
 BIG = 50 * 1024 * 1024

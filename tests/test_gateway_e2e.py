@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from cliproxy.fake_upstream import Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 
 
 class TestBasicProxying:

@@ -14,8 +14,13 @@ from cliproxy.core.errors import InvalidRequest
 from cliproxy.web.keys import TRACKER
 from cliproxy.core.runtime import Runtime
 from cliproxy.services.config_loader import ConfigError, load_config, parse_config
-from tests.conftest import vendor
-from tests.test_hostile_input import GOOD_BODY, assert_openai_error, assert_still_answers, gw, raw_request, request_head  # noqa: F401
+from tests.helpers import GOOD_BODY, assert_openai_error, assert_still_answers, plain_gateway_config, raw_request, request_head, vendor
+
+
+@pytest.fixture
+async def gw(upstreams, gateway):
+    up = await upstreams(chunks=2)
+    return await gateway(plain_gateway_config(up.url))
 
 
 class TestClientApiRegressions:

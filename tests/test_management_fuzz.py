@@ -46,7 +46,7 @@ from cliproxy.web.admin_api import ENDPOINTS
 from cliproxy.web.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.writeback import atomic_write
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 EXAMPLES = int(os.environ.get("CLIPROXY_FUZZ_EXAMPLES", "8"))

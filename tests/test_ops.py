@@ -32,7 +32,7 @@ from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
 from cliproxy.services.config_loader import load_config
 from cliproxy.sdnotify import notify
 from cliproxy.fake_upstream import Fault
-from tests.conftest import FakeClock, make_config, vendor
+from tests.helpers import FakeClock, make_config, vendor
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

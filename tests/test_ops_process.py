@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 STREAM = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}

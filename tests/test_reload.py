@@ -27,9 +27,8 @@ from cliproxy.services.config_manager import ConfigChanged, ConfigManager, Confi
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.writeback import atomic_write, model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
-from tests.conftest import Gateway, vendor
+from tests.helpers import Gateway, changed_lines, vendor
 from tests.processes import GatewayProcess, free_port
-from tests.test_writeback import changed_lines
 
 PAIR = ("v", "m")
 NO_WATCHER = 3600.0  # a poll interval that keeps the watcher out of tests that reload by hand

@@ -10,7 +10,7 @@ import pytest
 
 from cliproxy.services.store import read_disabled, read_events
 from cliproxy.fake_upstream import Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

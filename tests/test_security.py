@@ -42,7 +42,7 @@ from cliproxy.web.admin_api import ENDPOINTS
 from cliproxy.web.openapi import openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 MGMT_KEY = "MgmtKeyQ7rT2wX9zL4v"

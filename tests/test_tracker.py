@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 from cliproxy.core.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
 from cliproxy.services.tracker import FailureTracker

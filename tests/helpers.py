@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]], what: str, *, timeout: float = 5.0, interval: float = 0.02
+    condition: Callable[[], T | Awaitable[T]], what: str = "the condition", *, timeout: float = 5.0, interval: float = 0.02
 ) -> T:
     """Poll `condition` (a plain or an async function) until it returns something truthy, and return that.
 

@@ -32,7 +32,7 @@ from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
 from cliproxy.services.config_loader import load_config
 from cliproxy.sdnotify import notify
 from cliproxy.fake_upstream import Fault
-from tests.helpers import FakeClock, make_config, vendor
+from tests.helpers import FakeClock, eventually, make_config, vendor
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -185,10 +185,10 @@ class TestMetrics:
         await resp.content.readany()
         assert value(await scrape(gw), "cliproxy_streams_in_flight") == 1
         assert (await resp.read()).endswith(b"data: [DONE]\n\n")
-        for _ in range(50):  # the handler finishes just after the last byte
-            if value(await scrape(gw), "cliproxy_streams_in_flight") == 0:
-                break
-            await asyncio.sleep(0.02)
+        async def no_stream_in_flight() -> bool:  # the handler finishes just after the last byte
+            return value(await scrape(gw), "cliproxy_streams_in_flight") == 0
+
+        await eventually(no_stream_in_flight, "cliproxy_streams_in_flight to be 0")
         samples = await scrape(gw)
         assert value(samples, "cliproxy_streams_in_flight") == 0
         assert value(samples, "cliproxy_upstream_ttfb_seconds_count", model="m", vendor="a") == 1

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a quick benchmark run (about 10 s)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_ROWS = {

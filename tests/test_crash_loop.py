@@ -262,6 +262,7 @@ def processes() -> Iterator[list[GatewayProcess]]:
         proc.stop(timeout=10)
 
 
+@pytest.mark.slow  # kills and restarts the gateway for seconds on end
 class TestCrashLoop:
     """Reported disables, timed or automatic or in config.yaml, survive kill -9 at random moments, with identical times."""
 

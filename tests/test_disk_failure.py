@@ -212,6 +212,7 @@ async def _outage_and_recovery(client: Client, gw: GatewayProcess, db: Path, *, 
     assert (await client.chat())[0] == 200
 
 
+@pytest.mark.slow  # a real outage and catch-up (about 7 s)
 class TestLockedDatabase:
     """Another connection holds the write lock: routing goes on, /readyz and the management API say 503, then it catches up."""
 
@@ -240,6 +241,7 @@ class TestLockedDatabase:
 class TestFullDisk:
     """Every file write fails with EFBIG (RLIMIT_FSIZE lowered from outside): routing goes on, /readyz says 503, then it catches up."""
 
+    @pytest.mark.slow  # a real outage and catch-up (about 5 s)
     async def test_outage_and_catch_up(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
@@ -285,6 +287,7 @@ class TestFullDisk:
                          "the config-reloaded event in the database", timeout=5)
 
 
+@pytest.mark.slow  # waits out the API's commit wait (about 10 s)
 class TestReportsShowOnlyCommittedState:
     """While the database is locked a pair trips: neither /metrics nor the management API shows it until it is committed."""
 

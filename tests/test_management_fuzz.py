@@ -181,6 +181,7 @@ def gateway_process(tmp_path: Path) -> Any:
     gw.stop(timeout=10)
 
 
+@pytest.mark.slow  # fuzzes every operation of a real gateway (about 8 s)
 class TestManagementFuzz:
     """Schemathesis cases, positive and negative, for every documented operation: documented answers only, no 5xx."""
 

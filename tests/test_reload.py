@@ -749,6 +749,7 @@ def paced_upstream() -> Any:
         process.wait(timeout=10)
 
 
+@pytest.mark.slow  # a 10 s paced stream over 10,000 pairs
 class TestLargeConfigOffTheLoop:
     """With 10,000 pairs, a PATCH and a reload run off the event loop: streams and /healthz do not stall."""
 

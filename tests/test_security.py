@@ -331,6 +331,7 @@ def _presentations(key: str) -> list[dict[str, str]]:
 class TestRemovedClientKeys:
     """A key removed by a reload is 401 from the next request on, on a kept-alive connection and after a restart."""
 
+    @pytest.mark.slow  # about 5 s
     async def test_file_edit_put_rejected_reload_and_restart(self, upstreams, tmp_path, processes) -> None:
         up = await upstreams()
         gw = _start(processes, tmp_path, _client_config(up, [OLD_KEY, KEPT_KEY]))
@@ -422,6 +423,7 @@ def _secret_config(bad: FakeUpstream, good: FakeUpstream) -> dict[str, Any]:
 class TestNoSecretAnywhere:
     """After traffic, failures, management calls and rejected reloads: no key or proxy password in responses, stderr or events."""
 
+    @pytest.mark.slow  # about 6 s
     async def test_rejected_reloads_and_changes(self, upstreams, tmp_path, processes) -> None:
         good, bad = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500, body={"error": {"message": f"invalid key {UPSTREAM_SECRET} for user x"}}))
@@ -656,6 +658,7 @@ class TestSlowAndIdleClients:
         assert _disabled_events(tmp_path / "cliproxy.db") == []
         assert "client_write_timeout" in gw.log()
 
+    @pytest.mark.slow  # about 5 s
     async def test_300_slowloris_connections_hold_nothing_past_the_header_timeout(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
         baseline = gw.open_descriptors()

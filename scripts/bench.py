@@ -3,6 +3,7 @@
     python scripts/bench.py                 # the full run (about 4 minutes), prints one table
     python scripts/bench.py --json          # the same results as JSON on stdout
     python scripts/bench.py --quick         # a few seconds: every row, meaningless numbers (smoke test)
+    python scripts/bench.py --table-from results.json   # the table of a run saved with --json
 
 It needs nothing but the repository. It starts, each in its own process: the fake upstream in fast
 mode (no artificial delay) and a second one failing 20% of its answers, cliproxy with generated
@@ -875,6 +876,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, help="scenario 4: seconds each stream stays open (default 10; --quick 0.5)")
     parser.add_argument("--big-pairs", type=int, help="scenario 5: pairs in the large config (default 10000; --quick 1000)")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset to run (default all)")
+    parser.add_argument("--table-from", metavar="FILE", type=Path, help="print the table of a run saved with --json, and run nothing")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -891,6 +893,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.loadgen:
         return loadgen_main()
+    if args.table_from is not None:
+        print(render_table(json.loads(args.table_from.read_text())))
+        return 0
     quick = args.quick
 
     def pick(value: Any, normal: Any, small: Any) -> Any:

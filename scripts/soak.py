@@ -5,7 +5,7 @@
     python scripts/soak.py --duration 15 --clients 200 --json summary.json   # what the test runs
 
 It needs nothing but the repository and loopback. It starts, each as its own process, the fake
-upstream (`scripts/fake_upstream.py`) and `cliproxy serve` with a generated config: three vendors
+upstream (`cliproxy/fake_upstream.py`) and `cliproxy serve` with a generated config: three vendors
 serving the same two models (`chat` for plain requests, `chat-stream` for streams), equal priority,
 `request-retry: 2`, and a short auto-disable (6 failures within 10 s with no success between them disable a pair for 2 s), so pairs
 trip and come back all the time. About `--fail-rate` (20%) of upstream attempts fail: HTTP 500, 502,

@@ -1,56 +1,19 @@
-"""Shared fixtures: real fake upstreams on real ports, the real gateway app, the official `openai` SDK."""
+"""Shared fixtures: real fake upstreams on real ports, the real gateway app, the official `openai` SDK,
+the management client. What tests import (factories, `eventually`, clients) is in tests/helpers.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import openai
 import pytest
-import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from cliproxy.app import create_app
 from cliproxy.core.config import Config
-from cliproxy.services.config_loader import parse_config
 from cliproxy.fake_upstream import FakeUpstream
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when told to."""
-
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-def make_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
-    """A `Config` through the real loader, from a dict written as YAML."""
-    return parse_config(yaml.safe_dump(data, sort_keys=False), env=env or {})
-
-
-def vendor(name: str, url: str, models: list[Any], **extra: Any) -> dict[str, Any]:
-    """A vendor entry; models given as names or as dicts."""
-    entries = [m if isinstance(m, dict) else {"name": m} for m in models]
-    return {"name": name, "base-url": url, "api-key-entries": [{"api-key": f"sk-{name}-upstream-key-0001"}], "models": entries, **extra}
-
-
-@dataclass
-class Gateway:
-    app: web.Application
-    client: TestClient
-    sdk: openai.AsyncOpenAI
-
-    @property
-    def url(self) -> str:
-        return str(self.client.make_url("/v1"))
+from tests.helpers import Admin, Gateway, admin_starter, make_config
 
 
 @pytest.fixture
@@ -87,3 +50,9 @@ async def gateway(aiohttp_client: Any, tmp_path: Any) -> AsyncIterator[Callable[
     yield start
     for sdk in sdks:
         await sdk.close()
+
+
+@pytest.fixture
+def admin(gateway: Callable[..., Awaitable[Gateway]], tmp_path: Any) -> Callable[..., Awaitable[Admin]]:
+    """Start the gateway on a config file written from a dict (or text); returns an `Admin`."""
+    return admin_starter(gateway, tmp_path)

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
-from aiohttp import ClientResponse
 from openapi_spec_validator import validate as validate_openapi
-from yarl import URL
 
 from cliproxy.core.times import parse_since
 from cliproxy.web.admin import ENDPOINTS, exchange
@@ -27,151 +21,10 @@ from cliproxy.web.admin.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import ConfigSchema, load_config
 from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
-from tests.conftest import FakeClock, vendor
-
-MGMT_KEY = "mgmt-secret-key-0123456789"
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-UPSTREAM_KEYS = ("sk-bad-upstream-key-0001", "sk-good-upstream-key-0001")
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers: a config file, the app on it, a client that checks every reply against the document
-# ---------------------------------------------------------------------------------------------
-
-
-def write_config(tmp_path: Path, data: dict[str, Any] | str) -> Config:
-    """A config file in tmp_path (YAML from a dict, or text as given) loaded by the real loader."""
-    path = tmp_path / "config.yaml"
-    if isinstance(data, dict):
-        data = {
-            "database": str(tmp_path / "cliproxy.db"),
-            "remote-management": {"secret-key": MGMT_KEY},
-            **data,
-        }
-        data = yaml.safe_dump(data, sort_keys=False)
-    path.write_text(data, encoding="utf-8")
-    return load_config(path)
-
-
-def _template_regex(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template).replace(r"\{model\}", ".+").replace(r"\{name\}", "[^/]+")
-    return re.compile(f"^{pattern}$")
-
+from tests.helpers import CHAT, MGMT_KEY, Admin, FakeClock, Reply, vendor
 
 _DOC = build_document()
-_TEMPLATES = [(_template_regex(p), p) for p in _DOC["paths"]]
-
-
-def doc_schema_for(method: str, raw_path: str, status: int, content_type: str) -> dict[str, Any] | None:
-    """The documented schema of this reply; fails the test when the reply is not documented."""
-    templates = [t for regex, t in _TEMPLATES if regex.match(raw_path)]
-    if not templates:  # an unknown /api path: only the access rules' answers, in the error shape
-        assert status in (401, 403, 404, 429), f"{raw_path} is not in the OpenAPI document and answered {status}"
-        return {"$ref": "#/components/schemas/Error"}
-    operation = _DOC["paths"][templates[0]].get(method.lower())
-    assert operation is not None, f"{method} {templates[0]} is not documented"
-    response = operation["responses"].get(str(status))
-    assert response is not None, f"{method} {templates[0]} answered {status}, which is not documented"
-    content = response["content"]
-    assert content_type in content, f"{method} {templates[0]} {status}: {content_type} not documented ({list(content)})"
-    return content[content_type]["schema"]
-
-
-def check_against_document(method: str, raw_path: str, status: int, content_type: str, body: Any) -> None:
-    schema = doc_schema_for(method, raw_path, status, content_type)
-    if content_type != "application/json":
-        assert isinstance(body, str)
-        return
-    jsonschema.Draft202012Validator({**schema, "components": _DOC["components"]}).validate(body)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    text: str
-    json: Any = None
-
-
-@dataclass
-class Admin:
-    """A management client for one gateway; validates every reply against the OpenAPI document."""
-
-    gw: Any
-    config_path: Path | None
-    key: str | None = MGMT_KEY
-    bodies: list[str] = field(default_factory=list)
-
-    @property
-    def app(self) -> Any:
-        return self.gw.app
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        data: Any = None,
-        headers: dict[str, str] | None = None,
-        key: str | None = "default",
-    ) -> Reply:
-        sent = dict(headers or {})
-        key = self.key if key == "default" else key
-        if key is not None:
-            sent.setdefault("Authorization", f"Bearer {key}")
-        url = URL(path, encoded=True)
-        resp: ClientResponse = await self.gw.client.request(method, url, json=json, data=data, headers=sent)
-        text = await resp.text()
-        self.bodies.append(text)
-        content_type = resp.content_type
-        body: Any = text
-        if content_type == "application/json":
-            import json as _json
-
-            body = _json.loads(text)
-        if path.startswith("/api"):
-            check_against_document(method, url.raw_path, resp.status, content_type, body)
-        return Reply(resp.status, resp.headers, text, body if content_type == "application/json" else None)
-
-    async def get(self, path: str, **kw: Any) -> Reply:
-        return await self.call("GET", path, **kw)
-
-    async def post(self, path: str, **kw: Any) -> Reply:
-        return await self.call("POST", path, **kw)
-
-    async def patch(self, path: str, **kw: Any) -> Reply:
-        return await self.call("PATCH", path, **kw)
-
-    async def chat(self, model: str = "m") -> ClientResponse:
-        resp = await self.gw.client.post("/v1/chat/completions", json={**CHAT, "model": model})
-        await resp.read()
-        return resp
-
-    async def events(self, **filters: Any) -> list[Any]:
-        await self.app[TRACKER].flush(timeout=5)
-        return await self.app[STORE].events(**filters)
-
-    def file(self) -> str:
-        assert self.config_path is not None
-        return self.config_path.read_text(encoding="utf-8")
-
-
-def admin_starter(gateway: Any, tmp_path: Path) -> Any:
-    """What the `admin` fixture gives: start the gateway on a config file written from a dict (or text)."""
-
-    async def start(data: dict[str, Any] | str, **create_kwargs: Any) -> Admin:
-        config = write_config(tmp_path, data)
-        gw = await gateway(config, **create_kwargs)
-        return Admin(gw, Path(config.path) if config.path else None)
-
-    return start
-
-
-@pytest.fixture
-def admin(gateway, tmp_path):
-    """Start the gateway on a config file written from a dict (or text); returns an `Admin`."""
-    return admin_starter(gateway, tmp_path)
+UPSTREAM_KEYS = ("sk-bad-upstream-key-0001", "sk-good-upstream-key-0001")
 
 
 def two_vendors(bad_url: str, good_url: str, **extra: Any) -> dict[str, Any]:
@@ -542,7 +395,7 @@ openai-compatibility:
 
     async def test_without_a_config_file_a_permanent_disable_is_503(self, gateway, upstreams, tmp_path):
         up = await upstreams()
-        from tests.conftest import make_config
+        from tests.helpers import make_config
 
         config = make_config({
             "database": str(tmp_path / "x.db"), "remote-management": {"secret-key": MGMT_KEY},

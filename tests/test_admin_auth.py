@@ -16,8 +16,7 @@ from cliproxy.web.admin.auth import (
 from cliproxy.core.config import RemoteManagement
 from cliproxy.web.keys import CONFIG_MANAGER
 from cliproxy.web.admin.openapi import openapi_path
-from tests.conftest import FakeClock, make_config, vendor
-from tests.test_admin_api import MGMT_KEY, Admin, admin_starter
+from tests.helpers import MGMT_KEY, Admin, FakeClock, admin_starter, make_config, vendor
 
 KEY = "mgmt-secret-key-0123456789"
 T0 = 1_800_000_000.0
@@ -193,12 +192,6 @@ class TestLockout:
 # ---------------------------------------------------------------------------------------------
 # End to end through the real app (the aiohttp test client connects from 127.0.0.1)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def admin(gateway, tmp_path):
-    """The gateway on a config file, with a management client (see tests.test_admin_api.Admin)."""
-    return admin_starter(gateway, tmp_path)
-
 
 def _concrete(template: str) -> str:
     return openapi_path(template).replace("{model}", "m").replace("{name}", "a")

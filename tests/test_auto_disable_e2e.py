@@ -8,7 +8,7 @@ import pytest
 
 from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.fake_upstream import Fault
-from tests.conftest import FakeClock, vendor
+from tests.helpers import FakeClock, eventually, vendor
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -55,10 +55,7 @@ class TestDisableAndFailover:
         assert (await gw.client.post("/v1/chat/completions", json=CHAT)).headers["x-cliproxy-vendor"] == "good"
         clock.advance(0.1)  # exactly disabled_until: routable again at once, before any background task runs
         assert (await gw.client.post("/v1/chat/completions", json=CHAT)).headers["x-cliproxy-vendor"] == "bad"
-        for _ in range(100):  # the sweep (every 0.5 s) records the re-enable
-            if await events_of(gw, "enabled"):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: events_of(gw, "enabled"), "the sweep (every 0.5 s) to record the re-enable")
         [enabled] = await events_of(gw, "enabled")
         assert enabled.cause == "expired"
         assert gw.app[TRACKER].state(("bad", "m")).failure_count == 0
@@ -82,10 +79,7 @@ class TestWhatCounts:
         resp = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
         await resp.content.readany()
         resp.close()
-        for _ in range(100):
-            if up.disconnects:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: up.disconnects, "the upstream request to be cancelled")
         assert up.disconnects == 1
         assert gw.app[TRACKER].is_available(("a", "m"))
         assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 200

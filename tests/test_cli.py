@@ -25,7 +25,7 @@ from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
 from cliproxy.core.routing import RoutingTable
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.store import SQLiteStore, apply_migrations, format_timestamp
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "mgmt-key-Zq8w1-never-printed"
@@ -860,7 +860,7 @@ class TestBackup:
         import aiohttp
 
         from cliproxy.services.store import read_events
-        from tests.conftest import vendor
+        from tests.helpers import vendor
         from tests.processes import GatewayProcess
 
         up = await upstreams()

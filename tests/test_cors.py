@@ -6,7 +6,7 @@ import pytest
 
 from cliproxy.web.browser_guard import is_loopback_host
 from cliproxy.services.config_loader import ConfigError, parse_config
-from tests.conftest import vendor
+from tests.helpers import vendor
 
 APP = "https://app.example.com"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -32,7 +32,7 @@ import pytest
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.store import parse_timestamp
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
 ROUNDS = int(os.environ.get("CLIPROXY_CRASH_ROUNDS", "10"))
@@ -240,14 +240,13 @@ def _unmet(
 
 async def _verify_after_restart(driver: Driver, db: Path, reported: list[Entry], later: list[InFlight], figures: Figures) -> None:
     """Every reported disable accounted for (retrying briefly: an expiry is recorded by the 0.5 s sweep)."""
-    deadline = time.monotonic() + 4.0
-    while True:
+    async def accounted_for() -> bool:
         await driver.report()  # also waits until the start-up transitions are committed
         problems = _unmet(reported, driver.reported, _db_enabled_events(db), later, None)
-        if not problems or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert not problems, "\n".join(problems)
+        assert not problems, "\n".join(problems)
+        return True
+
+    await eventually(accounted_for, "every reported disable to be accounted for", timeout=4.0, interval=0.2)
     _unmet(reported, driver.reported, _db_enabled_events(db), later, figures)  # count what was checked
 
 
@@ -263,6 +262,7 @@ def processes() -> Iterator[list[GatewayProcess]]:
         proc.stop(timeout=10)
 
 
+@pytest.mark.slow  # kills and restarts the gateway for seconds on end
 class TestCrashLoop:
     """Reported disables, timed or automatic or in config.yaml, survive kill -9 at random moments, with identical times."""
 
@@ -355,9 +355,10 @@ class TestKillRightAfterAcknowledgement:
             assert series not in await scrape()
             blocker.execute("ROLLBACK")
             blocker.close()
-            deadline = time.monotonic() + 10
-            while series not in await scrape():
-                assert time.monotonic() < deadline, "the disable was never reported"
+            async def reported() -> bool:
+                return series in await scrape()
+
+            await eventually(reported, "the disable to be reported on /metrics", timeout=10)
             gw.kill9()
             gw.start()
             async with session.get(gw.url + "/api/models/disabled", headers=headers) as resp:

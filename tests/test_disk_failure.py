@@ -36,7 +36,7 @@ import pytest
 
 from cliproxy.services.store import parse_timestamp, read_events
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
 MGMT_KEY = "disk-failure-management-key-01"
@@ -106,19 +106,21 @@ class Client:
         return status, json.loads(text)
 
     async def ready(self) -> int:
-        """`/readyz`'s status (404 where the probe does not exist)."""
-        return (await self.get("/readyz"))[0]
+        """`/readyz`'s status: 200 or 503, never anything else (a missing probe fails the test)."""
+        status, body = await self.get("/readyz")
+        assert status in (200, 503), (status, body)
+        return status
 
     async def wait_ready(self, expected: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while (status := await self.ready()) != expected:
-            assert time.monotonic() < deadline, f"/readyz stayed {status}, expected {expected}"
-            await asyncio.sleep(0.1)
+        await eventually(lambda: self._ready_is(expected), f"/readyz to answer {expected}", timeout=timeout, interval=0.1)
+
+    async def _ready_is(self, expected: int) -> bool:
+        return await self.ready() == expected
 
     async def metric(self, name: str) -> float | None:
+        """The value of the series `name` on /metrics (which must answer 200); None when the series is absent."""
         status, text = await self.get("/metrics")
-        if status != 200:
-            return None
+        assert status == 200, (status, text)
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -128,7 +130,8 @@ class Client:
         """Trip `bad`, let the disable run out, trip it again: three transitions, every request answered."""
         answers = [await self.chat() for _ in range(2)]  # bad fails twice (failover to good): disabled
         answers += [await self.chat() for _ in range(3)]  # disabled: straight to good
-        await asyncio.sleep(DURATION + 0.7)  # the disable has run out and the sweep has recorded it
+        # The disable has run out and the sweep has logged its end (DURATION plus the 0.5 s sweep).
+        await eventually(lambda: len(_logged_transitions(self.gw.log())) >= 2, "the disable of bad to run out", timeout=DURATION + 5)
         answers += [await self.chat() for _ in range(2)]  # bad is tried again, fails twice: disabled again
         return answers
 
@@ -168,40 +171,30 @@ def processes() -> Any:
 
 
 async def _wait_log(gw: GatewayProcess, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in gw.log():
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{gw.log()[-3000:]}"
-        await asyncio.sleep(0.1)
+    def logged() -> bool:
+        log = gw.log()
+        assert text in log, f"the log so far ends:\n{log[-3000:]}"
+        return True
+
+    await eventually(logged, f"{text!r} in the log", timeout=timeout, interval=0.1)
 
 
-async def _outage_and_recovery(client: Client, gw: GatewayProcess, db: Path, *, outage: Any, recover: Any, check_management: bool) -> None:
-    has_readyz = await client.ready() != 404
-    if has_readyz:
-        await client.wait_ready(200, timeout=5)
+async def _outage_and_recovery(client: Client, gw: GatewayProcess, db: Path, *, outage: Any, recover: Any) -> None:
+    await client.wait_ready(200, timeout=5)
     outage()
     try:
         answers = await client.drive_two_trips()
         assert all(status == 200 for status, _ in answers), answers
         assert [v for _, v in answers] == ["good"] * 7  # routing never waited for the database
-        waits: list[Any] = [_wait_log(gw, "store write failed", timeout=8)]
-        if has_readyz:
-            waits.append(client.wait_ready(503, timeout=8))
-        if check_management:
-            waits.append(client.api("/api/models/disabled"))
-        results = await asyncio.gather(*waits)
-        if check_management:
-            status, body = results[-1]
-            assert status == 503, body
-            assert "database is not accepting writes" in body["error"]["message"]
-        healthy = await client.metric("cliproxy_store_writes_healthy")
-        if healthy is not None:  # /metrics is there
-            assert healthy == 0
-            assert (await client.metric("cliproxy_store_pending_writes") or 0) >= 3
+        *_, (status, body) = await asyncio.gather(_wait_log(gw, "store write failed", timeout=8), client.wait_ready(503, timeout=8), client.api("/api/models/disabled"))
+        assert status == 503, body
+        assert "database is not accepting writes" in body["error"]["message"]
+        assert await client.metric("cliproxy_store_writes_healthy") == 0
+        assert (await client.metric("cliproxy_store_pending_writes") or 0) >= 3
         assert _stored_transitions(db) == []  # nothing reached the file meanwhile
     finally:
         recover()
-    if has_readyz:
-        await client.wait_ready(200, timeout=12)
+    await client.wait_ready(200, timeout=12)
     await _wait_log(gw, "store writes recovered", timeout=12)
     status, body = await client.api("/api/models/disabled")
     assert status == 200, body
@@ -213,10 +206,13 @@ async def _outage_and_recovery(client: Client, gw: GatewayProcess, db: Path, *, 
     in_force = [(parse_timestamp(r["disabled_at"]), parse_timestamp(r["disabled_until"])) for r in body["disabled"]]
     if len(logged) == 3 and logged[-1][3] > time.time() + 0.1:
         assert in_force == [logged[-1][2:]]
+    elif len(logged) == 4:
+        assert in_force == []
     assert _integrity(db) == "ok"
     assert (await client.chat())[0] == 200
 
 
+@pytest.mark.slow  # a real outage and catch-up (about 7 s)
 class TestLockedDatabase:
     """Another connection holds the write lock: routing goes on, /readyz and the management API say 503, then it catches up."""
 
@@ -237,7 +233,7 @@ class TestLockedDatabase:
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
             client = Client(gw, session)
-            await _outage_and_recovery(client, gw, db, outage=outage, recover=recover, check_management=True)
+            await _outage_and_recovery(client, gw, db, outage=outage, recover=recover)
         assert "database is locked" in gw.log()
 
 
@@ -245,6 +241,7 @@ class TestLockedDatabase:
 class TestFullDisk:
     """Every file write fails with EFBIG (RLIMIT_FSIZE lowered from outside): routing goes on, /readyz says 503, then it catches up."""
 
+    @pytest.mark.slow  # a real outage and catch-up (about 5 s)
     async def test_outage_and_catch_up(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
@@ -263,7 +260,7 @@ class TestFullDisk:
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
             client = Client(gw, session)
-            await _outage_and_recovery(client, gw, db, outage=outage, recover=recover, check_management=False)
+            await _outage_and_recovery(client, gw, db, outage=outage, recover=recover)
         assert gw.process.poll() is None  # SIGXFSZ did not kill it
         log = gw.log()
         assert "disk I/O error" in log or "database or disk is full" in log, log[-3000:]
@@ -286,11 +283,11 @@ class TestFullDisk:
         async with aiohttp.ClientSession() as session:
             status, _ = await Client(gw, session).api("/api/models/disabled")  # waits for the queued writes
             assert status == 200
-        await asyncio.sleep(1.0)
-        kinds = [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)]
-        assert "config-reloaded" in kinds, f"events: {kinds}; log: {gw.log()[-1500:]}"
+        await eventually(lambda: "config-reloaded" in [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)],
+                         "the config-reloaded event in the database", timeout=5)
 
 
+@pytest.mark.slow  # waits out the API's commit wait (about 10 s)
 class TestReportsShowOnlyCommittedState:
     """While the database is locked a pair trips: neither /metrics nor the management API shows it until it is committed."""
 

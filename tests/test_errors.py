@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from cliproxy.fake_upstream import Fault
-from tests.conftest import vendor
+from tests.helpers import vendor
 
 
 def assert_openai_shape(body: dict, code: str) -> None:

@@ -10,13 +10,14 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from cliproxy.fake_upstream import FakeUpstream, Fault
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,14 +34,6 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 1.0) -> None:
-    """Poll for server-side bookkeeping that lands a loop iteration or two after the client acts."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def sse_data(text: str) -> list[str]:
@@ -256,7 +249,7 @@ class TestFaults:
                 f"{fake.url}/chat/completions", json={"model": "m"}, timeout=aiohttp.ClientTimeout(total=0.1)
             )
         assert time.monotonic() - started < 1
-        await eventually(lambda: fake.disconnects == 1)
+        await eventually(lambda: fake.disconnects == 1, timeout=1.0, interval=0.005)
 
     async def test_stall_after_chunks(self, fake: FakeUpstream, session: aiohttp.ClientSession) -> None:
         fake.fail(None, Fault(stall_after_chunks=1, stall_seconds=30))
@@ -266,7 +259,7 @@ class TestFaults:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(r.content.readuntil(b"\n\n"), 0.1)
             assert fake.streams_in_flight == 1
-        await eventually(lambda: fake.disconnects == 1 and fake.streams_in_flight == 0)
+        await eventually(lambda: fake.disconnects == 1 and fake.streams_in_flight == 0, timeout=1.0, interval=0.005)
 
 
 class TestFaultValidation:
@@ -297,7 +290,7 @@ class TestDisconnectsAndShutdown:
         )
         await r.content.readuntil(b"\n\n")
         r.close()  # drops the connection mid-stream
-        await eventually(lambda: fake.disconnects == 1)
+        await eventually(lambda: fake.disconnects == 1, timeout=1.0, interval=0.005)
         assert fake.streams_in_flight == 0 and fake.completed_streams == 0
 
     async def test_stop_does_not_wait_for_stalled_handlers(self, session: aiohttp.ClientSession) -> None:
@@ -305,7 +298,7 @@ class TestDisconnectsAndShutdown:
         await f.start()
         f.fail(None, Fault(stall_before_headers=30))
         pending = asyncio.create_task(chat(session, f))
-        await eventually(lambda: f.request_count == 1)
+        await eventually(lambda: f.request_count == 1, timeout=1.0, interval=0.005)
         started = time.monotonic()
         await f.stop()
         assert time.monotonic() - started < 0.5

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ import pytest
 from cliproxy.web.keys import CLIENT_SESSION, TRACKER
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from cliproxy.fake_upstream.faults import HTML_PAGE, MALFORMED_BODY
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 
 PAIR = ("v", "m")
 BIG = 50 * 1024 * 1024
@@ -169,12 +168,6 @@ def _stray(tasks: set[asyncio.Task[Any]]) -> list[str]:
     return names
 
 
-async def _settle(done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while not done() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-
-
 async def _read_counting(resp: aiohttp.ClientResponse) -> tuple[int, bytes, int]:
     """(size, last bytes, peak RSS while reading) of a body read 64 KiB at a time, never held whole."""
     size, tail, peak = 0, b"", _vm_rss()
@@ -291,13 +284,12 @@ class TestFaultMatrix:
             state = tracker.state(PAIR)
             return 0 if state is None else state.failure_count
 
-        await _settle(lambda: state_count() == counted)
-        assert state_count() == counted, "attempts counted towards auto-disable"
+        await eventually(lambda: state_count() == counted, "the attempts counted towards auto-disable", timeout=SETTLE_SECONDS)
         assert tracker.state(("ok", "m")) is None  # the fallback only ever succeeded
         assert not tracker.disabled_pairs()
 
         # No upstream connection held and no task left behind (idle keep-alive connections aside).
-        await _settle(lambda: not connector._acquired and not _stray(set(asyncio.all_tasks()) - tasks_before))
+        await eventually(lambda: not connector._acquired and not _stray(set(asyncio.all_tasks()) - tasks_before), "upstream connections and tasks to be released", timeout=SETTLE_SECONDS)
         assert len(connector._acquired) == 0, "upstream connections still acquired"  # private, fine in a test
         assert _stray(set(asyncio.all_tasks()) - tasks_before) == []
 

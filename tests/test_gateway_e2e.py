@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import openai
 import pytest
 
 from cliproxy.fake_upstream import Fault
 from cliproxy.web.keys import TRACKER
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 
 
 class TestBasicProxying:
@@ -250,9 +249,6 @@ class TestStreamingFailures:
         resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": []})
         await resp.content.readany()
         resp.close()
-        for _ in range(100):
-            if up.disconnects:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: up.disconnects, "the upstream request to be cancelled")
         assert up.disconnects == 1
         assert up.streams_in_flight == 0

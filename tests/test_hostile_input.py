@@ -13,7 +13,6 @@ import asyncio
 import io
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +23,9 @@ from hypothesis import strategies as st
 
 from cliproxy.core.body import ClientRequest, parse_client_body, rewrite_model
 from cliproxy.core.errors import InvalidRequest
-from tests.conftest import vendor
+from tests.helpers import AUTH, BODY_LIMIT, GOOD_BODY, assert_openai_error, assert_still_answers, eventually, plain_gateway_config, raw_request, request_head, vendor
 
-LIMIT = 1024 * 1024
-AUTH = {"Authorization": "Bearer client-key"}
+LIMIT = BODY_LIMIT
 
 # Bounded fuzzing: no example database in the working tree, no deadline (a shared CI box is slow).
 _BOUNDED = settings(
@@ -171,108 +169,18 @@ def expected(body: bytes) -> set[tuple[int, str | None]]:
     return {_judge(body, json.loads), _judge(body, lambda b: json.loads(b.decode("utf-8")))}
 
 
-def assert_openai_error(body: bytes, code: str | None = None) -> dict[str, Any]:
-    payload = json.loads(body)
-    assert isinstance(payload, dict) and set(payload) == {"error"}, payload
-    error = payload["error"]
-    assert set(error) == {"message", "type", "param", "code"}, payload
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, payload
-    return error
-
-
-# --------------------------------------------------------------------------- raw HTTP (sockets)
-
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    out = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return b"".join(out)
-        out.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-
-
-async def raw_request(port: int, head: bytes, body: bytes = b"", *, piece: int = 0, pause: float = 0.0, timeout: float = 10.0) -> RawResponse:
-    """Send bytes as they are (`piece` bytes every `pause` seconds when given) and read one answer.
-
-    The answer is framed by its own headers, not by EOF: after refusing a body it has not read,
-    aiohttp keeps the connection open for a while to drain it.
-    """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        async with asyncio.timeout(timeout):
-            writer.write(head)
-            if piece:
-                for start in range(0, len(body), piece):
-                    writer.write(body[start : start + piece])
-                    await writer.drain()
-                    await asyncio.sleep(pause)
-            else:
-                writer.write(body)
-            await writer.drain()
-            header_block = await reader.readuntil(b"\r\n\r\n")
-            lines = header_block[:-4].split(b"\r\n")
-            status = int(lines[0].split()[1])
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
-            if headers.get("transfer-encoding") == "chunked":
-                content = await _read_chunked(reader)
-            elif "content-length" in headers:
-                content = await reader.readexactly(int(headers["content-length"]))
-            else:
-                content = await reader.read()
-    finally:
-        writer.close()
-    return RawResponse(status, headers, content)
-
-
-def request_head(headers: list[tuple[bytes, bytes]], length: int | None, path: bytes = b"/v1/chat/completions") -> bytes:
-    lines = [b"POST " + path + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
-    if length is not None:
-        lines.append(b"Content-Length: " + str(length).encode())
-    lines += [name + b": " + value for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-GOOD_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-
-
 def _stray_handlers() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == "RequestHandler._handle_request"]
 
 
-async def _settle_handlers(before: set[asyncio.Task[Any]], seconds: float = 3.0) -> list[asyncio.Task[Any]]:
-    deadline = time.monotonic() + seconds
-    while True:
-        stray = [t for t in _stray_handlers() if t not in before]
-        if not stray or time.monotonic() > deadline:
-            return stray
-        await asyncio.sleep(0.02)
+def _new_handlers(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    return [t for t in _stray_handlers() if t not in before]
 
 
 @pytest.fixture
 async def gw(upstreams, gateway):
     up = await upstreams(chunks=2)
-    return await gateway({"api-keys": ["client-key"], "max-body-bytes": LIMIT, "openai-compatibility": [vendor("a", up.url, ["m"])]})
-
-
-async def assert_still_answers(gw) -> None:
-    resp = await gw.client.post("/v1/chat/completions", data=GOOD_BODY, headers=AUTH)
-    assert resp.status == 200
-    assert json.loads(await resp.read())["object"] == "chat.completion"
+    return await gateway(plain_gateway_config(up.url))
 
 
 def _same_but_model(before: list[tuple[str, Any]], after: list[tuple[str, Any]], new: str) -> None:
@@ -514,9 +422,9 @@ class TestOversizedAndSlowBodies:
         _, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
         writer.write(head + (b"10\r\n" + GOOD_BODY[:16] + b"\r\n" if chunked else GOOD_BODY[:20]))
         await writer.drain()
-        await asyncio.sleep(0.1)  # the handler is now waiting for the rest
+        await eventually(lambda: _new_handlers(before), "the handler to wait for the rest of the body")
         writer.close()
-        assert await _settle_handlers(before) == []
+        await eventually(lambda: not _new_handlers(before), "the abandoned request's handler to end", timeout=3)
         await assert_still_answers(gw)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 

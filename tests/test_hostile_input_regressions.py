@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import gzip
-import json
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from cliproxy.core.body import parse_client_body, rewrite_model
+from cliproxy.core.body import parse_client_body
 from cliproxy.core.errors import InvalidRequest
 from cliproxy.web.keys import TRACKER
-from cliproxy.core.runtime import Runtime
 from cliproxy.services.config_loader import ConfigError, load_config, parse_config
-from tests.conftest import vendor
-from tests.test_hostile_input import GOOD_BODY, assert_openai_error, assert_still_answers, gw, raw_request, request_head  # noqa: F401
+from tests.helpers import GOOD_BODY, assert_openai_error, assert_still_answers, plain_gateway_config, raw_request, request_head, vendor
+
+
+@pytest.fixture
+async def gw(upstreams, gateway):
+    up = await upstreams(chunks=2)
+    return await gateway(plain_gateway_config(up.url))
 
 
 class TestClientApiRegressions:
@@ -59,13 +62,18 @@ class TestClientApiRegressions:
         assert "too deeply nested" not in caught.value.message
         assert words in caught.value.message
 
-    def test_utf16_body_is_refused_or_rewritten(self):
-        body = '{"model":"small","messages":[]}'.encode("utf-16")
-        try:
+    def test_utf16_body_is_refused_as_not_utf8(self):
+        body = '{"model":"small","messages":[]}'.encode("utf-16")  # JSON on the wire is UTF-8 (RFC 8259)
+        with pytest.raises(InvalidRequest) as caught:
             parse_client_body(body)
-        except InvalidRequest:
-            return
-        assert json.loads(rewrite_model(body, "x"))["model"] == "x"
+        assert (caught.value.code, caught.value.message) == ("invalid_json", "the request body is not valid UTF-8 (byte 0)")
+
+    async def test_utf16_body_is_a_400_through_the_gateway(self, gw):
+        body = '{"model":"m","messages":[]}'.encode("utf-16")
+        resp = await raw_request(gw.client.port, request_head([(b"Authorization", b"Bearer client-key")], len(body)), body)
+        assert resp.status == 400, resp.body
+        assert_openai_error(resp.body, "invalid_json")
+        await assert_still_answers(gw)
 
     async def test_stream_request_answered_with_json_cut_short_is_not_ended_cleanly(self, gateway, aiohttp_server):
         async def half_json(request: web.Request) -> web.StreamResponse:
@@ -81,34 +89,38 @@ class TestClientApiRegressions:
         server = await aiohttp_server(app)
         gw = await gateway({"openai-compatibility": [vendor("a", str(server.make_url("/v1")), ["m"])]})
         resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": []})
-        try:
-            body = await resp.read()
-        except aiohttp.ClientPayloadError:
-            return  # cut short and closed, like a plain body: the client cannot take it for whole
-        assert b"data: {" not in body  # today: a clean end, a JSON prefix followed by an SSE error event
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/json"  # relayed as the JSON it is, not as SSE
+        # Cut short and closed, like a plain body: the client cannot take it for whole. (The bug was
+        # a clean end: the JSON prefix followed by an SSE error event, read without any error.)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
 
 
 class TestConfigRegressions:
     """Config files that crash `check-config` (or the gateway at start) with a traceback today."""
 
     @pytest.mark.parametrize(
-        ("text", "env"),
+        ("text", "env", "host"),
         [
-            ("port: ${P:-[}\n", {}),
-            ("port: ${P:-*x}\n", {}),
-            ("port: ${P:-!!python/object:os.system}\n", {}),
-            ("host: ${K}\n", {"K": "@x"}),
-            ("host: ${K}\n", {"K": "*abc"}),
-            ("host: ${K}\n", {"K": "a: b: c"}),
-            ("host: ${K}\n", {"K": "`x"}),
+            ("host: ${P:-[}\n", {}, "["),
+            ("host: ${P:-*x}\n", {}, "*x"),
+            ("host: ${P:-!!python/object:os.system}\n", {}, "!!python/object:os.system"),
+            ("host: ${K}\n", {"K": "@x"}, "@x"),
+            ("host: ${K}\n", {"K": "*abc"}, "*abc"),
+            ("host: ${K}\n", {"K": "a: b: c"}, "a: b: c"),
+            ("host: ${K}\n", {"K": "`x"}, "`x"),
         ],
         ids=["default_unclosed", "default_alias", "default_tag", "value_at", "value_alias", "value_mapping", "value_backtick"],
     )
-    def test_placeholder_that_is_not_yaml_is_text_or_a_config_error(self, text, env):
-        try:
-            parse_config(text, env=env)
-        except ConfigError:
-            pass
+    def test_placeholder_that_is_not_yaml_is_text(self, text, env, host):
+        assert parse_config(text, env=env).host == host
+
+    @pytest.mark.parametrize("default", ["[", "*x", "!!python/object:os.system"], ids=["unclosed", "alias", "tag"])
+    def test_placeholder_text_where_a_number_belongs_is_a_config_error_naming_the_key(self, default):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"port: ${{P:-{default}}}\n", env={})
+        assert "port: Not a valid integer." in str(caught.value)
 
     @pytest.mark.parametrize(
         "text",
@@ -121,11 +133,9 @@ class TestConfigRegressions:
 
     def test_lone_surrogate_is_refused_before_it_crashes_the_start(self):
         text = 'api-keys: ["a\\udc80"]\n'
-        try:
-            config = parse_config(text, env={})
-        except ConfigError:
-            return
-        Runtime.build(config)  # what the gateway does at start-up
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text, env={})
+        assert "api-keys[0]: '\\udc80' is a lone surrogate, not text" in str(caught.value)
 
     def test_non_utf8_file_is_a_config_error(self, tmp_path):
         path = tmp_path / "latin1.yaml"

@@ -179,6 +179,7 @@ def run_installer(built: Built) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # builds the sdist and the wheel and installs them (about 50 s)
 class TestArchives:
     """The sdist and the wheel hold what an install needs, the schema above all."""
 
@@ -205,6 +206,7 @@ class TestArchives:
         assert not any(name.startswith("tests/") for name in names)
 
 
+@pytest.mark.slow  # builds the sdist and the wheel and installs them (about 50 s)
 class TestInstalledWheel:
     """The wheel in a fresh venv outside the repo runs from another directory, with only its own deps."""
 
@@ -289,6 +291,7 @@ def post_when_up(url: str, process: subprocess.Popen[bytes], log: Path, body: di
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # builds the sdist and the wheel and installs them (about 50 s)
 class TestInstaller:
     """`install-service.sh --prefix DIR --no-systemd` runs its real install steps under DIR."""
 

@@ -46,7 +46,7 @@ from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.openapi import build_document, openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.config_file import atomic_write
-from tests.conftest import vendor
+from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
 EXAMPLES = int(os.environ.get("CLIPROXY_FUZZ_EXAMPLES", "8"))
@@ -181,6 +181,7 @@ def gateway_process(tmp_path: Path) -> Any:
     gw.stop(timeout=10)
 
 
+@pytest.mark.slow  # fuzzes every operation of a real gateway (about 8 s)
 class TestManagementFuzz:
     """Schemathesis cases, positive and negative, for every documented operation: documented answers only, no 5xx."""
 

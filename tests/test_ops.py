@@ -32,7 +32,7 @@ from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
 from cliproxy.services.config_loader import load_config
 from cliproxy.sdnotify import notify
 from cliproxy.fake_upstream import Fault
-from tests.conftest import FakeClock, make_config, vendor
+from tests.helpers import FakeClock, eventually, make_config, vendor
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -185,10 +185,10 @@ class TestMetrics:
         await resp.content.readany()
         assert value(await scrape(gw), "cliproxy_streams_in_flight") == 1
         assert (await resp.read()).endswith(b"data: [DONE]\n\n")
-        for _ in range(50):  # the handler finishes just after the last byte
-            if value(await scrape(gw), "cliproxy_streams_in_flight") == 0:
-                break
-            await asyncio.sleep(0.02)
+        async def no_stream_in_flight() -> bool:  # the handler finishes just after the last byte
+            return value(await scrape(gw), "cliproxy_streams_in_flight") == 0
+
+        await eventually(no_stream_in_flight, "cliproxy_streams_in_flight to be 0")
         samples = await scrape(gw)
         assert value(samples, "cliproxy_streams_in_flight") == 0
         assert value(samples, "cliproxy_upstream_ttfb_seconds_count", model="m", vendor="a") == 1
@@ -564,13 +564,23 @@ class TestServiceFiles:
         result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "cliproxy.service")], capture_output=True, text=True)
         assert result.returncode == 0 and result.stderr == "", result.stderr
 
-    def test_installer_parses_and_is_strict(self):
+    def test_installer_stops_at_the_first_failing_step(self, tmp_path):
+        """A step that fails without a check of its own (a file stands where the state directory goes)
+        ends the run non-zero, and nothing after it is written: `set -e` is at work. What a full run
+        writes is checked in tests/test_install.py."""
         script = ROOT / "scripts" / "install-service.sh"
-        text = script.read_text()
-        assert "set -euo pipefail" in text
-        subprocess.run(["bash", "-n", str(script)], check=True)
-        assert "/var/lib/cliproxy/cliproxy.db" in text
-        assert "cliproxy.service" in text
+        prefix = tmp_path / "prefix"
+        (prefix / "var" / "lib").mkdir(parents=True)
+        (prefix / "var" / "lib" / "cliproxy").write_text("a file, not a directory\n")
+        stub = tmp_path / "cliproxy"  # --bin: no venv to build, the run reaches the directories at once
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+        result = subprocess.run(["bash", str(script), "--prefix", str(prefix), "--no-systemd", "--bin", str(stub)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, result.stdout
+        assert "cliproxy" in result.stderr  # install(1) says which directory it could not make
+        assert "installed" in result.stdout and (prefix / "etc" / "cliproxy" / "config.yaml").is_file()  # the steps before it ran
+        assert not (prefix / "etc" / "systemd").exists()  # the unit, the step after it, did not
 
     def test_installer_rewrites_the_database_key(self, tmp_path):
         """The installer's database rewrite, run on a sample config (the only part that runs without root)."""

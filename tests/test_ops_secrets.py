@@ -18,7 +18,7 @@ import pytest
 from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.services.store import read_events
 from cliproxy.fake_upstream import Fault, FakeUpstream
-from tests.conftest import make_config
+from tests.helpers import make_config
 from tests.processes import GatewayProcess
 
 UPSTREAM_KEY = "UpstreamSecret7Qx2Lm9Vb"

@@ -20,7 +20,7 @@ from cliproxy.core.config import LoggingSettings
 from cliproxy.fake_upstream import Fault
 from cliproxy.web.keys import TRACKER
 from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_since
-from tests.conftest import vendor
+from tests.helpers import vendor
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 #: The one form: ISO-8601 UTC, milliseconds, `Z`.

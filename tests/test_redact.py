@@ -13,7 +13,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from cliproxy.core.redact import SecretMasker, config_secrets, mask_secrets
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 SECRET = 'Ab+/c"d\\e=fGhIjKlMnOp'
 

@@ -28,9 +28,8 @@ from cliproxy.services.config_loader import load_config
 from cliproxy.services.config_file import atomic_write
 from cliproxy.services.writeback import model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
-from tests.conftest import Gateway, vendor
+from tests.helpers import Gateway, changed_lines, eventually, vendor
 from tests.processes import GatewayProcess, free_port
-from tests.test_writeback import changed_lines
 
 PAIR = ("v", "m")
 NO_WATCHER = 3600.0  # a poll interval that keeps the watcher out of tests that reload by hand
@@ -90,10 +89,7 @@ async def events(gw: Gateway, kind: str) -> list[Any]:
 async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> float:
     """Poll `condition` until it holds; returns the seconds it took. Fails after `seconds`."""
     began = time.monotonic()
-    while not await condition():
-        if time.monotonic() - began > seconds:
-            raise AssertionError(f"condition not met within {seconds}s")
-        await asyncio.sleep(0.02)
+    await eventually(condition, timeout=seconds)
     return time.monotonic() - began
 
 
@@ -714,10 +710,7 @@ class TestNothingRoutesWarning:
         ]})
         gw.start()
         try:
-            deadline = time.monotonic() + 10
-            while "listening" not in gw.log():
-                assert time.monotonic() < deadline, gw.log()
-                await asyncio.sleep(0.05)
+            await eventually(lambda: "listening" in gw.log(), "the gateway to listen", timeout=10)
         finally:
             assert gw.stop() == 0
         assert "every vendor is switched off" in gw.log()
@@ -757,6 +750,7 @@ def paced_upstream() -> Any:
         process.wait(timeout=10)
 
 
+@pytest.mark.slow  # a 10 s paced stream over 10,000 pairs
 class TestLargeConfigOffTheLoop:
     """With 10,000 pairs, a PATCH and a reload run off the event loop: streams and /healthz do not stall."""
 
@@ -810,10 +804,7 @@ class TestLargeConfigOffTheLoop:
                 patched = time.monotonic()
                 text = gw.config_path.read_text()
                 await asyncio.to_thread(gw.config_path.write_text, text + "# edited by hand\n")
-                deadline = time.monotonic() + 20
-                while await reloads() == 0:
-                    assert time.monotonic() < deadline, "the edit on disk was not reloaded"
-                    await asyncio.sleep(0.1)
+                await eventually(reloads, "the edit on disk to be reloaded", timeout=20, interval=0.1)
                 reloaded = time.monotonic()
                 await streamer
                 poller.cancel()

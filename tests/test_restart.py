@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -10,7 +9,7 @@ import pytest
 
 from cliproxy.services.store import read_disabled, read_events
 from cliproxy.fake_upstream import Fault
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -23,14 +22,6 @@ async def post_chat(url: str) -> tuple[int, dict[str, str]]:
             return resp.status, dict(resp.headers)
 
 
-async def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ class TestKillDashNine:
         processes.append(gw.start())
         for _ in range(2):
             assert (await post_chat(gw.url))[0] == 500
-        [before] = await wait_for(lambda: read_disabled(tmp_path / "cliproxy.db"))
+        [before] = await eventually(lambda: read_disabled(tmp_path / "cliproxy.db"))
         gw.kill9()
         gw.start()
         status, headers = await post_chat(gw.url)
@@ -67,12 +58,12 @@ class TestKillDashNine:
         gw = GatewayProcess(tmp_path, {"auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.5}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
         processes.append(gw.start())
         assert (await post_chat(gw.url))[0] == 500
-        [record] = await wait_for(lambda: read_disabled(tmp_path / "cliproxy.db"))
+        [record] = await eventually(lambda: read_disabled(tmp_path / "cliproxy.db"))
         gw.kill9()
-        await wait_for(lambda: time.time() > record.disabled_until + 0.05)
+        await eventually(lambda: time.time() > record.disabled_until + 0.05)
         gw.start()
         assert (await post_chat(gw.url))[0] == 200
-        [enabled] = await wait_for(lambda: read_events(tmp_path / "cliproxy.db", kind="enabled"))
+        [enabled] = await eventually(lambda: read_events(tmp_path / "cliproxy.db", kind="enabled"))
         assert enabled.cause == "startup-expired"
         assert (enabled.disabled_at, enabled.disabled_until) == (record.disabled_at, record.disabled_until)
         assert read_disabled(tmp_path / "cliproxy.db") == []

@@ -42,7 +42,7 @@ from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.openapi import openapi_path
 from cliproxy.services.config_loader import load_config
 from cliproxy.fake_upstream import FakeUpstream, Fault
-from tests.conftest import vendor
+from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
 MGMT_KEY = "MgmtKeyQ7rT2wX9zL4v"
@@ -331,6 +331,7 @@ def _presentations(key: str) -> list[dict[str, str]]:
 class TestRemovedClientKeys:
     """A key removed by a reload is 401 from the next request on, on a kept-alive connection and after a restart."""
 
+    @pytest.mark.slow  # about 5 s
     async def test_file_edit_put_rejected_reload_and_restart(self, upstreams, tmp_path, processes) -> None:
         up = await upstreams()
         gw = _start(processes, tmp_path, _client_config(up, [OLD_KEY, KEPT_KEY]))
@@ -345,19 +346,19 @@ class TestRemovedClientKeys:
             # 1. An edit of the file on disk, written in place as an editor would.
             text = gw.config_path.read_text()
             gw.config_path.write_text(text.replace(f"- {OLD_KEY}\n", ""))
-            deadline = time.monotonic() + 5
-            while await _client_status(session, gw, "GET", "/v1/models", {"Authorization": f"Bearer {OLD_KEY}"}) != 401:
-                assert time.monotonic() < deadline, "the edit was not picked up"
-                await asyncio.sleep(0.1)
+            async def old_key_refused() -> bool:
+                return await _client_status(session, gw, "GET", "/v1/models", {"Authorization": f"Bearer {OLD_KEY}"}) == 401
+
+            await eventually(old_key_refused, "the edit to be picked up (the removed key refused)", interval=0.1)
             assert await stream == 200
             await self._old_refused_kept_served(session, gw)
 
             # 2. A reload that would bring the key back but is invalid: rejected, nothing changes.
             gw.config_path.write_text(text.replace("remote-management:", "request-retry: many\nremote-management:"))
-            deadline = time.monotonic() + 5
-            while (await api(session, gw, "GET", "/api/config"))[1]["last_reload_error"] is None:
-                assert time.monotonic() < deadline, "the bad file was not looked at"
-                await asyncio.sleep(0.1)
+            async def reload_rejected() -> Any:
+                return (await api(session, gw, "GET", "/api/config"))[1]["last_reload_error"]
+
+            await eventually(reload_rejected, "the bad file to be looked at (a last_reload_error)", interval=0.1)
             await self._old_refused_kept_served(session, gw)
 
             # 3. PUT /api/config.yaml with a new key and the old one still gone.
@@ -422,6 +423,7 @@ def _secret_config(bad: FakeUpstream, good: FakeUpstream) -> dict[str, Any]:
 class TestNoSecretAnywhere:
     """After traffic, failures, management calls and rejected reloads: no key or proxy password in responses, stderr or events."""
 
+    @pytest.mark.slow  # about 6 s
     async def test_rejected_reloads_and_changes(self, upstreams, tmp_path, processes) -> None:
         good, bad = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500, body={"error": {"message": f"invalid key {UPSTREAM_SECRET} for user x"}}))
@@ -458,15 +460,13 @@ class TestNoSecretAnywhere:
             ]
 
             async def reload_error(want: bool) -> None:
-                deadline = time.monotonic() + 5
-                while True:
+                async def looked_at() -> bool:
                     async with session.get(gw.url + "/api/config", headers=AUTH) as resp:
                         problems = (await resp.json())["last_reload_error"]
                         seen.append(json.dumps(problems))
-                    if bool(problems) == want:
-                        return
-                    assert time.monotonic() < deadline, "the file was not looked at"
-                    await asyncio.sleep(0.1)
+                    return bool(problems) == want
+
+                await eventually(looked_at, "the file to be looked at", interval=0.1)
 
             for text in rejected:  # through the file watcher (logged, recorded, shown in /api/config) ...
                 gw.config_path.write_text(text)
@@ -531,13 +531,6 @@ async def _read_answer(reader: asyncio.StreamReader, timeout: float = 10) -> tup
     return int(lines[0].split()[1]), headers, body
 
 
-async def _until(predicate: Any, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def _disabled_events(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db, timeout=5)
     try:
@@ -562,7 +555,7 @@ class TestDescriptorExhaustion:
         baseline = gw.open_descriptors()
         clients = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(self.NOFILE + 20)]
         try:
-            await _until(lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors")
+            await eventually(lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors", timeout=15, interval=0.05)
             accepted = self.NOFILE - baseline
             assert accepted >= 5, accepted
             # Connections accepted first (FIFO) ask for a completion: the upstream socket cannot be opened.
@@ -575,7 +568,7 @@ class TestDescriptorExhaustion:
         finally:
             for _, writer in clients:
                 writer.close()
-        await _until(lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close")
+        await eventually(lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close", timeout=15, interval=0.05)
         async with aiohttp.ClientSession() as session:
             async with session.post(gw.url + "/v1/chat/completions", data=CHAT, headers={"Content-Type": "application/json"}) as resp:
                 assert resp.status == 200, await resp.text()
@@ -641,10 +634,7 @@ class TestSlowAndIdleClients:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
-        deadline = time.monotonic() + 10
-        while not await served():
-            assert time.monotonic() < deadline, "a connection is still refused after the held ones closed"
-            await asyncio.sleep(0.05)
+        await eventually(served, "a connection to be served after the held ones closed", timeout=10, interval=0.05)
 
     async def test_a_client_that_stops_reading_has_its_upstream_request_cancelled(self, tmp_path, processes, upstreams) -> None:
         up = await upstreams()
@@ -659,7 +649,7 @@ class TestSlowAndIdleClients:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
         await asyncio.get_running_loop().sock_sendall(sock, _keepalive_chat())
         try:
-            await _until(lambda: up.disconnects == 1, "the upstream request to be cancelled", timeout=30)
+            await eventually(lambda: up.disconnects == 1, "the upstream request to be cancelled", timeout=30)
         finally:
             sock.close()
         async with aiohttp.ClientSession() as session:
@@ -668,6 +658,7 @@ class TestSlowAndIdleClients:
         assert _disabled_events(tmp_path / "cliproxy.db") == []
         assert "client_write_timeout" in gw.log()
 
+    @pytest.mark.slow  # about 5 s
     async def test_300_slowloris_connections_hold_nothing_past_the_header_timeout(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
         baseline = gw.open_descriptors()
@@ -684,7 +675,7 @@ class TestSlowAndIdleClients:
                         writer.write(head[byte:byte + 1])
             byte += 1
             await asyncio.sleep(0.2)
-        await _until(lambda: gw.open_descriptors() <= baseline + 2, "the slow connections to be closed", timeout=10)
+        await eventually(lambda: gw.open_descriptors() <= baseline + 2, "the slow connections to be closed", timeout=10)
         async with asyncio.timeout(5):
             for reader, writer in slow:
                 with contextlib.suppress(ConnectionError):
@@ -711,7 +702,7 @@ class TestSlowAndIdleClients:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
                 sock.close()
                 resets += 1
-        await _until(lambda: gw.log().count("cliproxy.access") >= resets, "an access line per reset request")
+        await eventually(lambda: gw.log().count("cliproxy.access") >= resets, "an access line per reset request", timeout=15, interval=0.05)
         log = gw.log()
         assert "Traceback" not in log and " ERROR " not in log, log
         assert all(" INFO " in line for line in log.splitlines() if "cliproxy.access" in line)

@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a 15 s soak
+
 SECONDS = float(os.environ.get("CLIPROXY_SOAK_SECONDS", "15"))
 CLIENTS = int(os.environ.get("CLIPROXY_SOAK_CLIENTS", "200"))
 ROOT = Path(__file__).resolve().parent.parent

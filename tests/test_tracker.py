@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock, eventually
 from cliproxy.core.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
 from cliproxy.services.journal import Journal
@@ -102,16 +102,6 @@ class MemoryStore:
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.history]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Let the background tasks run (tiny real sleeps) until `condition()` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 MakeTracker = Callable[..., Awaitable[FailureTracker]]
@@ -258,7 +248,7 @@ class TestAutoDisable:
             trip(tracker)
             assert seen == ["disabled"]  # synchronously, before anything was awaited
             clock.advance(300.0)
-            await eventually(lambda: seen == ["disabled", "enabled"])
+            await eventually(lambda: seen == ["disabled", "enabled"], timeout=2.0, interval=0.002)
         disabled = [r for r in caplog.records if r.levelno == logging.WARNING and "pair disabled" in r.getMessage()]
         enabled = [r for r in caplog.records if r.levelno == logging.INFO and "pair enabled" in r.getMessage()]
         assert len(disabled) == 1 and len(enabled) == 1
@@ -280,7 +270,7 @@ class TestExpiry:
         assert not tracker.is_available(PAIR)
         assert store.kinds() == ["disabled"]
         clock.advance(0.001)
-        await eventually(lambda: store.kinds() == ["disabled", "enabled"])
+        await eventually(lambda: store.kinds() == ["disabled", "enabled"], timeout=2.0, interval=0.002)
         enabled = store.history[1]
         assert (enabled.cause, enabled.reason, enabled.at) == ("expired", "auto", T0 + 300.0)
         assert (enabled.disabled_at, enabled.disabled_until) == (T0, T0 + 300.0)
@@ -320,7 +310,7 @@ class TestExpiry:
         tracker = await make_tracker(store)
         trip(tracker)
         clock.advance(300.0)
-        await eventually(lambda: len(store.history) == 2)
+        await eventually(lambda: len(store.history) == 2, timeout=2.0, interval=0.002)
         trip(tracker)
         assert await tracker.flush(1.0)
         assert store.kinds() == ["disabled", "enabled", "disabled"]
@@ -342,7 +332,7 @@ class TestRestart:
         assert second.seconds_until_available(PAIR) == pytest.approx(200.0)
         assert second.disabled_pairs() == first.disabled_pairs()
         clock.advance(200.0)
-        await eventually(lambda: store.kinds() == ["disabled", "enabled"])
+        await eventually(lambda: store.kinds() == ["disabled", "enabled"], timeout=2.0, interval=0.002)
         assert store.history[-1].cause == "expired"
 
     async def test_startup_expired(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
@@ -407,7 +397,7 @@ class TestRestart:
             assert second.disabled_pairs() == first.disabled_pairs()
             assert not second.is_available(PAIR) and not second.is_available(OTHER)
             clock.advance(200.0)  # the auto-disable is over, the manual one is not
-            await eventually(lambda: second.journal.pending_writes == 0 and second.is_available(PAIR))
+            await eventually(lambda: second.journal.pending_writes == 0 and second.is_available(PAIR), timeout=2.0, interval=0.002)
             assert await second.flush(2.0)
             events = await db.events()
             assert [e.kind for e in reversed(events)] == ["disabled", "manual-disable", "enabled"]
@@ -442,7 +432,7 @@ class TestManual:
         assert store.rows[("acme", "gpt-x", "manual")].actor == "10.0.0.1"
         clock.advance(60.0)
         assert tracker.is_available(PAIR)
-        await eventually(lambda: len(store.history) == 2)
+        await eventually(lambda: len(store.history) == 2, timeout=2.0, interval=0.002)
         assert (store.history[1].kind, store.history[1].reason, store.history[1].cause) == ("enabled", "manual", "expired")
         assert store.rows == {}
 
@@ -472,7 +462,7 @@ class TestManual:
         assert tracker.seconds_until_available(PAIR) == pytest.approx(600.0)
         assert len(tracker.disabled_pairs()) == 2
         clock.advance(300.0)
-        await eventually(lambda: len(store.history) == 3)
+        await eventually(lambda: len(store.history) == 3, timeout=2.0, interval=0.002)
         assert (store.history[2].kind, store.history[2].reason) == ("enabled", "auto")
         assert not tracker.is_available(PAIR)
         assert tracker.seconds_until_available(PAIR) == pytest.approx(300.0)
@@ -531,7 +521,7 @@ class TestPersistence:
             tracker.record_outcome(PAIR, FAIL)  # records the expiry, queued behind the disable
             assert tracker.is_available(PAIR)
             assert tracker.journal.pending_writes == 2
-            await eventually(lambda: store.calls >= 2)
+            await eventually(lambda: store.calls >= 2, timeout=2.0, interval=0.002)
             assert not tracker.journal.persist_healthy
             assert await tracker.flush(1.0)
         assert tracker.journal.persist_healthy and tracker.journal.pending_writes == 0
@@ -629,7 +619,7 @@ class TestCleanup:
         await asyncio.sleep(0.01)
         assert tracker.state(PAIR) is not None
         clock.advance(1.0)
-        await eventually(lambda: tracker.state(PAIR) is None)
+        await eventually(lambda: tracker.state(PAIR) is None, timeout=2.0, interval=0.002)
         assert tracker.state(OTHER) is not None
 
     async def test_disabled_records_are_kept(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
@@ -639,7 +629,7 @@ class TestCleanup:
         await asyncio.sleep(0.01)
         assert tracker.state(PAIR) is not None and not tracker.is_available(PAIR)
         clock.advance(3600.0)  # expired by the sweep, then idle for long enough
-        await eventually(lambda: tracker.state(PAIR) is None)
+        await eventually(lambda: tracker.state(PAIR) is None, timeout=2.0, interval=0.002)
         assert await tracker.flush(1.0)  # the enable is queued before the record is dropped
         assert store.kinds() == ["disabled", "enabled"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from cliproxy.services.writeback import (
     vendor_index,
     vendor_path,
 )
+from tests.helpers import changed_lines
 
 CLIENT_SECRET = "client-secret-XYZ123456"
 UPSTREAM_SECRET = "sk-or-SECRET-98765432"
@@ -66,18 +66,6 @@ CONFIG = textwrap.dedent(
         models: [{name: m1}, {name: "m2", alias: two}]
     """
 )
-
-
-def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
-    """(removed, added) lines, from difflib."""
-    removed: list[str] = []
-    added: list[str] = []
-    for line in difflib.ndiff(before.splitlines(), after.splitlines()):
-        if line.startswith("- "):
-            removed.append(line[2:])
-        elif line.startswith("+ "):
-            added.append(line[2:])
-    return removed, added
 
 
 def parse(text: str):  # type: ignore[no-untyped-def]

@@ -11,27 +11,35 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from cliproxy.web import health
-
-from cliproxy.web import proxy_api
-from cliproxy.web.admin import API_PREFIX, management_app
-from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
-from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.core.config import Config
 from cliproxy.core.errors import ProxyError, error_body
 from cliproxy.core.events import AlwaysAvailable
+from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.services.config_manager import ConfigManager
+from cliproxy.services.journal import Journal
+from cliproxy.services.store import SQLiteStore
+from cliproxy.services.tracker import FailureTracker
+from cliproxy.web import health, proxy_api
+from cliproxy.web.admin import API_PREFIX, management_app
+from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
+from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.keys import (
-    CLIENT_SESSION, CLOCK, CONFIG_MANAGER, IN_FLIGHT, JOURNAL, METRICS, OUTCOMES, OVERLOAD_LOG, RUNTIME, STORE, TRACKER,
+    CLIENT_SESSION,
+    CLOCK,
+    CONFIG_MANAGER,
+    IN_FLIGHT,
+    JOURNAL,
+    METRICS,
+    OUTCOMES,
+    OVERLOAD_LOG,
+    RUNTIME,
+    STORE,
+    TRACKER,
 )
 from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
 from cliproxy.web.overload import OverloadLog
-from cliproxy.services.config_manager import ConfigManager
-from cliproxy.core.runtime import LiveRuntime, Runtime
-from cliproxy.services.journal import Journal
-from cliproxy.services.store import SQLiteStore
-from cliproxy.services.tracker import FailureTracker
 
 __all__ = ["create_app", "error_middleware"]
 

@@ -29,11 +29,11 @@ from aiohttp import web
 from cliproxy.app import create_app
 from cliproxy.core.config import Config, nothing_routes
 from cliproxy.core.errors import error_body
+from cliproxy.sdnotify import notify
+from cliproxy.services.config_file import remove_leftover_temp_files
 from cliproxy.web.keys import CONFIG_MANAGER, IN_FLIGHT, OVERLOAD_LOG, RUNTIME
 from cliproxy.web.logs import configure_logging
 from cliproxy.web.overload import OverloadLog, local_resource_error
-from cliproxy.sdnotify import notify
-from cliproxy.services.config_file import remove_leftover_temp_files
 
 __all__ = ["serve"]
 
@@ -63,7 +63,9 @@ _REFUSAL = (
 
 
 def _refusal() -> bytes:
-    body = error_body("cliproxy holds max-connections client connections; retry shortly", "service_unavailable", "gateway_overloaded")
+    body = error_body(
+        "cliproxy holds max-connections client connections; retry shortly", "service_unavailable", "gateway_overloaded"
+    )
     return _REFUSAL % (len(body), body)
 
 
@@ -239,6 +241,8 @@ async def _drain(runner: web.AppRunner, grace: float) -> None:
         return
     log.warning("shutdown grace of %ss is over: cutting %d request(s) still in flight", grace, in_flight.cut())
     await in_flight.wait_idle(_AFTER_CUT_SECONDS)
+
+
 def _remove_leftover_temp_files(config: Config) -> None:
     """A write-back cut by kill -9 leaves its temporary copy of config.yaml behind: remove it now."""
     if not config.path:

@@ -16,8 +16,21 @@ from aiohttp import web
 
 # The same hop-by-hop and framing headers cliproxy drops, so both do the same work on the wire.
 _DROP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "host", "content-length",
-     "accept-encoding", "expect", "content-encoding", "server", "date"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "expect",
+        "content-encoding",
+        "server",
+        "date",
+    }
 )
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
@@ -58,9 +71,7 @@ def main() -> int:
     app[UPSTREAM] = args.upstream.rstrip("/")
     app.cleanup_ctx.append(_session)
     app.router.add_route("*", "/{tail:.*}", forward)
-    web.run_app(
-        app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True, shutdown_timeout=1.0
-    )
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True, shutdown_timeout=1.0)
     return 0
 
 

@@ -89,8 +89,10 @@ def build_body(spec: dict[str, Any]) -> bytes:
     while len(messages) * 4040 < size // 2:
         messages.append({"role": "user" if len(messages) % 2 == 0 else "assistant", "content": turn})
     head = json.dumps({"model": model, "messages": messages})[:-2].encode()
-    image_prefix = b', {"role": "user", "content": [{"type": "text", "text": "What is in this image?"}, ' \
+    image_prefix = (
+        b', {"role": "user", "content": [{"type": "text", "text": "What is in this image?"}, '
         b'{"type": "image_url", "image_url": {"url": "data:image/png;base64,'
+    )
     tail = b'"}}]}]}'
     room = max(0, size - len(head) - len(image_prefix) - len(tail))
     image = base64.b64encode(os.urandom(room * 3 // 4 + 3))[:room]
@@ -298,7 +300,9 @@ class Processes:
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{proc.name} did not listen on {proc.port} within {timeout}s:\n{proc.log_tail()}")
+                        raise RuntimeError(
+                            f"{proc.name} did not listen on {proc.port} within {timeout}s:\n{proc.log_tail()}"
+                        ) from None
                     time.sleep(0.05)
 
     def stop_all(self) -> None:
@@ -325,7 +329,11 @@ class LoadGen:
         with open(log, "wb") as stderr:  # the child keeps its own descriptor
             self.popen = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--loadgen"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=ROOT,
+                text=True,
             )
         processes.procs.append(Proc("loadgen", self.popen, 0, log))  # type: ignore[arg-type]
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -414,10 +422,18 @@ def _vendor(name: str, port: int, models: list[Any], key: str = "sk-bench") -> d
 def cliproxy_config(port: int, fast_port: int, flaky_port: int, database: Path, total_pairs: int = 10) -> dict[str, Any]:
     """10 pairs that the scenarios use; `total_pairs` pads with vendors of 10 models, each with its own key."""
     vendors = [
-        _vendor("fast", fast_port, [
-            {"name": "m1"}, {"name": "m2", "alias": "pool"}, {"name": "m-big", "alias": "big"},
-            {"name": "ok"}, {"name": "m5"}, {"name": "m6"},
-        ]),
+        _vendor(
+            "fast",
+            fast_port,
+            [
+                {"name": "m1"},
+                {"name": "m2", "alias": "pool"},
+                {"name": "m-big", "alias": "big"},
+                {"name": "ok"},
+                {"name": "m5"},
+                {"name": "m6"},
+            ],
+        ),
         _vendor("fast-b", fast_port, [{"name": "ok"}, {"name": "m7"}]),
         _vendor("flaky-a", flaky_port, [{"name": "flaky"}]),
         _vendor("flaky-b", flaky_port, [{"name": "flaky"}]),
@@ -511,7 +527,11 @@ class Bench:
         fake = ["-m", "cliproxy.fake_upstream", "--host", "127.0.0.1", "--chunks", str(STREAM_CHUNKS), "--chunk-delay", "0"]
         p = self.processes
         self.pids["direct"] = p.start("fake", [*fake, "--port", str(ports["fast"])], ports["fast"]).pid
-        p.start("fake-flaky", [*fake, "--port", str(ports["flaky"]), "--fail-rate", "0.2", "--fail-status", "500", "--seed", "1"], ports["flaky"])
+        p.start(
+            "fake-flaky",
+            [*fake, "--port", str(ports["flaky"]), "--fail-rate", "0.2", "--fail-status", "500", "--seed", "1"],
+            ports["flaky"],
+        )
         forwarder = [str(SCRIPTS / "bare_forwarder.py"), "--upstream", f"http://127.0.0.1:{ports['fast']}"]
         configs = {"cliproxy": 10, "cliproxy_big": s.big_pairs, "cliproxy_s4": 10}
         for name, pairs in configs.items():
@@ -540,9 +560,20 @@ class Bench:
 
     # ---------------------------------------------------------------------------------- runs
 
-    def job(self, target: str, *, model: str, concurrency: int, stream: bool = False, body: dict[str, Any] | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-        base = {"direct": self.urls["fast"], "forwarder": self.urls["forwarder"], "cliproxy": self.urls["cliproxy"]}.get(target) or self.urls[target]
+    def job(
+        self,
+        target: str,
+        *,
+        model: str,
+        concurrency: int,
+        stream: bool = False,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        base = {"direct": self.urls["fast"], "forwarder": self.urls["forwarder"], "cliproxy": self.urls["cliproxy"]}.get(
+            target
+        ) or self.urls[target]
         spec = {"kind": "chat", "model": model, "stream": stream, **(body or {})}
         job = {
             "process": target,
@@ -575,7 +606,7 @@ class Bench:
         names = list(jobs)
         out = []
         for r in range(self.s.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             out.append({name: self.run(label, name, jobs[name]) for name in order})
         return out
 
@@ -584,8 +615,17 @@ class Bench:
     def add(self, row: Row) -> None:
         self.rows.append(row)
 
-    def triple(self, row_id: str, scenario: str, metric: str, rounds: list[dict[str, dict[str, Any]]], key: str,
-               *, target: str = "", check: Callable[[float | None, dict[str, float | None]], bool | None] | None = None) -> Row:
+    def triple(
+        self,
+        row_id: str,
+        scenario: str,
+        metric: str,
+        rounds: list[dict[str, dict[str, Any]]],
+        key: str,
+        *,
+        target: str = "",
+        check: Callable[[float | None, dict[str, float | None]], bool | None] | None = None,
+    ) -> Row:
         values = {t: _median([r[t][key] for r in rounds]) for t in TARGETS}
         ratio = _median([_div(r["cliproxy"][key], r["forwarder"][key]) for r in rounds])
         row = Row(row_id, scenario, metric, values, ratio, target)
@@ -594,8 +634,17 @@ class Bench:
         self.add(row)
         return row
 
-    def added(self, row_id: str, scenario: str, metric: str, rounds: list[dict[str, dict[str, Any]]], key: str,
-              *, target: str = "", check: Callable[[float | None, dict[str, float | None]], bool | None] | None = None) -> Row:
+    def added(
+        self,
+        row_id: str,
+        scenario: str,
+        metric: str,
+        rounds: list[dict[str, dict[str, Any]]],
+        key: str,
+        *,
+        target: str = "",
+        check: Callable[[float | None, dict[str, float | None]], bool | None] | None = None,
+    ) -> Row:
         """Latency added over direct, per round, then the median."""
         values: dict[str, float | None] = {"direct": None}
         for t in ("forwarder", "cliproxy"):
@@ -621,10 +670,24 @@ class Bench:
             self.triple(f"s1.c{c}.p99", name, "p99 ms", rounds, "p99")
             self.triple(f"s1.c{c}.cpu_us", name, "CPU µs/req", rounds, "cpu_us")
             if c == 1:
-                self.added(f"s1.c{c}.added_p50", name, "added p50 ms", rounds, "p50", target="cliproxy ≤ 1 ms",
-                           check=lambda ratio, v: v["cliproxy"] is not None and v["cliproxy"] <= 1.0)
-                self.added(f"s1.c{c}.added_p99", name, "added p99 ms", rounds, "p99", target="cliproxy ≤ 2.5 ms",
-                           check=lambda ratio, v: v["cliproxy"] is not None and v["cliproxy"] <= 2.5)
+                self.added(
+                    f"s1.c{c}.added_p50",
+                    name,
+                    "added p50 ms",
+                    rounds,
+                    "p50",
+                    target="cliproxy ≤ 1 ms",
+                    check=lambda ratio, v: v["cliproxy"] is not None and v["cliproxy"] <= 1.0,
+                )
+                self.added(
+                    f"s1.c{c}.added_p99",
+                    name,
+                    "added p99 ms",
+                    rounds,
+                    "p99",
+                    target="cliproxy ≤ 2.5 ms",
+                    check=lambda ratio, v: v["cliproxy"] is not None and v["cliproxy"] <= 2.5,
+                )
             else:
                 self.added(f"s1.c{c}.added_p50", name, "added p50 ms", rounds, "p50")
 
@@ -634,13 +697,27 @@ class Bench:
             jobs = {t: self.job(t, model="m1", concurrency=c, stream=True) for t in TARGETS}
             rounds = self.rounds(f"s2.c{c}", jobs)
             name = f"2 stream c={c}"
-            self.triple(f"s2.c{c}.rps", name, "streams/s", rounds, "rps", target="≥ 0.8 × fwd" if c == 64 else "",
-                        check=(lambda ratio, v: ratio is not None and ratio >= 0.8) if c == 64 else None)
+            self.triple(
+                f"s2.c{c}.rps",
+                name,
+                "streams/s",
+                rounds,
+                "rps",
+                target="≥ 0.8 × fwd" if c == 64 else "",
+                check=(lambda ratio, v: ratio is not None and ratio >= 0.8) if c == 64 else None,
+            )
             self.triple(f"s2.c{c}.ttfb_p50", name, "TTFB p50 ms", rounds, "ttfb_p50")
             self.triple(f"s2.c{c}.ttlb_p50", name, "TTLB p50 ms", rounds, "p50")
             self.triple(f"s2.c{c}.cpu_us", name, "CPU µs/stream", rounds, "cpu_us")
-            self.added(f"s2.c{c}.added_ttfb_p50", name, "added TTFB p50 ms", rounds, "ttfb_p50", target="≤ 1.5 × fwd's",
-                       check=lambda ratio, v: _within(v["cliproxy"], v["forwarder"], 1.5))
+            self.added(
+                f"s2.c{c}.added_ttfb_p50",
+                name,
+                "added TTFB p50 ms",
+                rounds,
+                "ttfb_p50",
+                target="≤ 1.5 × fwd's",
+                check=lambda ratio, v: _within(v["cliproxy"], v["forwarder"], 1.5),
+            )
         self.say(f"scenario 2: paced stream ({PACED_CHUNKS} frames {PACED_DELAY * 1000:.0f} ms apart)")
         headers = {"x-fake-chunks": str(PACED_CHUNKS), "x-fake-chunk-delay": str(PACED_DELAY)}
         frames: dict[str, float | None] = {}
@@ -655,11 +732,27 @@ class Bench:
                 lags[t] = max(at - first - i * PACED_DELAY * 1000 for i, (at, _) in enumerate(data_reads))
             else:
                 lags[t] = None
-        self.add(Row("s2.paced.frames_per_read", "2 stream paced", "max frames per read", frames,
-                     target="1 (never batched)", met=frames["cliproxy"] == 1))
+        self.add(
+            Row(
+                "s2.paced.frames_per_read",
+                "2 stream paced",
+                "max frames per read",
+                frames,
+                target="1 (never batched)",
+                met=frames["cliproxy"] == 1,
+            )
+        )
         extra = _sub(lags["cliproxy"], lags["direct"])
-        self.add(Row("s2.paced.lag", "2 stream paced", "max frame lag ms", lags, target="≤ direct + 5 ms",
-                     met=extra is not None and extra <= 5.0))
+        self.add(
+            Row(
+                "s2.paced.lag",
+                "2 stream paced",
+                "max frame lag ms",
+                lags,
+                target="≤ direct + 5 ms",
+                met=extra is not None and extra <= 5.0,
+            )
+        )
 
     def scenario3(self) -> None:
         for size_mb in (1, 10):
@@ -671,9 +764,15 @@ class Bench:
             rounds = self.rounds(f"s3.{size_mb}mb", jobs)
             name = f"3 body {size_mb} MB"
             self.triple(f"s3.{size_mb}mb.p50", name, "p50 ms", rounds, "p50")
-            self.added(f"s3.{size_mb}mb.added_p50", name, "added p50 ms", rounds, "p50",
-                       target="≤ 2 × fwd's" if size_mb == 10 else "",
-                       check=(lambda ratio, v: _within(v["cliproxy"], v["forwarder"], 2.0)) if size_mb == 10 else None)
+            self.added(
+                f"s3.{size_mb}mb.added_p50",
+                name,
+                "added p50 ms",
+                rounds,
+                "p50",
+                target="≤ 2 × fwd's" if size_mb == 10 else "",
+                check=(lambda ratio, v: _within(v["cliproxy"], v["forwarder"], 2.0)) if size_mb == 10 else None,
+            )
 
     def scenario4(self) -> None:
         n, hold = self.s.streams, self.s.hold
@@ -685,8 +784,16 @@ class Bench:
         opened: dict[str, float | None] = {"direct": None}
         for t in ("forwarder", "cliproxy"):
             pid = self.pids[f"{t}_s4"]
-            job = self.job(f"{t}_s4", model="m1", concurrency=n, stream=True, headers=headers, one_shot=True,
-                           ramp=min(1.0, hold / 5), timeout=hold + 60.0)
+            job = self.job(
+                f"{t}_s4",
+                model="m1",
+                concurrency=n,
+                stream=True,
+                headers=headers,
+                one_shot=True,
+                ramp=min(1.0, hold / 5),
+                timeout=hold + 60.0,
+            )
             idle[t] = (_status_kb(pid, "VmRSS") or 0) / 1024
             with RssSampler(pid) as sampler:
                 result = self.run("s4", t, job)
@@ -697,30 +804,61 @@ class Bench:
                 self.say(f"  s4 {t}: only {result['ok']} of {n} streams completed: {result['statuses']} {result['exceptions']}")
         self.add(Row("s4.rss_idle", f"4 {n} open streams", "RSS before MB", idle, _div(idle["cliproxy"], idle["forwarder"])))
         ratio = _div(peak["cliproxy"], peak["forwarder"])
-        self.add(Row("s4.rss_peak", f"4 {n} open streams", "peak RSS MB", peak, ratio, "≤ 1.5 × fwd",
-                     met=ratio is not None and ratio <= 1.5))
-        self.add(Row("s4.max_open", f"4 {n} open streams", "streams open at once", opened, _div(opened["cliproxy"], opened["forwarder"]),
-                     target=f"= {n}", met=opened["cliproxy"] == n))
+        self.add(
+            Row(
+                "s4.rss_peak",
+                f"4 {n} open streams",
+                "peak RSS MB",
+                peak,
+                ratio,
+                "≤ 1.5 × fwd",
+                met=ratio is not None and ratio <= 1.5,
+            )
+        )
+        self.add(
+            Row(
+                "s4.max_open",
+                f"4 {n} open streams",
+                "streams open at once",
+                opened,
+                _div(opened["cliproxy"], opened["forwarder"]),
+                target=f"= {n}",
+                met=opened["cliproxy"] == n,
+            )
+        )
 
     def scenario5(self) -> None:
         big = self.s.big_pairs
         self.say(f"scenario 5: 10 vs {big:,} configured pairs, concurrency 64")
-        jobs = {"10 pairs": self.job("cliproxy", model="m1", concurrency=64),
-                f"{big:,} pairs": self.job("cliproxy_big", model="m1", concurrency=64)}
+        jobs = {
+            "10 pairs": self.job("cliproxy", model="m1", concurrency=64),
+            f"{big:,} pairs": self.job("cliproxy_big", model="m1", concurrency=64),
+        }
         rounds = self.rounds("s5", jobs)
         a, b = jobs
         # "Beyond noise": 10%. Requests per second swing more than that on a shared box, so CPU per
         # request (far steadier) is judged too: work proportional to the config would show there first.
-        self._pair_row("s5.rps", "5 pairs in config", "req/s c=64", rounds, "rps", (a, b), "within ±10%",
-                       lambda ratio: abs(ratio - 1) <= 0.1)
+        self._pair_row(
+            "s5.rps", "5 pairs in config", "req/s c=64", rounds, "rps", (a, b), "within ±10%", lambda ratio: abs(ratio - 1) <= 0.1
+        )
         self._pair_row("s5.p99", "5 pairs in config", "p99 ms c=64", rounds, "p99", (a, b), "", None)
-        self._pair_row("s5.cpu_us", "5 pairs in config", "CPU µs/req c=64", rounds, "cpu_us", (a, b), "≤ 1.1 × 10 pairs",
-                       lambda ratio: ratio <= 1.1)
+        self._pair_row(
+            "s5.cpu_us",
+            "5 pairs in config",
+            "CPU µs/req c=64",
+            rounds,
+            "cpu_us",
+            (a, b),
+            "≤ 1.1 × 10 pairs",
+            lambda ratio: ratio <= 1.1,
+        )
 
     def scenario6(self) -> None:
         self.say("scenario 6: 20% of upstream attempts failing (two vendors, failover) vs healthy, concurrency 64")
-        jobs = {"healthy": self.job("cliproxy", model="ok", concurrency=64),
-                "20% failing": self.job("cliproxy", model="flaky", concurrency=64)}
+        jobs = {
+            "healthy": self.job("cliproxy", model="ok", concurrency=64),
+            "20% failing": self.job("cliproxy", model="flaky", concurrency=64),
+        }
         metrics = self.urls["cliproxy"] + "/metrics"
         vendors = {"healthy": 'vendor="fast', "20% failing": 'vendor="flaky-'}  # fast, fast-b; flaky-a, flaky-b
 
@@ -731,29 +869,66 @@ class Bench:
         rounds = self.rounds("s6", jobs)
         after = disables()
         cols = tuple(jobs)
-        self._pair_row("s6.rps", "6 failing upstream", "2xx req/s c=64", rounds, "rps", cols, "≥ 0.9 × healthy",
-                       lambda ratio: ratio >= 0.9)
-        self._pair_row("s6.p99", "6 failing upstream", "p99 ms c=64", rounds, "p99", cols, "≤ 1.1 × healthy",
-                       lambda ratio: ratio <= 1.1)
+        self._pair_row(
+            "s6.rps", "6 failing upstream", "2xx req/s c=64", rounds, "rps", cols, "≥ 0.9 × healthy", lambda ratio: ratio >= 0.9
+        )
+        self._pair_row(
+            "s6.p99", "6 failing upstream", "p99 ms c=64", rounds, "p99", cols, "≤ 1.1 × healthy", lambda ratio: ratio <= 1.1
+        )
         self._pair_row("s6.answers", "6 failing upstream", "answers/s, any status", rounds, "answers_rps", cols, "", None)
         for r in rounds:
             for result in r.values():
                 per = _div(result["attempts"], result["requests"])
                 result["attempts_per_answer"] = per
                 result["cpu_us_per_attempt"] = _div(result["cpu_us"], per)
-        self._pair_row("s6.attempts", "6 failing upstream", "upstream attempts/answer", rounds, "attempts_per_answer",
-                       cols, "", None)
-        self._pair_row("s6.cpu_attempt", "6 failing upstream", "CPU µs/attempt", rounds, "cpu_us_per_attempt", cols,
-                       "≤ 1.1 × healthy", lambda ratio: ratio <= 1.1)
+        self._pair_row(
+            "s6.attempts", "6 failing upstream", "upstream attempts/answer", rounds, "attempts_per_answer", cols, "", None
+        )
+        self._pair_row(
+            "s6.cpu_attempt",
+            "6 failing upstream",
+            "CPU µs/attempt",
+            rounds,
+            "cpu_us_per_attempt",
+            cols,
+            "≤ 1.1 × healthy",
+            lambda ratio: ratio <= 1.1,
+        )
         share = {c: _median([_div(r[c]["errors"], r[c]["requests"]) for r in rounds]) for c in cols}
         share = {c: None if v is None else 100 * v for c, v in share.items()}
-        self.add(Row("s6.errors", "6 failing upstream", "non-2xx answers %", share, None, columns=cols,
-                     note="client sees an error only when both pairs failed or were disabled"))
-        self.add(Row("s6.disables", "6 failing upstream", "auto-disables (all rounds)",
-                     {c: _sub(after[c], before[c]) for c in cols}, None, columns=cols))
+        self.add(
+            Row(
+                "s6.errors",
+                "6 failing upstream",
+                "non-2xx answers %",
+                share,
+                None,
+                columns=cols,
+                note="client sees an error only when both pairs failed or were disabled",
+            )
+        )
+        self.add(
+            Row(
+                "s6.disables",
+                "6 failing upstream",
+                "auto-disables (all rounds)",
+                {c: _sub(after[c], before[c]) for c in cols},
+                None,
+                columns=cols,
+            )
+        )
 
-    def _pair_row(self, row_id: str, scenario: str, metric: str, rounds: list[dict[str, dict[str, Any]]], key: str,
-                  cols: tuple[str, str], target: str, check: Callable[[float], bool] | None) -> None:
+    def _pair_row(
+        self,
+        row_id: str,
+        scenario: str,
+        metric: str,
+        rounds: list[dict[str, dict[str, Any]]],
+        key: str,
+        cols: tuple[str, str],
+        target: str,
+        check: Callable[[float], bool] | None,
+    ) -> None:
         a, b = cols
         values = {c: _median([r[c][key] for r in rounds]) for c in cols}
         ratio = _median([_div(r[b][key], r[a][key]) for r in rounds])
@@ -836,8 +1011,17 @@ def render_table(data: dict[str, Any]) -> str:
     other = [r for r in rows if tuple(r["columns"]) != TARGETS]
     if main:
         header = ["scenario", "metric", "direct", "forwarder", "cliproxy", "cliproxy÷fwd", "target", "met"]
-        body = [[r["scenario"], r["metric"], *(_fmt(r["values"].get(t)) for t in TARGETS), _fmt(r["ratio"]),
-                 r["target"], verdict[r["met"]]] for r in main]
+        body = [
+            [
+                r["scenario"],
+                r["metric"],
+                *(_fmt(r["values"].get(t)) for t in TARGETS),
+                _fmt(r["ratio"]),
+                r["target"],
+                verdict[r["met"]],
+            ]
+            for r in main
+        ]
         out += _align(header, body)
     if other:
         out.append("")
@@ -845,15 +1029,30 @@ def render_table(data: dict[str, Any]) -> str:
         body = []
         for r in other:
             a, b = r["columns"]
-            body.append([r["scenario"], r["metric"], a, _fmt(r["values"].get(a)), b, _fmt(r["values"].get(b)),
-                         _fmt(r["ratio"]), r["target"], verdict[r["met"]]])
+            body.append(
+                [
+                    r["scenario"],
+                    r["metric"],
+                    a,
+                    _fmt(r["values"].get(a)),
+                    b,
+                    _fmt(r["values"].get(b)),
+                    _fmt(r["ratio"]),
+                    r["target"],
+                    verdict[r["met"]],
+                ]
+            )
         out += _align(header, body)
     return "\n".join(out)
 
 
 def _align(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    numeric = {i for i in range(len(header)) if header[i] in ("direct", "forwarder", "cliproxy", "cliproxy÷fwd", "value", "variant÷baseline")}
+    numeric = {
+        i
+        for i in range(len(header))
+        if header[i] in ("direct", "forwarder", "cliproxy", "cliproxy÷fwd", "value", "variant÷baseline")
+    }
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -876,7 +1075,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, help="scenario 4: seconds each stream stays open (default 10; --quick 0.5)")
     parser.add_argument("--big-pairs", type=int, help="scenario 5: pairs in the large config (default 10000; --quick 1000)")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset to run (default all)")
-    parser.add_argument("--table-from", metavar="FILE", type=Path, help="print the table of a run saved with --json, and run nothing")
+    parser.add_argument(
+        "--table-from", metavar="FILE", type=Path, help="print the table of a run saved with --json, and run nothing"
+    )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -943,8 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(data, indent=1))
     else:
         print(render_table(data))
-        print(f"\n{info['nproc']} cores, {info['cpu']}, Python {info['python']}, aiohttp {info['aiohttp']}; "
-              f"{seconds:.0f} s")
+        print(f"\n{info['nproc']} cores, {info['cpu']}, Python {info['python']}, aiohttp {info['aiohttp']}; {seconds:.0f} s")
     return 0
 
 

@@ -310,7 +310,11 @@ def _tcp_table() -> dict[str, tuple[int, int, str]]:
                 for line in handle:
                     cols = line.split()
                     local, remote, state, inode = cols[1], cols[2], cols[3], cols[9]
-                    table[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), _TCP_STATES.get(state, state))
+                    table[inode] = (
+                        int(local.rsplit(":", 1)[1], 16),
+                        int(remote.rsplit(":", 1)[1], 16),
+                        _TCP_STATES.get(state, state),
+                    )
         except OSError:
             continue
     return table
@@ -408,8 +412,21 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     config_path.write_text(yaml.safe_dump(gateway_config(gateway_port, upstream_port, database, args.log_level), sort_keys=False))
     fake = spawn(
         "fake-upstream",
-        [sys.executable, "-m", "cliproxy.fake_upstream", "--port", str(upstream_port), "--chunks", "6",
-         "--chunk-delay", "0.005", "--seed", str(args.seed), "--name", "soak"],
+        [
+            sys.executable,
+            "-m",
+            "cliproxy.fake_upstream",
+            "--port",
+            str(upstream_port),
+            "--chunks",
+            "6",
+            "--chunk-delay",
+            "0.005",
+            "--seed",
+            str(args.seed),
+            "--name",
+            "soak",
+        ],
         workdir,
     )
     gateway: Child | None = None
@@ -505,7 +522,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         violations.append(f"{warm.classes.get('unexpected', 0) + tally.classes.get('unexpected', 0)} unexpected answers")
     fds_before, fds_after = before["fds_outside_the_pool"], after["fds_outside_the_pool"]
     if fds_before is not None and fds_after is not None and fds_after - fds_before > args.fd_bound:
-        violations.append(f"file descriptors outside the upstream pool grew from {fds_before} to {fds_after} (bound +{args.fd_bound})")
+        violations.append(
+            f"file descriptors outside the upstream pool grew from {fds_before} to {fds_after} (bound +{args.fd_bound})"
+        )
     if after.get("close_wait"):
         violations.append(f"{after['close_wait']} sockets left in CLOSE_WAIT (closed by the peer, never by cliproxy)")
     if after.get("upstream_pool", 0) > args.clients * 3:
@@ -518,7 +537,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         violations.append(f"{len(disabled_now)} pairs still disabled after every disable should have run out")
     if metrics:
         if disables_metric != events.get("disabled", 0):
-            violations.append(f"cliproxy_pair_disables_total{{reason=auto}} = {disables_metric} but {events.get('disabled', 0)} disabled events")
+            violations.append(
+                f"cliproxy_pair_disables_total{{reason=auto}} = {disables_metric} but {events.get('disabled', 0)} disabled events"
+            )
         if enables_metric != events.get("enabled", 0):
             violations.append(f"cliproxy_pair_enables_total = {enables_metric} but {events.get('enabled', 0)} enabled events")
         if requests_metric != sent:

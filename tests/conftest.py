@@ -37,7 +37,9 @@ async def gateway(aiohttp_client: Any, tmp_path: Any) -> AsyncIterator[Callable[
     """Start the real gateway app on a real port for a config dict; gives an aiohttp client and an SDK client."""
     sdks: list[openai.AsyncOpenAI] = []
 
-    async def start(data: dict[str, Any] | Config, *, api_key: str = "client-key", app: web.Application | None = None, **create_kwargs: Any) -> Gateway:
+    async def start(
+        data: dict[str, Any] | Config, *, api_key: str = "client-key", app: web.Application | None = None, **create_kwargs: Any
+    ) -> Gateway:
         if not isinstance(data, Config):
             data = {"database": str(tmp_path / "cliproxy.db"), **data}
         config = data if isinstance(data, Config) else make_config(data)

@@ -28,8 +28,8 @@ from yarl import URL
 
 from cliproxy.core.config import Config
 from cliproxy.services.config_loader import load_config, parse_config
-from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.web.admin.openapi import build_document
+from cliproxy.web.keys import STORE, TRACKER
 
 T = TypeVar("T")
 
@@ -92,7 +92,13 @@ def make_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Conf
 def vendor(name: str, url: str, models: list[Any], **extra: Any) -> dict[str, Any]:
     """A vendor entry; models given as names or as dicts."""
     entries = [m if isinstance(m, dict) else {"name": m} for m in models]
-    return {"name": name, "base-url": url, "api-key-entries": [{"api-key": f"sk-{name}-upstream-key-0001"}], "models": entries, **extra}
+    return {
+        "name": name,
+        "base-url": url,
+        "api-key-entries": [{"api-key": f"sk-{name}-upstream-key-0001"}],
+        "models": entries,
+        **extra,
+    }
 
 
 @dataclass
@@ -167,7 +173,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def raw_request(port: int, head: bytes, body: bytes = b"", *, piece: int = 0, pause: float = 0.0, timeout: float = 10.0) -> RawResponse:
+async def raw_request(
+    port: int, head: bytes, body: bytes = b"", *, piece: int = 0, pause: float = 0.0, timeout: float = 10.0
+) -> RawResponse:
     """Send bytes as they are (`piece` bytes every `pause` seconds when given) and read one answer.
 
     The answer is framed by its own headers, not by EOF: after refusing a body it has not read,

@@ -14,13 +14,12 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from cliproxy.core.times import parse_since
-from cliproxy.web.admin import ENDPOINTS, exchange
-from cliproxy.core.config import Config
-from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
-from cliproxy.web.admin.openapi import build_document, openapi_path
-from cliproxy.services.config_loader import ConfigSchema, load_config
-from cliproxy.services.store import format_timestamp, read_disabled, read_events
 from cliproxy.fake_upstream import Fault
+from cliproxy.services.config_loader import ConfigSchema
+from cliproxy.services.store import format_timestamp, read_disabled, read_events
+from cliproxy.web.admin import ENDPOINTS, exchange
+from cliproxy.web.admin.openapi import build_document, openapi_path
+from cliproxy.web.keys import CONFIG_MANAGER, STORE, TRACKER
 from tests.helpers import CHAT, MGMT_KEY, Admin, FakeClock, Reply, vendor
 
 _DOC = build_document()
@@ -40,7 +39,6 @@ async def trip(admin: Admin, times: int = 2) -> None:
     for _ in range(times):
         resp = await admin.chat()
         assert resp.headers["x-cliproxy-vendor"] == "good"
-
 
 
 def pair_of(reply: Reply, vendor_name: str) -> dict[str, Any]:
@@ -145,21 +143,27 @@ class TestDisabledList:
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m", "gone"])]})
         await a.post("/api/models/gone/disable", json={"duration_seconds": 60})
         new = a.file().replace("  - name: gone\n", "")
-        assert (await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})).status == 200
+        assert (
+            await a.call("PUT", "/api/config.yaml", data=new.encode(), headers={"Content-Type": "application/yaml"})
+        ).status == 200
         [row] = (await a.get("/api/models/disabled")).json["disabled"]
         assert (row["model"], row["alias"], row["in_config"], row["source"]) == ("gone", None, False, "timed")
         assert (await a.get("/api/models/gone/status")).status == 404
 
     async def test_config_disables_are_listed_without_an_end(self, admin, upstreams):
         up = await upstreams()
-        a = await admin({
-            "openai-compatibility": [
-                vendor("a", up.url, [{"name": "off", "enabled": False}, "on"]),
-                vendor("b", up.url, ["x"], enabled=False),
-            ]
-        })
+        a = await admin(
+            {
+                "openai-compatibility": [
+                    vendor("a", up.url, [{"name": "off", "enabled": False}, "on"]),
+                    vendor("b", up.url, ["x"], enabled=False),
+                ]
+            }
+        )
         rows = (await a.get("/api/models/disabled")).json["disabled"]
-        assert [(r["vendor"], r["model"], r["reason"], r["source"], r["disabled_until"], r["remaining_seconds"]) for r in rows] == [
+        assert [
+            (r["vendor"], r["model"], r["reason"], r["source"], r["disabled_until"], r["remaining_seconds"]) for r in rows
+        ] == [
             ("a", "off", "manual", "model-config", None, None),
             ("b", "x", "manual", "vendor-config", None, None),
         ]
@@ -170,16 +174,32 @@ class TestModelStatus:
 
     async def _start(self, admin, upstreams):
         up = await upstreams()
-        return await admin({
-            "auto-disable": {"failure-threshold": 4},
-            "openai-compatibility": [
-                vendor("local", up.url, [{"name": "qwen2.5:7b", "alias": "qwen"}], prefix="local",
-                       **{"auto-disable": {"time-window-seconds": 30}}),
-                vendor("router", up.url, [{"name": "meta-llama/llama-3.1-8b-instruct", "alias": "llama",
-                                           "auto-disable": {"disable-duration-seconds": 900}}]),
-                vendor("other", up.url, [{"name": "qwen2.5:7b", "alias": "qwen"}]),
-            ],
-        })
+        return await admin(
+            {
+                "auto-disable": {"failure-threshold": 4},
+                "openai-compatibility": [
+                    vendor(
+                        "local",
+                        up.url,
+                        [{"name": "qwen2.5:7b", "alias": "qwen"}],
+                        prefix="local",
+                        **{"auto-disable": {"time-window-seconds": 30}},
+                    ),
+                    vendor(
+                        "router",
+                        up.url,
+                        [
+                            {
+                                "name": "meta-llama/llama-3.1-8b-instruct",
+                                "alias": "llama",
+                                "auto-disable": {"disable-duration-seconds": 900},
+                            }
+                        ],
+                    ),
+                    vendor("other", up.url, [{"name": "qwen2.5:7b", "alias": "qwen"}]),
+                ],
+            }
+        )
 
     @pytest.mark.parametrize(
         "path",
@@ -199,7 +219,9 @@ class TestModelStatus:
         assert pair["enabled"] is True and pair["config_enabled"] is True and pair["auto_disabled"] is False
         assert pair["manual_disable"] is None and pair["failure_count"] == 0
 
-    @pytest.mark.parametrize("path", ["/api/models/qwen2.5:7b/status", "/api/models/qwen2.5%3A7b/status", "/api/models/qwen/status"])
+    @pytest.mark.parametrize(
+        "path", ["/api/models/qwen2.5:7b/status", "/api/models/qwen2.5%3A7b/status", "/api/models/qwen/status"]
+    )
     async def test_colon_names_and_pools(self, admin, upstreams, path):
         a = await self._start(admin, upstreams)
         reply = await a.get(path)
@@ -212,10 +234,16 @@ class TestModelStatus:
         a = await self._start(admin, upstreams)
         [pair] = (await a.get("/api/models/local%2Fqwen/status")).json["pairs"]
         settings = pair["auto_disable"]
-        assert (settings["failure_threshold"], settings["time_window_seconds"], settings["disable_duration_seconds"]) == (4, 30, 300)
+        assert (settings["failure_threshold"], settings["time_window_seconds"], settings["disable_duration_seconds"]) == (
+            4,
+            30,
+            300,
+        )
         assert settings["sources"] == {
-            "failure_threshold": "global", "time_window_seconds": "vendor",
-            "disable_duration_seconds": "default", "count_statuses": "default",
+            "failure_threshold": "global",
+            "time_window_seconds": "vendor",
+            "disable_duration_seconds": "default",
+            "count_statuses": "default",
         }
         assert 503 in settings["count_statuses"] and settings["enabled"] is True
         [llama] = (await a.get("/api/models/llama/status")).json["pairs"]
@@ -224,14 +252,22 @@ class TestModelStatus:
     async def test_unknown_model_and_vendor_are_404(self, admin, upstreams):
         a = await self._start(admin, upstreams)
         reply = await a.get("/api/models/nope/status")
-        assert reply.status == 404 and reply.json["error"]["code"] == "model_not_found" and reply.json["error"]["param"] == "model"
+        assert (
+            reply.status == 404 and reply.json["error"]["code"] == "model_not_found" and reply.json["error"]["param"] == "model"
+        )
         reply = await a.get("/api/models/qwen/status?vendor=nope")
         assert reply.status == 404 and reply.json["error"]["param"] == "vendor"
         reply = await a.get("/api/models/llama/status?vendor=local")
         assert reply.status == 404 and reply.json["error"]["code"] == "model_not_found"
 
     @pytest.mark.parametrize(
-        "path", ["/api/models/a%00b/status", "/api/models/%2E%2E/status", "/api/models/x%2F..%2Fconfig/status", "/api/models/.%2Fx/status"]
+        "path",
+        [
+            "/api/models/a%00b/status",
+            "/api/models/%2E%2E/status",
+            "/api/models/x%2F..%2Fconfig/status",
+            "/api/models/.%2Fx/status",
+        ],
     )
     async def test_nul_and_dot_segments_are_400(self, admin, upstreams, path):
         a = await self._start(admin, upstreams)
@@ -391,16 +427,21 @@ openai-compatibility:
         assert (await a.call("PATCH", "/api/vendors/main", json={"enabled": False})).status == 200
         [vendor_changed] = await a.events(kind="vendor-changed")
         vendor_rows = [r for r in (await a.get("/api/models/disabled")).json["disabled"] if r["source"] == "vendor-config"]
-        assert vendor_rows and all((r["disabled_at"], r["actor"]) == (format_timestamp(vendor_changed.at), "127.0.0.1") for r in vendor_rows)
+        assert vendor_rows and all(
+            (r["disabled_at"], r["actor"]) == (format_timestamp(vendor_changed.at), "127.0.0.1") for r in vendor_rows
+        )
 
     async def test_without_a_config_file_a_permanent_disable_is_503(self, gateway, upstreams, tmp_path):
         up = await upstreams()
         from tests.helpers import make_config
 
-        config = make_config({
-            "database": str(tmp_path / "x.db"), "remote-management": {"secret-key": MGMT_KEY},
-            "openai-compatibility": [vendor("a", up.url, ["m"])],
-        })
+        config = make_config(
+            {
+                "database": str(tmp_path / "x.db"),
+                "remote-management": {"secret-key": MGMT_KEY},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            }
+        )
         a = Admin(await gateway(config), None)
         reply = await a.post("/api/models/m/disable")
         assert reply.status == 503 and reply.json["error"]["code"] == "no_config_file"
@@ -503,10 +544,15 @@ class TestVendors:
     async def test_patch_vendor_fields(self, admin, upstreams):
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
-        reply = await a.patch("/api/vendors/a", json={
-            "priority": 7, "prefix": "aa", "timeouts": {"first-byte": 30},
-            "auto-disable": {"failure-threshold": 9, "count-statuses": [429, "5xx"]},
-        })
+        reply = await a.patch(
+            "/api/vendors/a",
+            json={
+                "priority": 7,
+                "prefix": "aa",
+                "timeouts": {"first-byte": 30},
+                "auto-disable": {"failure-threshold": 9, "count-statuses": [429, "5xx"]},
+            },
+        )
         assert reply.status == 200
         assert (reply.json["priority"], reply.json["prefix"], reply.json["timeouts"]["first_byte"]) == (7, "aa", 30)
         assert reply.json["auto_disable"]["failure_threshold"] == 9
@@ -561,10 +607,19 @@ class TestVendors:
 
     async def test_patch_model_entry_by_upstream_name_with_slash(self, admin, upstreams):
         up = await upstreams()
-        a = await admin({"openai-compatibility": [vendor("r", up.url, [{"name": "meta-llama/llama-3.1-8b-instruct", "alias": "llama"}, "x"])]})
-        reply = await a.patch("/api/vendors/r/models/meta-llama%2Fllama-3.1-8b-instruct", json={"enabled": False, "auto-disable": {"failure-threshold": 0}})
+        a = await admin(
+            {"openai-compatibility": [vendor("r", up.url, [{"name": "meta-llama/llama-3.1-8b-instruct", "alias": "llama"}, "x"])]}
+        )
+        reply = await a.patch(
+            "/api/vendors/r/models/meta-llama%2Fllama-3.1-8b-instruct",
+            json={"enabled": False, "auto-disable": {"failure-threshold": 0}},
+        )
         assert reply.status == 200
-        assert (reply.json["name"], reply.json["enabled"], reply.json["config_enabled"]) == ("meta-llama/llama-3.1-8b-instruct", False, False)
+        assert (reply.json["name"], reply.json["enabled"], reply.json["config_enabled"]) == (
+            "meta-llama/llama-3.1-8b-instruct",
+            False,
+            False,
+        )
         assert reply.json["auto_disable"]["failure_threshold"] == 0
         status = (await a.get("/api/models/llama/status")).json["pairs"][0]
         assert status["auto_disable"]["enabled"] is False and status["auto_disable"]["sources"]["failure_threshold"] == "model"
@@ -592,7 +647,11 @@ class TestConfigEndpoints:
 
     async def test_config_json_is_masked(self, admin, upstreams, monkeypatch):
         bad, good = await upstreams(), await upstreams()
-        a = await admin(two_vendors(bad.url, good.url, **{"api-keys": ["client-key-secret-0001"], "proxy-url": "http://u:pw-secret-01@p:8080"}))
+        a = await admin(
+            two_vendors(
+                bad.url, good.url, **{"api-keys": ["client-key-secret-0001"], "proxy-url": "http://u:pw-secret-01@p:8080"}
+            )
+        )
         reply = await a.get("/api/config")
         assert reply.status == 200
         config = reply.json["config"]
@@ -645,8 +704,14 @@ class TestConfigEndpoints:
         assert a.file() == new
         assert reply.json["restart_required"] == []
         assert (await a.chat("m2")).status == 200
-        moved = (await a.call("PUT", "/api/config.yaml", data=new.replace("database:", "port: 9999\ndatabase:").encode(),
-                              headers={"Content-Type": "application/yaml"})).json
+        moved = (
+            await a.call(
+                "PUT",
+                "/api/config.yaml",
+                data=new.replace("database:", "port: 9999\ndatabase:").encode(),
+                headers={"Content-Type": "application/yaml"},
+            )
+        ).json
         assert moved["restart_required"] == ["port"] and moved["config"]["port"] == 9999
         events = await a.events(kind="config-reloaded")
         assert len(events) == 2 and all(e.actor == "127.0.0.1" for e in events)
@@ -683,7 +748,8 @@ class TestConfigEndpoints:
         # Read but shown under another key: CLIProxyAPI's `disabled` is the inverse of `enabled`.
         shown_as_another = {("openai-compatibility", "disabled")}
         missing = [
-            ".".join(path) for path, present in _schema_keys(ConfigSchema(), shown, ())
+            ".".join(path)
+            for path, present in _schema_keys(ConfigSchema(), shown, ())
             if not present and path not in shown_as_another
         ]
         assert missing == []
@@ -725,7 +791,7 @@ class TestEvents:
     async def _with_events(self, admin, upstreams, clock):
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m", "n"]), vendor("b", up.url, ["m"])]}, clock=clock)
-        for i in range(5):
+        for _ in range(5):
             await a.post("/api/models/m/disable?vendor=a", json={"duration_seconds": 10})
             clock.advance(3600)
         await a.post("/api/models/n/disable", json={"duration_seconds": 10})
@@ -762,9 +828,16 @@ class TestEvents:
 
     @pytest.mark.parametrize(
         ("query", "param"),
-        [("since=yesterday", "since"), ("kind=nope", "kind"), ("limit=0", "limit"), ("limit=x", "limit"),
-         ("before_id=-3", "before_id"), ("before_id=99999999999999999999999", "before_id"), ("vendorr=a", "vendorr"),
-         ("since=1d&since=2d", "since")],
+        [
+            ("since=yesterday", "since"),
+            ("kind=nope", "kind"),
+            ("limit=0", "limit"),
+            ("limit=x", "limit"),
+            ("before_id=-3", "before_id"),
+            ("before_id=99999999999999999999999", "before_id"),
+            ("vendorr=a", "vendorr"),
+            ("since=1d&since=2d", "since"),
+        ],
     )
     async def test_bad_queries_are_400(self, admin, upstreams, query, param):
         up = await upstreams()
@@ -823,7 +896,6 @@ class TestDatabaseNotAcceptingWrites:
         [event] = await a.events(kind="disabled")
         assert event.vendor == "bad"
 
-
     async def test_put_config_yaml_answers_once_its_event_is_committed(self, admin, upstreams, tmp_path, monkeypatch):
         monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 0.3)
         up = await upstreams()
@@ -839,7 +911,9 @@ class TestDatabaseNotAcceptingWrites:
             blocker.execute("ROLLBACK")
             blocker.close()
         monkeypatch.setattr(exchange, "COMMIT_TIMEOUT_SECONDS", 10)
-        reply = await a.call("PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"})
+        reply = await a.call(
+            "PUT", "/api/config.yaml", data=new.replace("m2", "m3").encode(), headers={"Content-Type": "application/yaml"}
+        )
         assert reply.status == 200
         stored = read_events(tmp_path / "cliproxy.db", kind="config-reloaded")  # the file itself, no flush
         assert [e.detail.get("reason") for e in stored] == ["api", "api"]  # both in SQLite once answered
@@ -876,7 +950,12 @@ class TestNoSecretInAnyResponse:
         await a.get("/api/openapi.json")
         await a.get("/api/models/nope/status")
         await a.get("/api/models/disabled", key="wrong")
-        await a.call("PUT", "/api/config.yaml", data=a.file().replace("${GOOD_KEY}", "${GOOD_KEY"), headers={"Content-Type": "application/yaml"})
+        await a.call(
+            "PUT",
+            "/api/config.yaml",
+            data=a.file().replace("${GOOD_KEY}", "${GOOD_KEY"),
+            headers={"Content-Type": "application/yaml"},
+        )
         everything = "\n".join(a.bodies)
         assert len(a.bodies) >= 14
         for secret in ("sk-bad-upstream-key-0001", "sk-good-env-secret-0001", MGMT_KEY, "client-key-secret-0001"):

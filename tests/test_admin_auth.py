@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cliproxy.core.config import RemoteManagement
 from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.auth import (
     BLOCK_SECONDS,
@@ -13,10 +14,9 @@ from cliproxy.web.admin.auth import (
     is_loopback,
     presented_key,
 )
-from cliproxy.core.config import RemoteManagement
-from cliproxy.web.keys import CONFIG_MANAGER
 from cliproxy.web.admin.openapi import openapi_path
-from tests.helpers import MGMT_KEY, Admin, FakeClock, admin_starter, make_config, vendor
+from cliproxy.web.keys import CONFIG_MANAGER
+from tests.helpers import MGMT_KEY, Admin, FakeClock, make_config, vendor
 
 KEY = "mgmt-secret-key-0123456789"
 T0 = 1_800_000_000.0
@@ -26,8 +26,15 @@ REMOTE_OK = RemoteManagement(secret_key=KEY, allow_remote=True)
 BEHIND_PROXY = RemoteManagement(secret_key=KEY, trusted_proxies=("10.0.0.5", "192.168.0.0/16"))
 
 
-def run(settings: RemoteManagement, *, peer: str = "127.0.0.1", xff: str | None = None, key: str | None = KEY,
-        lockout: Lockout | None = None, now: float = T0):
+def run(
+    settings: RemoteManagement,
+    *,
+    peer: str = "127.0.0.1",
+    xff: str | None = None,
+    key: str | None = KEY,
+    lockout: Lockout | None = None,
+    now: float = T0,
+):
     return decide(settings, peer=peer, forwarded_for=xff, key=key, lockout=lockout if lockout is not None else Lockout(), now=now)
 
 
@@ -55,8 +62,18 @@ class TestClientAddress:
 
     @pytest.mark.parametrize(
         ("address", "loopback"),
-        [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True), ("[::1]:8080", True),
-         ("127.0.0.1:5555", True), ("203.0.113.9", False), ("localhost", False), ("garbage", False), ("", False)],
+        [
+            ("127.0.0.1", True),
+            ("127.8.9.10", True),
+            ("::1", True),
+            ("::ffff:127.0.0.1", True),
+            ("[::1]:8080", True),
+            ("127.0.0.1:5555", True),
+            ("203.0.113.9", False),
+            ("localhost", False),
+            ("garbage", False),
+            ("", False),
+        ],
     )
     def test_loopback(self, address, loopback):
         assert is_loopback(address) is loopback
@@ -92,8 +109,15 @@ class TestDecide:
 
     @pytest.mark.parametrize(
         ("authorization", "header", "expected"),
-        [("Bearer abc", None, "abc"), ("bearer  abc ", None, "abc"), (None, "abc", "abc"), ("Basic xyz", "abc", "abc"),
-         ("Bearer ", None, None), (None, None, None), (None, "  ", None)],
+        [
+            ("Bearer abc", None, "abc"),
+            ("bearer  abc ", None, "abc"),
+            (None, "abc", "abc"),
+            ("Basic xyz", "abc", "abc"),
+            ("Bearer ", None, None),
+            (None, None, None),
+            (None, "  ", None),
+        ],
     )
     def test_presented_key(self, authorization, header, expected):
         assert presented_key(authorization, header) == expected
@@ -119,7 +143,7 @@ class TestLockout:
 
     def test_attempts_during_the_block_neither_count_nor_extend_it(self):
         lockout = Lockout()
-        for i in range(5):
+        for _ in range(5):
             run(LOCAL, key="wrong", lockout=lockout, now=T0)
         for i in range(20):
             run(LOCAL, key="wrong", lockout=lockout, now=T0 + 300 + i)
@@ -147,7 +171,10 @@ class TestLockout:
         for _ in range(5):
             run(proxied, peer="10.0.0.5", xff="203.0.113.9", key="wrong", lockout=lockout, now=T0)
         for i in range(10_050):
-            assert run(proxied, peer="10.0.0.5", xff=f"198.51.{i // 256}.{i % 256}", key="wrong", lockout=lockout, now=T0 + 1).status == 401
+            assert (
+                run(proxied, peer="10.0.0.5", xff=f"198.51.{i // 256}.{i % 256}", key="wrong", lockout=lockout, now=T0 + 1).status
+                == 401
+            )
         assert len(lockout) <= 10_000
         assert run(proxied, peer="10.0.0.5", xff="203.0.113.9", lockout=lockout, now=T0 + 2).status == 429
 
@@ -193,6 +220,7 @@ class TestLockout:
 # End to end through the real app (the aiohttp test client connects from 127.0.0.1)
 # ---------------------------------------------------------------------------------------------
 
+
 def _concrete(template: str) -> str:
     return openapi_path(template).replace("{model}", "m").replace("{name}", "a")
 
@@ -224,7 +252,12 @@ class TestMiddlewareEndToEnd:
                 reply = await a.call(ep.method, _concrete(ep.path), key=key)
                 assert reply.status == 401, (ep.method, ep.path)
             clock.advance(61)  # stay under the lock-out's 5 failures a minute
-        off = Admin(await gateway(make_config({"database": str(tmp_path / "off.db"), "openai-compatibility": [vendor("a", up.url, ["m"])]})), None)
+        off = Admin(
+            await gateway(
+                make_config({"database": str(tmp_path / "off.db"), "openai-compatibility": [vendor("a", up.url, ["m"])]})
+            ),
+            None,
+        )
         for ep in ENDPOINTS:
             assert (await off.call(ep.method, _concrete(ep.path))).status == 404, (ep.method, ep.path)
 
@@ -256,7 +289,9 @@ class TestMiddlewareEndToEnd:
     async def test_allow_remote_serves_it_and_records_the_real_client_as_actor(self, admin, upstreams):
         up = await upstreams()
         a = await admin(_config(up.url, **{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
-        reply = await a.post("/api/models/m/disable", json={"duration_seconds": 5}, headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"})
+        reply = await a.post(
+            "/api/models/m/disable", json={"duration_seconds": 5}, headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"}
+        )
         assert reply.status == 200
         assert reply.json["pairs"][0]["manual_disable"]["actor"] == "203.0.113.9"
         [event] = await a.events(kind="manual-disable")
@@ -299,7 +334,9 @@ class TestMiddlewareEndToEnd:
         assert (await a.get("/api/vendors")).status == 200
         # Switching the API off takes an edit on the host (a PUT that would do it is refused)...
         off = a.file().replace("secret-key: the-new-management-key-42", "secret-key: ''")
-        assert (await a.call("PUT", "/api/config.yaml", data=off.encode(), headers={"Content-Type": "application/yaml"})).status == 400
+        assert (
+            await a.call("PUT", "/api/config.yaml", data=off.encode(), headers={"Content-Type": "application/yaml"})
+        ).status == 400
         a.config_path.write_text(off, encoding="utf-8")
         assert await a.app[CONFIG_MANAGER].reload(reason="test") is True
         assert (await a.get("/api/vendors")).status == 404  # ...and applies to the next request

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from cliproxy.web.keys import STORE, TRACKER
 from cliproxy.fake_upstream import Fault
+from cliproxy.web.keys import STORE, TRACKER
 from tests.helpers import FakeClock, eventually, vendor
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -96,7 +94,12 @@ class TestWhatCounts:
     async def test_configured_count_statuses(self, upstreams, gateway):
         up = await upstreams()
         up.fail(None, Fault(status=429))
-        gw = await gateway({"auto-disable": {"failure-threshold": 1, "count-statuses": ["5xx"]}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        gw = await gateway(
+            {
+                "auto-disable": {"failure-threshold": 1, "count-statuses": ["5xx"]},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            }
+        )
         for _ in range(3):
             assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 429
         assert await events_of(gw, "disabled") == []
@@ -113,7 +116,10 @@ class TestAllDisabled:
         gw = await gateway(
             {
                 "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 120},
-                "openai-compatibility": [vendor("a", a.url, ["m"], **{"auto-disable": {"disable-duration-seconds": 60}}), vendor("b", b.url, ["m"])],
+                "openai-compatibility": [
+                    vendor("a", a.url, ["m"], **{"auto-disable": {"disable-duration-seconds": 60}}),
+                    vendor("b", b.url, ["m"]),
+                ],
             },
             clock=clock,
         )
@@ -161,10 +167,19 @@ class TestAllDisabled:
 
     async def test_503_when_the_config_switches_every_pair_off(self, upstreams, gateway):
         up = await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("off", up.url, ["m"], enabled=False), vendor("b", up.url, [{"name": "m", "enabled": False}])]})
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    vendor("off", up.url, ["m"], enabled=False),
+                    vendor("b", up.url, [{"name": "m", "enabled": False}]),
+                ]
+            }
+        )
         resp = await gw.client.post("/v1/chat/completions", json=CHAT)
         assert resp.status == 503 and "Retry-After" not in resp.headers
-        assert (await resp.json())["error"]["message"] == "no vendor available for model 'm': 1 vendor switched off, 1 model switched off"
+        assert (await resp.json())["error"][
+            "message"
+        ] == "no vendor available for model 'm': 1 vendor switched off, 1 model switched off"
 
 
 class TestConcurrency:
@@ -173,7 +188,9 @@ class TestConcurrency:
     async def test_500_concurrent_failures_one_disable(self, upstreams, gateway):
         up = await upstreams()
         up.fail(None, Fault(status=500))
-        gw = await gateway({"request-retry": 0, "auto-disable": {"failure-threshold": 5}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        gw = await gateway(
+            {"request-retry": 0, "auto-disable": {"failure-threshold": 5}, "openai-compatibility": [vendor("a", up.url, ["m"])]}
+        )
         responses = await asyncio.gather(*(gw.client.post("/v1/chat/completions", json=CHAT) for _ in range(500)))
         statuses = {r.status for r in responses}
         for r in responses:

@@ -87,8 +87,14 @@ class TestQuickRun:
     def test_the_table_renders_every_row(self, results: dict, tmp_path: Path) -> None:
         saved = tmp_path / "results.json"
         saved.write_text(json.dumps(results))
-        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--table-from", str(saved)],
-                              capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "bench.py"), "--table-from", str(saved)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         table = done.stdout
         for row in results["rows"]:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from cliproxy.cli import views as cli_views
 from cliproxy.cli import default_url, main
+from cliproxy.cli import views as cli_views
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
 from cliproxy.core.routing import RoutingTable
 from cliproxy.services.config_loader import load_config
@@ -56,7 +56,13 @@ def config_data(db: Path, **extra: Any) -> dict[str, Any]:
                     {"name": "expired-one"},
                 ],
             },
-            {"name": "offco", "base-url": "http://127.0.0.1:9/v1", "enabled": False, "api-key-entries": key, "models": [{"name": "m1"}]},
+            {
+                "name": "offco",
+                "base-url": "http://127.0.0.1:9/v1",
+                "enabled": False,
+                "api-key-entries": key,
+                "models": [{"name": "m1"}],
+            },
             {
                 "name": "keyless",
                 "base-url": "http://127.0.0.1:9/v1",
@@ -174,7 +180,8 @@ class TestFormatting:
         assert cli_views.format_duration(seconds) == text
 
     @pytest.mark.parametrize(
-        ("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), ("1w", 604800), ("1.5h", 5400)]
+        ("text", "seconds"),
+        [("90", 90), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), ("1w", 604800), ("1.5h", 5400)],
     )
     def test_parse_duration(self, text: str, seconds: float):
         assert cli_views.parse_duration(text) == seconds
@@ -326,7 +333,9 @@ class TestMigrate:
         assert result.stdout == ""
         assert "Traceback" not in result.stderr
         assert result.stderr.count("\n") == 1
-        assert re.match(r"cliproxy migrate: error: migration 0001_initial\.sql failed at line \d+: table events already exists", result.stderr)
+        assert re.match(
+            r"cliproxy migrate: error: migration 0001_initial\.sql failed at line \d+: table events already exists", result.stderr
+        )
         with closing(sqlite3.connect(db)) as conn:  # left as it was
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"events"}
@@ -356,11 +365,17 @@ class TestStatus:
         assert re.search(r"^VENDOR +MODEL +NAMES +STATE +DETAIL$", out, re.MULTILINE)
         assert re.search(r"acme +gpt-x +fast, acme/fast +enabled +-$", out, re.MULTILINE)
         llama = row_of(out, "meta/llama-3.1:8b")
-        assert re.search(r"llama, acme/llama +auto-disabled +4m1\ds left, until \S+Z, 5 failures, last error: 503 upstream said", llama)
+        assert re.search(
+            r"llama, acme/llama +auto-disabled +4m1\ds left, until \S+Z, 5 failures, last error: 503 upstream said", llama
+        )
         assert re.search(r"manually disabled +1h0[23]m left, until \S+Z, by 127\.0\.0\.1$", row_of(out, "acme", "qwen"))
         assert re.search(r"manually disabled +permanent: enabled: false in the config$", row_of(out, "retired"))
-        assert re.search(r"enabled \(expired, not yet recorded\) +auto-disabled ended \S+Z, 5 failures", row_of(out, "expired-one"))
-        assert re.search(r"offco +m1 +m1 +vendor off +vendor enabled: false in the config; auto-disabled, 4m[45]\ds left", row_of(out, "offco"))
+        assert re.search(
+            r"enabled \(expired, not yet recorded\) +auto-disabled ended \S+Z, 5 failures", row_of(out, "expired-one")
+        )
+        assert re.search(
+            r"offco +m1 +m1 +vendor off +vendor enabled: false in the config; auto-disabled, 4m[45]\ds left", row_of(out, "offco")
+        )
         assert "no key" in row_of(out, "keyless", "m2")
         assert "7 pairs: 2 enabled, 1 auto-disabled, 2 manually disabled, 1 vendor off, 1 no key" in out
         assert "Disabled in the database but not in the config" in out
@@ -479,7 +494,10 @@ class TestWithoutTheServersEnvironment:
         status = run_cli("status", "--config", str(config), cwd=tmp_path)
         assert (status.returncode, status.stderr) == (0, "")
         vaulted = row_of(status.stdout, "vaulted", "m3")
-        assert re.search(r"vaulted +m3 +m3 +enabled +key from \$\{CLIPROXY_TEST_VAULT_KEY\} \(not set here; assumed set for the server\)$", vaulted)
+        assert re.search(
+            r"vaulted +m3 +m3 +enabled +key from \$\{CLIPROXY_TEST_VAULT_KEY\} \(not set here; assumed set for the server\)$",
+            vaulted,
+        )
         assert "no key" not in vaulted
         assert "no key" in row_of(status.stdout, "keyless", "m2")  # `${VAR:-}`: empty on purpose, really no key
         assert re.search(r"llama, acme/llama +auto-disabled +4m", row_of(status.stdout, "meta/llama-3.1:8b"))
@@ -503,9 +521,13 @@ class TestWithoutTheServersEnvironment:
     def test_enable_finds_the_address_without_the_variables(self, tmp_path: Path):
         port = unused_port()
         config = self.config(tmp_path, tmp_path / "x.db", port=port)
-        result = run_cli("enable", "vaulted", "m3", "--config", str(config), cwd=tmp_path, env={"CLIPROXY_MANAGEMENT_KEY": SECRET})
+        result = run_cli(
+            "enable", "vaulted", "m3", "--config", str(config), cwd=tmp_path, env={"CLIPROXY_MANAGEMENT_KEY": SECRET}
+        )
         assert result.returncode == 1
-        assert result.stderr == f"cliproxy enable: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+        assert (
+            result.stderr == f"cliproxy enable: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+        )
 
     def test_an_unset_variable_in_what_the_command_needs_is_still_an_error(self, tmp_path: Path):
         config = self.config(tmp_path, Path("${CLIPROXY_TEST_STATE_DIR}/cliproxy.db"))
@@ -535,9 +557,7 @@ class TestHistory:
         assert main(["history", "--config", str(config)]) == 0
         out = capsys.readouterr().out
         lines = out.splitlines()
-        assert re.match(
-            r"TIME +KIND +VENDOR +MODEL +REASON/CAUSE +FAILURES +DISABLED UNTIL +ACTOR +LAST ERROR$", lines[0]
-        )
+        assert re.match(r"TIME +KIND +VENDOR +MODEL +REASON/CAUSE +FAILURES +DISABLED UNTIL +ACTOR +LAST ERROR$", lines[0])
         rows = [line.split()[1:4] for line in lines[1:8]]
         assert rows == [
             ["disabled", "offco", "m1"], ["disabled", "ghost", "gone-model"], ["disabled", "acme", "meta/llama-3.1:8b"],
@@ -660,7 +680,12 @@ class TestManagementCalls:
 
     async def test_disable_with_duration(self, stub, capsys: pytest.CaptureFixture[str]):
         server, url = stub
-        assert await self.call("disable", "open router", "meta-llama/llama-3.1:8b", "--duration", "10m", "--url", url, "--key", SECRET) == 0
+        assert (
+            await self.call(
+                "disable", "open router", "meta-llama/llama-3.1:8b", "--duration", "10m", "--url", url, "--key", SECRET
+            )
+            == 0
+        )
         [request] = server.requests
         assert request["raw_path"] == "/api/models/meta-llama%2Fllama-3.1%3A8b/disable?vendor=open%20router"
         assert (request["model"], request["vendor"], request["action"]) == ("meta-llama/llama-3.1:8b", "open router", "disable")
@@ -668,7 +693,9 @@ class TestManagementCalls:
         assert request["content_type"] == "application/json"
         assert request["body"] == {"duration_seconds": 600}
         out, err = capsys.readouterr()
-        assert re.fullmatch(rf"open router meta-llama/llama-3\.1:8b: disabled for 10m00s, until \S+Z \(via {re.escape(url)}\)\n", out)
+        assert re.fullmatch(
+            rf"open router meta-llama/llama-3\.1:8b: disabled for 10m00s, until \S+Z \(via {re.escape(url)}\)\n", out
+        )
         assert err == "" and SECRET not in out
 
     async def test_enable_and_permanent_disable_with_key_from_environment(
@@ -737,7 +764,10 @@ class TestManagementCalls:
             result = run_cli(*args, "--config", str(config), cwd=tmp_path, env={"CLIPROXY_MANAGEMENT_KEY": SECRET})
             assert result.returncode == 1
             assert result.stdout == ""
-            assert result.stderr == f"cliproxy {args[0]}: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+            assert (
+                result.stderr
+                == f"cliproxy {args[0]}: error: cliproxy is not running at http://127.0.0.1:{port} (connection refused)\n"
+            )
             assert SECRET not in result.stderr
 
     def test_bad_duration_is_a_usage_error(self, tmp_path: Path):
@@ -789,7 +819,9 @@ class TestThroughTheRealGateway:
         assert await self.cli("disable", "acme", "qwen", "--url", url, "--key", SECRET) == 0
         assert capsys.readouterr().out == f"acme qwen: disabled until enabled again (via {url})\n"
         assert await self.cli("status", "--config", str(config)) == 0
-        assert re.search(r"manually disabled +permanent: enabled: false in the config$", row_of(capsys.readouterr().out, "acme", "qwen"))
+        assert re.search(
+            r"manually disabled +permanent: enabled: false in the config$", row_of(capsys.readouterr().out, "acme", "qwen")
+        )
 
     async def test_wrong_key_and_unknown_model(self, gateway, tmp_path: Path, capsys):
         url, _, _ = await self.start(gateway, tmp_path)
@@ -866,7 +898,9 @@ class TestBackup:
         up = await upstreams()
         models = [f"m{i}" for i in range(20)]
         key = "backup-test-management-key-01"
-        gw = GatewayProcess(tmp_path, {"remote-management": {"secret-key": key}, "openai-compatibility": [vendor("a", up.url, models)]})
+        gw = GatewayProcess(
+            tmp_path, {"remote-management": {"secret-key": key}, "openai-compatibility": [vendor("a", up.url, models)]}
+        )
         gw.start()
         db = tmp_path / "cliproxy.db"
         stop = asyncio.Event()
@@ -878,7 +912,9 @@ class TestBackup:
                 while not stop.is_set():
                     model = models[writes % len(models)]
                     action = "disable" if (writes // len(models)) % 2 == 0 else "enable"
-                    async with session.post(f"{gw.url}/api/models/{model}/{action}", json={"duration_seconds": 600} if action == "disable" else None) as resp:
+                    async with session.post(
+                        f"{gw.url}/api/models/{model}/{action}", json={"duration_seconds": 600} if action == "disable" else None
+                    ) as resp:
                         assert resp.status == 200, await resp.text()
                     writes += 1
 
@@ -903,13 +939,17 @@ class TestBackup:
                 assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
                 events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 rows = conn.execute("SELECT vendor, model, event_id FROM disabled_pairs").fetchall()
-                dangling = conn.execute("SELECT count(*) FROM disabled_pairs WHERE event_id NOT IN (SELECT id FROM events)").fetchone()[0]
+                dangling = conn.execute(
+                    "SELECT count(*) FROM disabled_pairs WHERE event_id NOT IN (SELECT id FROM events)"
+                ).fetchone()[0]
             assert f": {events} events, {len(rows)} disabled pair rows" in stdout, stdout
             assert dangling == 0  # rows and events from the same moment
             copied = [(e.id, e.kind, e.model, e.at) for e in sorted(read_events(target, limit=10_000), key=lambda e: e.id)]
             assert copied == final[: len(copied)]  # a prefix of the history: nothing torn, nothing invented
             assert not (tmp_path / f"{target.name}-wal").exists()  # one self-contained file
-        assert [len(read_events(t, limit=10_000)) for t, _ in copies] == sorted(len(read_events(t, limit=10_000)) for t, _ in copies)
+        assert [len(read_events(t, limit=10_000)) for t, _ in copies] == sorted(
+            len(read_events(t, limit=10_000)) for t, _ in copies
+        )
 
     def test_refuses_to_overwrite_unless_forced(self, tmp_path: Path) -> None:
         db = tmp_path / "cliproxy.db"

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, fields
@@ -64,7 +64,9 @@ SHIPPED = yaml.safe_load((REPO / "config.yaml").read_text())
 
 #: Values an environment variable may hold in the committed fuzz. Values that are not YAML scalars
 #: (`*x`, `@x`, `[`, `a: b: c`) crash the loader today: RELIABILITY_NOTES.md, pending tests.
-env_values = st.sampled_from(["", "8317", "0", "-1", "1.5", "true", "no", "null", "http://127.0.0.1:9/v1", "sk-abc", "5xx", "text", "~"])
+env_values = st.sampled_from(
+    ["", "8317", "0", "-1", "1.5", "true", "no", "null", "http://127.0.0.1:9/v1", "sk-abc", "5xx", "text", "~"]
+)
 ENV_NAMES = ("A", "PORT", "KEY", "UNSET_HERE")
 
 placeholders = st.builds(
@@ -81,7 +83,9 @@ scalars = st.one_of(
     st.integers(-(10**30), 10**30),
     st.floats(),
     st.text(max_size=12),
-    st.sampled_from(["5xx", "6xx", "xx", "http://127.0.0.1:1/v1", "https://x", "ftp://x", "DEBUG", "json", "text", "a/b", "", " ", "0"]),
+    st.sampled_from(
+        ["5xx", "6xx", "xx", "http://127.0.0.1:1/v1", "https://x", "ftp://x", "DEBUG", "json", "text", "a/b", "", " ", "0"]
+    ),
     placeholders,
 )
 _unknown_key = st.from_regex(r"\A[a-z][a-z-]{0,10}\Z")
@@ -212,7 +216,34 @@ class TestParseConfigFuzz:
     @fuzz(300)
     @given(
         text=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
-        | st.lists(st.sampled_from(["port: ", "- ", "  ", "\n", "{", "}", "[", "]", ": ", "&a ", "*a", "!!str ", "? ", "---\n", "'", '"', "#", "${A}", "\t", "openai-compatibility:", "name: x"]), max_size=20).map("".join),
+        | st.lists(
+            st.sampled_from(
+                [
+                    "port: ",
+                    "- ",
+                    "  ",
+                    "\n",
+                    "{",
+                    "}",
+                    "[",
+                    "]",
+                    ": ",
+                    "&a ",
+                    "*a",
+                    "!!str ",
+                    "? ",
+                    "---\n",
+                    "'",
+                    '"',
+                    "#",
+                    "${A}",
+                    "\t",
+                    "openai-compatibility:",
+                    "name: x",
+                ]
+            ),
+            max_size=20,
+        ).map("".join),
     )
     def test_raw_text(self, text):
         check(text, {"A": "1"}, readable_keys=False)

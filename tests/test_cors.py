@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from cliproxy.web.browser_guard import is_loopback_host
 from cliproxy.services.config_loader import ConfigError, parse_config
+from cliproxy.web.browser_guard import is_loopback_host
 from tests.helpers import vendor
 
 APP = "https://app.example.com"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-PREFLIGHT = {"Origin": APP, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"}
+PREFLIGHT = {
+    "Origin": APP,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os",
+}
 MGMT = {"remote-management": {"secret-key": "MgmtKeyForCorsTests1"}}
 
 
@@ -58,7 +61,9 @@ class TestCorsResponses:
 
     async def test_plain_stream_and_error(self, upstreams, gateway):
         up = await upstreams()
-        gw = await gateway({"api-keys": ["client-key"], "cors-allow-origins": [APP], "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        gw = await gateway(
+            {"api-keys": ["client-key"], "cors-allow-origins": [APP], "openai-compatibility": [vendor("a", up.url, ["m"])]}
+        )
         auth = {"Authorization": "Bearer client-key", "Origin": APP}
         for body, status in ((CHAT, 200), ({**CHAT, "stream": True}, 200)):
             resp = await gw.client.post("/v1/chat/completions", json=body, headers=auth)
@@ -67,7 +72,9 @@ class TestCorsResponses:
             assert resp.status == status
             assert got["access-control-allow-origin"] == APP and "Origin" in got["vary"]
             assert "x-cliproxy-vendor" in got["access-control-expose-headers"]
-        resp = await gw.client.post("/v1/chat/completions", json=CHAT, headers={"Origin": APP})  # no key: 401, readable by the page
+        resp = await gw.client.post(
+            "/v1/chat/completions", json=CHAT, headers={"Origin": APP}
+        )  # no key: 401, readable by the page
         assert resp.status == 401 and resp.headers["Access-Control-Allow-Origin"] == APP
         resp = await gw.sdk.with_options(default_headers={"Origin": APP}).models.with_raw_response.list()
         assert resp.headers["access-control-allow-origin"] == APP
@@ -111,11 +118,15 @@ class TestCorsConfig:
     """`cors-allow-origins` takes exact origins (normalised as browsers send them) and `*`; anything else names its key path."""
 
     def test_valid_origins_are_normalised(self):
-        config = parse_config('cors-allow-origins: ["https://App.Example.com:443", "http://localhost:5173", "*", "http://[::1]:3000"]', env={})
+        config = parse_config(
+            'cors-allow-origins: ["https://App.Example.com:443", "http://localhost:5173", "*", "http://[::1]:3000"]', env={}
+        )
         assert config.cors_allow_origins == ("https://app.example.com", "http://localhost:5173", "*", "http://[::1]:3000")
         assert parse_config("{}", env={}).cors_allow_origins == ()
 
-    @pytest.mark.parametrize("bad", ["https://app.example.com/", "app.example.com", "ftp://x.example", "https://x.example/path", "", "null"])
+    @pytest.mark.parametrize(
+        "bad", ["https://app.example.com/", "app.example.com", "ftp://x.example", "https://x.example/path", "", "null"]
+    )
     def test_invalid_origin_names_the_key(self, bad):
         with pytest.raises(ConfigError) as error:
             parse_config(f'cors-allow-origins: ["{APP}", "{bad}"]', env={})
@@ -125,12 +136,40 @@ class TestCorsConfig:
 class TestLoopbackHostNames:
     """Which `Host` values name this machine (the DNS-rebinding rule); the real-process check is in test_security."""
 
-    @pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8317", "127.0.0.1", "127.0.0.1:1", "127.9.9.9", "[::1]", "[::1]:8317",
-                                      "app.localhost", "a.b.localhost:3", "localhost."])
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "localhost",
+            "LOCALHOST:8317",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "127.9.9.9",
+            "[::1]",
+            "[::1]:8317",
+            "app.localhost",
+            "a.b.localhost:3",
+            "localhost.",
+        ],
+    )
     def test_loopback(self, host):
         assert is_loopback_host(host)
 
-    @pytest.mark.parametrize("host", ["evil.example", "evil.example:8317", "localhost.evil.example", "127.0.0.1.nip.io", "[::1]x",
-                                      "[::2]", "localhost:abc", "0.0.0.0", "::1", "", "[::1", "10.0.0.1"])
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "evil.example",
+            "evil.example:8317",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "[::1]x",
+            "[::2]",
+            "localhost:abc",
+            "0.0.0.0",
+            "::1",
+            "",
+            "[::1",
+            "10.0.0.1",
+        ],
+    )
     def test_not_loopback(self, host):
         assert not is_loopback_host(host)

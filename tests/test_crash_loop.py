@@ -29,9 +29,9 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from cliproxy.fake_upstream import FakeUpstream, Fault
 from cliproxy.services.config_loader import load_config
 from cliproxy.services.store import parse_timestamp
-from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
@@ -140,6 +140,7 @@ class Driver:
             weights=[4, 3, 1, 2, 1, 1, 1],
         )[0]
         if choice == "trip":
+
             async def trip() -> None:
                 self.flaky.clear_faults()
                 self.flaky.fail(model, Fault(status=500, times=THRESHOLD))
@@ -201,11 +202,19 @@ def _integrity(db: Path) -> tuple[str, list[Any]]:
 
 
 def _unmet(
-    reported: list[Entry], now_report: list[Entry], enabled_events: set[tuple[Any, ...]], later: list[InFlight], figures: Figures | None
+    reported: list[Entry],
+    now_report: list[Entry],
+    enabled_events: set[tuple[Any, ...]],
+    later: list[InFlight],
+    figures: Figures | None,
 ) -> list[str]:
     """What of the reported disables is missing after the restart (empty: all accounted for)."""
     problems: list[str] = []
-    timed_now = {(e["vendor"], e["model"], e["reason"]): (e["disabled_at"], e["disabled_until"]) for e in now_report if e["source"] in ("auto-disable", "timed")}
+    timed_now = {
+        (e["vendor"], e["model"], e["reason"]): (e["disabled_at"], e["disabled_until"])
+        for e in now_report
+        if e["source"] in ("auto-disable", "timed")
+    }
     config_now = {(e["vendor"], e["model"], e["source"]) for e in now_report if e["source"] in CONFIG_SOURCES}
     for entry in reported:
         key = (entry["vendor"], entry["model"])
@@ -225,7 +234,9 @@ def _unmet(
             if figures is not None:
                 figures.checked_in_force += 1
             continue
-        ended = {cause for (v, m, r, cause, at, until) in enabled_events if (v, m, r, at, until) == (*key, entry["reason"], *times)}
+        ended = {
+            cause for (v, m, r, cause, at, until) in enabled_events if (v, m, r, at, until) == (*key, entry["reason"], *times)
+        }
         expired = ended & {"expired", "startup-expired"}
         if expired and entry["disabled_until"] is not None and parse_timestamp(entry["disabled_until"]) <= time.time():
             if figures is not None:
@@ -240,6 +251,7 @@ def _unmet(
 
 async def _verify_after_restart(driver: Driver, db: Path, reported: list[Entry], later: list[InFlight], figures: Figures) -> None:
     """Every reported disable accounted for (retrying briefly: an expiry is recorded by the 0.5 s sweep)."""
+
     async def accounted_for() -> bool:
         await driver.report()  # also waits until the start-up transitions are committed
         problems = _unmet(reported, driver.reported, _db_enabled_events(db), later, None)
@@ -355,6 +367,7 @@ class TestKillRightAfterAcknowledgement:
             assert series not in await scrape()
             blocker.execute("ROLLBACK")
             blocker.close()
+
             async def reported() -> bool:
                 return series in await scrape()
 
@@ -366,7 +379,9 @@ class TestKillRightAfterAcknowledgement:
             assert [(e["vendor"], e["model"], e["source"]) for e in body["disabled"]] == [("a", "m1", "auto-disable")]
 
             # 2. A timed manual disable: kill -9 as soon as the POST has answered 200.
-            async with session.post(gw.url + "/api/models/m2/disable?vendor=b", json={"duration_seconds": 600}, headers=headers) as resp:
+            async with session.post(
+                gw.url + "/api/models/m2/disable?vendor=b", json={"duration_seconds": 600}, headers=headers
+            ) as resp:
                 assert resp.status == 200
                 until = (await resp.json())["pairs"][0]["manual_disable"]["disabled_until"]
             gw.kill9()
@@ -385,7 +400,9 @@ class TestLeftoverTempFiles:
 
         flaky, good = await upstreams(), await upstreams()
         gw = GatewayProcess(tmp_path, _config(flaky, good))
-        fd, leftover = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=tmp_path)  # as cliproxy.services.config_file names it
+        fd, leftover = tempfile.mkstemp(
+            prefix=".config.yaml.", suffix=".tmp", dir=tmp_path
+        )  # as cliproxy.services.config_file names it
         os.write(fd, b"port: 1\n")  # half a config
         os.close(fd)
         unrelated = tmp_path / ".config.yaml.notes.tmp"

@@ -33,9 +33,24 @@ class Demo:
     def start(self) -> Demo:
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cliproxy", "demo", "--dir", str(self.dir), "--port", str(self.ports.gateway),
-                 "--primary-port", str(self.ports.primary), "--backup-port", str(self.ports.backup)],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,  # its own process group
+                [
+                    sys.executable,
+                    "-m",
+                    "cliproxy",
+                    "demo",
+                    "--dir",
+                    str(self.dir),
+                    "--port",
+                    str(self.ports.gateway),
+                    "--primary-port",
+                    str(self.ports.primary),
+                    "--backup-port",
+                    str(self.ports.backup),
+                ],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group
             )
         return self
 
@@ -160,9 +175,10 @@ class TestDemo:
         assert demo.start().process is not None
         assert demo.process.wait(timeout=30) == 1
         err = demo.err.read_text()
-        assert err.count("\n") == 1 and err.startswith(f"cliproxy demo: error: {demo.dir / 'config.yaml'} differs from the demo's config")
+        assert err.count("\n") == 1 and err.startswith(
+            f"cliproxy demo: error: {demo.dir / 'config.yaml'} differs from the demo's config"
+        )
         assert (demo.dir / "config.yaml").read_text() == edited
-
 
     def test_a_port_in_use_is_one_line_and_nothing_printed(self, demo: Demo):
         with socket.socket() as other:  # another program on the gateway's port
@@ -171,7 +187,10 @@ class TestDemo:
             assert demo.start().process is not None
             assert demo.process.wait(timeout=30) == 1
         assert demo.out.read_text() == ""  # no instructions for a gateway that is not there
-        assert demo.err.read_text() == f"cliproxy demo: error: 127.0.0.1:{demo.ports.gateway} is in use (Address already in use); pick another with --port\n"
+        assert (
+            demo.err.read_text()
+            == f"cliproxy demo: error: 127.0.0.1:{demo.ports.gateway} is in use (Address already in use); pick another with --port\n"
+        )
 
 
 class TestSelfCommand:

@@ -34,8 +34,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.services.store import parse_timestamp, read_events
 from cliproxy.fake_upstream import FakeUpstream, Fault
+from cliproxy.services.store import parse_timestamp, read_events
 from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
@@ -131,7 +131,9 @@ class Client:
         answers = [await self.chat() for _ in range(2)]  # bad fails twice (failover to good): disabled
         answers += [await self.chat() for _ in range(3)]  # disabled: straight to good
         # The disable has run out and the sweep has logged its end (DURATION plus the 0.5 s sweep).
-        await eventually(lambda: len(_logged_transitions(self.gw.log())) >= 2, "the disable of bad to run out", timeout=DURATION + 5)
+        await eventually(
+            lambda: len(_logged_transitions(self.gw.log())) >= 2, "the disable of bad to run out", timeout=DURATION + 5
+        )
         answers += [await self.chat() for _ in range(2)]  # bad is tried again, fails twice: disabled again
         return answers
 
@@ -144,8 +146,19 @@ def _logged_transitions(log: str) -> list[tuple[str, str, float, float]]:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("logger") == "cliproxy.tracker" and record.get("message") in ("disabled", "enabled") and record.get("vendor") == "bad":
-            out.append((record["message"], record.get("cause") or "", parse_timestamp(record["disabled_at"]), parse_timestamp(record["disabled_until"])))
+        if (
+            record.get("logger") == "cliproxy.tracker"
+            and record.get("message") in ("disabled", "enabled")
+            and record.get("vendor") == "bad"
+        ):
+            out.append(
+                (
+                    record["message"],
+                    record.get("cause") or "",
+                    parse_timestamp(record["disabled_at"]),
+                    parse_timestamp(record["disabled_until"]),
+                )
+            )
     return out
 
 
@@ -186,7 +199,9 @@ async def _outage_and_recovery(client: Client, gw: GatewayProcess, db: Path, *, 
         answers = await client.drive_two_trips()
         assert all(status == 200 for status, _ in answers), answers
         assert [v for _, v in answers] == ["good"] * 7  # routing never waited for the database
-        *_, (status, body) = await asyncio.gather(_wait_log(gw, "store write failed", timeout=8), client.wait_ready(503, timeout=8), client.api("/api/models/disabled"))
+        *_, (status, body) = await asyncio.gather(
+            _wait_log(gw, "store write failed", timeout=8), client.wait_ready(503, timeout=8), client.api("/api/models/disabled")
+        )
         assert status == 503, body
         assert "database is not accepting writes" in body["error"]["message"]
         assert await client.metric("cliproxy_store_writes_healthy") == 0
@@ -266,7 +281,9 @@ class TestFullDisk:
         assert "disk I/O error" in log or "database or disk is full" in log, log[-3000:]
         assert os.path.getsize(db) > 0
 
-    async def test_config_reload_during_the_outage_is_recorded_afterwards(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+    async def test_config_reload_during_the_outage_is_recorded_afterwards(
+        self, upstreams, tmp_path: Path, processes: list[GatewayProcess]
+    ) -> None:
         good = await upstreams()
         gw = PipedGateway(tmp_path, _config(good, good))
         processes.append(gw.start())
@@ -283,15 +300,20 @@ class TestFullDisk:
         async with aiohttp.ClientSession() as session:
             status, _ = await Client(gw, session).api("/api/models/disabled")  # waits for the queued writes
             assert status == 200
-        await eventually(lambda: "config-reloaded" in [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)],
-                         "the config-reloaded event in the database", timeout=5)
+        await eventually(
+            lambda: "config-reloaded" in [e.kind for e in read_events(tmp_path / "cliproxy.db", limit=100)],
+            "the config-reloaded event in the database",
+            timeout=5,
+        )
 
 
 @pytest.mark.slow  # waits out the API's commit wait (about 10 s)
 class TestReportsShowOnlyCommittedState:
     """While the database is locked a pair trips: neither /metrics nor the management API shows it until it is committed."""
 
-    async def test_locked_database_hides_the_uncommitted_disable(self, upstreams, tmp_path: Path, processes: list[GatewayProcess]) -> None:
+    async def test_locked_database_hides_the_uncommitted_disable(
+        self, upstreams, tmp_path: Path, processes: list[GatewayProcess]
+    ) -> None:
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
         config = _config(bad, good)
@@ -386,7 +408,8 @@ async def _trip(client: Client, model: str = "m") -> None:
 
 async def _timed_disable(client: Client, model: str, vendor_name: str) -> None:
     async with client.session.post(
-        f"{client.gw.url}/api/models/{model}/disable?vendor={vendor_name}", json={"duration_seconds": 600},
+        f"{client.gw.url}/api/models/{model}/disable?vendor={vendor_name}",
+        json={"duration_seconds": 600},
         headers={"Authorization": f"Bearer {MGMT_KEY}"},
     ) as resp:
         assert resp.status == 200, await resp.text()
@@ -416,7 +439,9 @@ def _rows(db: Path) -> list[tuple[str, str, str]]:
 class TestDatabaseFileUnderTheGateway:
     """Deleted, replaced or made immutable while the gateway runs: noticed (ERROR, /readyz 503), and nothing acknowledged is lost."""
 
-    async def test_deleted_then_recreated_with_everything_acknowledged(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+    async def test_deleted_then_recreated_with_everything_acknowledged(
+        self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any
+    ) -> None:
         set_immutable, clear_immutable = immutable
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
@@ -443,7 +468,9 @@ class TestDatabaseFileUnderTheGateway:
                 assert "was deleted" in body, body
                 await _trip(client, "m2")  # other/m2 auto-disabled meanwhile: held in memory
                 await _wait_log(gw, "store write failed", timeout=8)
-                assert any(m.startswith("database problem: the database file") and "was deleted" in m for m in _store_errors(gw.log()))
+                assert any(
+                    m.startswith("database problem: the database file") and "was deleted" in m for m in _store_errors(gw.log())
+                )
             finally:
                 clear_immutable(data)
             await client.wait_ready(200, timeout=12)
@@ -481,7 +508,9 @@ class TestDatabaseFileUnderTheGateway:
         assert _rows(db) == [("bad", "m", "auto"), ("other", "m2", "auto")]
         assert [e.kind for e in read_events(db, limit=10)] == ["disabled", "disabled"]
 
-    async def test_immutable_files_outage_then_catch_up_and_sigterm_is_clean(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+    async def test_immutable_files_outage_then_catch_up_and_sigterm_is_clean(
+        self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any
+    ) -> None:
         set_immutable, clear_immutable = immutable
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, Fault(status=500))
@@ -513,7 +542,9 @@ class TestDatabaseFileUnderTheGateway:
         assert "Traceback" not in gw.log()
         assert _integrity(db) == "ok"
 
-    async def test_starting_on_an_immutable_database_is_not_ready_at_once(self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any) -> None:
+    async def test_starting_on_an_immutable_database_is_not_ready_at_once(
+        self, upstreams, tmp_path: Path, processes: list[GatewayProcess], immutable: Any
+    ) -> None:
         set_immutable, clear_immutable = immutable
         good = await upstreams()
         gw = GatewayProcess(tmp_path, _file_config(good, good))

@@ -22,7 +22,9 @@ def assert_openai_shape(body: dict, code: str) -> None:
 @pytest.fixture
 async def gw(upstreams, gateway):
     up = await upstreams()
-    return await gateway({"api-keys": ["client-key"], "max-body-bytes": 1000, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+    return await gateway(
+        {"api-keys": ["client-key"], "max-body-bytes": 1000, "openai-compatibility": [vendor("a", up.url, ["m"])]}
+    )
 
 
 class TestClientErrors:
@@ -40,12 +42,21 @@ class TestClientErrors:
         await bad.close()
 
     async def test_x_api_key_header_is_accepted(self, gw):
-        resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []}, headers={"x-api-key": "client-key"})
+        resp = await gw.client.post(
+            "/v1/chat/completions", json={"model": "m", "messages": []}, headers={"x-api-key": "client-key"}
+        )
         assert resp.status == 200
 
     @pytest.mark.parametrize(
         ("body", "code"),
-        [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b"", "invalid_json"), (b'{"messages": []}', "missing_model"), (b'{"model": 5}', "invalid_model"), (b'{"model": "m", "stream": "yes"}', "invalid_type")],
+        [
+            (b"{not json", "invalid_json"),
+            (b"[1, 2]", "invalid_json"),
+            (b"", "invalid_json"),
+            (b'{"messages": []}', "missing_model"),
+            (b'{"model": 5}', "invalid_model"),
+            (b'{"model": "m", "stream": "yes"}', "invalid_type"),
+        ],
     )
     async def test_malformed_bodies_are_400(self, gw, body, code):
         resp = await gw.client.post("/v1/chat/completions", data=body, headers={"Authorization": "Bearer client-key"})
@@ -58,7 +69,11 @@ class TestClientErrors:
         assert caught.value.body["code"] == "model_not_found"
 
     async def test_oversized_body_is_413(self, gw):
-        resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": [{"content": "x" * 2000}]}, headers={"Authorization": "Bearer client-key"})
+        resp = await gw.client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"content": "x" * 2000}]},
+            headers={"Authorization": "Bearer client-key"},
+        )
         assert resp.status == 413
         assert_openai_shape(await resp.json(), "request_too_large")
 
@@ -106,7 +121,6 @@ class TestUpstreamErrors:
         assert resp.status == 401
         assert b"sk-a-upstream-key-0001" not in await resp.read()
 
-
     async def test_a_broken_stream_ends_with_an_event_in_the_same_shape(self, upstreams, gateway):
         """Once the 200 is out, the error is the last SSE event, shaped like every JSON error."""
         up = await upstreams(chunks=5)
@@ -120,6 +134,7 @@ class TestUpstreamErrors:
         assert_openai_shape(error, "stream_error")
         assert error["error"]["type"] == "upstream_error" and error["error"]["param"] is None
 
+
 class TestSlowClients:
     """A client that stalls while sending its body is cut off with 408 once `body-timeout` has passed."""
 
@@ -127,7 +142,9 @@ class TestSlowClients:
         up = await upstreams()
         gw = await gateway({"body-timeout": 0.3, "openai-compatibility": [vendor("a", up.url, ["m"])]})
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        writer.write(
+            b'POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":'
+        )
         await writer.drain()
         head, _, body = (await asyncio.wait_for(reader.read(65536), 5)).partition(b"\r\n\r\n")
         writer.close()

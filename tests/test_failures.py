@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from cliproxy.core import failures
@@ -49,7 +48,9 @@ def run(
     return state, effects
 
 
-def expired_effect(disabled_at: float, disabled_until: float, now: float, cause: str = "expired", actor: str | None = None) -> Effect:
+def expired_effect(
+    disabled_at: float, disabled_until: float, now: float, cause: str = "expired", actor: str | None = None
+) -> Effect:
     """The `enabled` event of an auto-disable that ended at `now`, clearing its row."""
     event = Event(
         kind="enabled",
@@ -298,7 +299,9 @@ class TestRecords:
         state, _ = run([("f", 100.0), ("f", 101.0), ("f", 102.0)], rule())
         record = failures.auto_record(PAIR, state)
         assert record is not None
-        assert failures.restore(record, now=500.0) == Decision(None, (expired_effect(102.0, 162.0, now=500.0, cause="startup-expired"),))
+        assert failures.restore(record, now=500.0) == Decision(
+            None, (expired_effect(102.0, 162.0, now=500.0, cause="startup-expired"),)
+        )
 
     @pytest.mark.parametrize(
         ("state", "effects"),
@@ -306,7 +309,9 @@ class TestRecords:
             (None, ()),
             (PairState(failure_count=2, window_started_at=100.0, last_failure_at=101.0), ()),
             (
-                PairState(failure_count=3, window_started_at=100.0, last_failure_at=102.0, disabled_at=102.0, disabled_until=162.0),
+                PairState(
+                    failure_count=3, window_started_at=100.0, last_failure_at=102.0, disabled_at=102.0, disabled_until=162.0
+                ),
                 (expired_effect(102.0, 162.0, now=110.0, cause="manual", actor="ops"),),
             ),
         ],

@@ -40,9 +40,7 @@ def sse_data(text: str) -> list[str]:
     return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
-async def chat(
-    session: aiohttp.ClientSession, fake: FakeUpstream, model: str = "m1", **extra: object
-) -> aiohttp.ClientResponse:
+async def chat(session: aiohttp.ClientSession, fake: FakeUpstream, model: str = "m1", **extra: object) -> aiohttp.ClientResponse:
     return await session.post(f"{fake.url}/chat/completions", json={"model": model, "messages": [], **extra})
 
 
@@ -245,9 +243,7 @@ class TestFaults:
         fake.fail(None, Fault(stall_before_headers=30))
         started = time.monotonic()
         with pytest.raises(asyncio.TimeoutError):
-            await session.post(
-                f"{fake.url}/chat/completions", json={"model": "m"}, timeout=aiohttp.ClientTimeout(total=0.1)
-            )
+            await session.post(f"{fake.url}/chat/completions", json={"model": "m"}, timeout=aiohttp.ClientTimeout(total=0.1))
         assert time.monotonic() - started < 1
         await eventually(lambda: fake.disconnects == 1, timeout=1.0, interval=0.005)
 
@@ -265,9 +261,7 @@ class TestFaults:
 class TestFaultValidation:
     """Nonsense faults are refused when installed, not mid-request."""
 
-    @pytest.mark.parametrize(
-        "kwargs", [{"times": 0}, {"probability": 1.5}, {"status": 42}, {"stall_seconds": -1}]
-    )
+    @pytest.mark.parametrize("kwargs", [{"times": 0}, {"probability": 1.5}, {"status": 42}, {"stall_seconds": -1}])
     def test_rejects(self, kwargs: dict[str, object]) -> None:
         with pytest.raises(ValueError):
             Fault(**kwargs)  # type: ignore[arg-type]
@@ -280,9 +274,7 @@ class TestFaultValidation:
 class TestDisconnectsAndShutdown:
     """The fake notices clients that leave and stops promptly."""
 
-    async def test_client_closing_stream_counts_disconnect(
-        self, fake: FakeUpstream, session: aiohttp.ClientSession
-    ) -> None:
+    async def test_client_closing_stream_counts_disconnect(self, fake: FakeUpstream, session: aiohttp.ClientSession) -> None:
         r = await session.post(
             f"{fake.url}/chat/completions",
             json={"model": "m", "stream": True},

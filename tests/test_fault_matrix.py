@@ -30,9 +30,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.web.keys import CLIENT_SESSION, TRACKER
 from cliproxy.fake_upstream import FakeUpstream, Fault
 from cliproxy.fake_upstream.faults import HTML_PAGE, MALFORMED_BODY
+from cliproxy.web.keys import CLIENT_SESSION, TRACKER
 from tests.helpers import eventually, vendor
 
 PAIR = ("v", "m")
@@ -289,7 +289,11 @@ class TestFaultMatrix:
         assert not tracker.disabled_pairs()
 
         # No upstream connection held and no task left behind (idle keep-alive connections aside).
-        await eventually(lambda: not connector._acquired and not _stray(set(asyncio.all_tasks()) - tasks_before), "upstream connections and tasks to be released", timeout=SETTLE_SECONDS)
+        await eventually(
+            lambda: not connector._acquired and not _stray(set(asyncio.all_tasks()) - tasks_before),
+            "upstream connections and tasks to be released",
+            timeout=SETTLE_SECONDS,
+        )
         assert len(connector._acquired) == 0, "upstream connections still acquired"  # private, fine in a test
         assert _stray(set(asyncio.all_tasks()) - tasks_before) == []
 

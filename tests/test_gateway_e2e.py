@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import openai
 import pytest
 
@@ -17,7 +16,9 @@ class TestBasicProxying:
     async def test_chat_non_stream_reaches_upstream_with_upstream_name(self, upstreams, gateway):
         up = await upstreams()
         gw = await gateway({"openai-compatibility": [vendor("a", up.url, [{"name": "gpt-4o-mini", "alias": "small"}])]})
-        reply = await gw.sdk.chat.completions.with_raw_response.create(model="small", messages=[{"role": "user", "content": "hi"}])
+        reply = await gw.sdk.chat.completions.with_raw_response.create(
+            model="small", messages=[{"role": "user", "content": "hi"}]
+        )
         completion = reply.parse()
         assert "gpt-4o-mini" in completion.choices[0].message.content
         assert up.requests[-1].model == "gpt-4o-mini"
@@ -33,7 +34,9 @@ class TestBasicProxying:
                 "openai-compatibility": [vendor("a", up.url, ["m"], headers={"X-Title": "cliproxy"})],
             }
         )
-        await gw.sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-api-key": "client-key", "Cookie": "s=1"})
+        await gw.sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-api-key": "client-key", "Cookie": "s=1"}
+        )
         headers = {k.lower(): v for k, v in up.requests[-1].headers.items()}
         assert headers["authorization"] == "Bearer sk-a-upstream-key-0001"
         assert headers["x-title"] == "cliproxy"
@@ -47,7 +50,12 @@ class TestBasicProxying:
         resp = await gw.client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
         assert resp.status == 200
         sent = up.requests[-1].json
-        assert sent == {"messages": [{"role": "user", "content": '"model": "x"'}], "model": "up-model", "temperature": 0.25, "unknown_param": {"model": "keep"}}
+        assert sent == {
+            "messages": [{"role": "user", "content": '"model": "x"'}],
+            "model": "up-model",
+            "temperature": 0.25,
+            "unknown_param": {"model": "keep"},
+        }
 
     async def test_stream_relays_chunks_and_done(self, upstreams, gateway):
         up = await upstreams(chunks=4)
@@ -98,14 +106,28 @@ class TestRouting:
 
     async def test_prefix_selects_one_vendor(self, upstreams, gateway):
         a, b = await upstreams(), await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("a", a.url, [{"name": "ma", "alias": "m"}], prefix="pa"), vendor("b", b.url, [{"name": "mb", "alias": "m"}], prefix="pb")]})
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    vendor("a", a.url, [{"name": "ma", "alias": "m"}], prefix="pa"),
+                    vendor("b", b.url, [{"name": "mb", "alias": "m"}], prefix="pb"),
+                ]
+            }
+        )
         for _ in range(3):
             await gw.sdk.chat.completions.create(model="pb/m", messages=[])
         assert len(b.requests) == 3 and not a.requests
 
     async def test_pool_round_robin_within_a_tier(self, upstreams, gateway):
         a, b = await upstreams(), await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("a", a.url, [{"name": "ma", "alias": "m"}]), vendor("b", b.url, [{"name": "mb", "alias": "m"}])]})
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    vendor("a", a.url, [{"name": "ma", "alias": "m"}]),
+                    vendor("b", b.url, [{"name": "mb", "alias": "m"}]),
+                ]
+            }
+        )
         for _ in range(4):
             await gw.sdk.chat.completions.create(model="m", messages=[])
         assert len(a.requests) == 2 and len(b.requests) == 2
@@ -115,7 +137,9 @@ class TestRouting:
         (its causes, its Retry-After) looks at the pairs without moving it again."""
         up = await upstreams()
         gw = await gateway({"openai-compatibility": [vendor(name, up.url, ["m"]) for name in ("a", "b", "c")]})
-        served = [(await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"]]
+        served = [
+            (await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"]
+        ]
         tracker = gw.app[TRACKER]
         for name in ("a", "b", "c"):
             await tracker.manual_disable((name, "m"), 60, "test")
@@ -124,12 +148,16 @@ class TestRouting:
         for name in ("a", "b", "c"):
             await tracker.manual_enable((name, "m"), "test")
         for _ in range(3):
-            served.append((await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"])
+            served.append(
+                (await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})).headers["x-cliproxy-vendor"]
+            )
         assert served == ["a", "c", "a", "b"]
 
     async def test_higher_priority_wins(self, upstreams, gateway):
         low, high = await upstreams(), await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("low", low.url, ["m"]), vendor("high", high.url, ["m"], priority=10)]})
+        gw = await gateway(
+            {"openai-compatibility": [vendor("low", low.url, ["m"]), vendor("high", high.url, ["m"], priority=10)]}
+        )
         for _ in range(3):
             await gw.sdk.chat.completions.create(model="m", messages=[])
         assert len(high.requests) == 3 and not low.requests
@@ -146,7 +174,14 @@ class TestRouting:
 
     async def test_switched_off_vendor_and_model_are_not_routed(self, upstreams, gateway):
         a, b = await upstreams(), await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("a", a.url, ["m"], enabled=False), vendor("b", b.url, [{"name": "m", "enabled": False}, "n"])]})
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    vendor("a", a.url, ["m"], enabled=False),
+                    vendor("b", b.url, [{"name": "m", "enabled": False}, "n"]),
+                ]
+            }
+        )
         with pytest.raises(openai.InternalServerError) as caught:
             await gw.sdk.chat.completions.create(model="m", messages=[])
         assert caught.value.status_code == 503
@@ -159,7 +194,11 @@ class TestRouting:
 class TestFailover:
     """Countable failures before the first byte move on to the next vendor; client errors do not."""
 
-    @pytest.mark.parametrize("fault", [Fault(status=500), Fault(status=429, headers={"Retry-After": "3"}), Fault(reset_before_headers=True)], ids=["500", "429", "reset"])
+    @pytest.mark.parametrize(
+        "fault",
+        [Fault(status=500), Fault(status=429, headers={"Retry-After": "3"}), Fault(reset_before_headers=True)],
+        ids=["500", "429", "reset"],
+    )
     async def test_fails_over_to_next_vendor(self, upstreams, gateway, fault):
         bad, good = await upstreams(), await upstreams()
         bad.fail(None, fault)
@@ -171,14 +210,26 @@ class TestFailover:
 
     async def test_connection_refused_fails_over(self, upstreams, gateway, unused_tcp_port):
         good = await upstreams()
-        gw = await gateway({"openai-compatibility": [vendor("dead", f"http://127.0.0.1:{unused_tcp_port}/v1", ["m"], priority=1), vendor("good", good.url, ["m"])]})
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    vendor("dead", f"http://127.0.0.1:{unused_tcp_port}/v1", ["m"], priority=1),
+                    vendor("good", good.url, ["m"]),
+                ]
+            }
+        )
         reply = await gw.sdk.chat.completions.with_raw_response.create(model="m", messages=[])
         assert reply.headers["x-cliproxy-vendor"] == "good"
 
     async def test_first_byte_timeout_fails_over(self, upstreams, gateway):
         slow, good = await upstreams(), await upstreams()
         slow.fail(None, Fault(stall_before_headers=5))
-        gw = await gateway({"timeouts": {"first-byte": 0.2}, "openai-compatibility": [vendor("slow", slow.url, ["m"], priority=1), vendor("good", good.url, ["m"])]})
+        gw = await gateway(
+            {
+                "timeouts": {"first-byte": 0.2},
+                "openai-compatibility": [vendor("slow", slow.url, ["m"], priority=1), vendor("good", good.url, ["m"])],
+            }
+        )
         reply = await gw.sdk.chat.completions.with_raw_response.create(model="m", messages=[])
         assert reply.headers["x-cliproxy-vendor"] == "good"
 
@@ -192,7 +243,9 @@ class TestFailover:
 
     async def test_400_is_relayed_without_failover(self, upstreams, gateway):
         bad, good = await upstreams(), await upstreams()
-        bad.fail(None, Fault(status=400, body={"error": {"message": "bad temperature", "type": "invalid_request_error", "code": None}}))
+        bad.fail(
+            None, Fault(status=400, body={"error": {"message": "bad temperature", "type": "invalid_request_error", "code": None}})
+        )
         gw = await gateway({"openai-compatibility": [vendor("bad", bad.url, ["m"], priority=1), vendor("good", good.url, ["m"])]})
         with pytest.raises(openai.BadRequestError) as caught:
             await gw.sdk.chat.completions.create(model="m", messages=[])
@@ -215,7 +268,9 @@ class TestFailover:
         ups = [await upstreams() for _ in range(4)]
         for up in ups:
             up.fail(None, Fault(status=500))
-        gw = await gateway({"request-retry": 1, "openai-compatibility": [vendor(f"v{i}", up.url, ["m"]) for i, up in enumerate(ups)]})
+        gw = await gateway(
+            {"request-retry": 1, "openai-compatibility": [vendor(f"v{i}", up.url, ["m"]) for i, up in enumerate(ups)]}
+        )
         resp = await gw.client.post("/v1/chat/completions", json={"model": "m", "messages": []})
         assert resp.status == 500
         assert resp.headers["x-cliproxy-attempts"] == "2"

@@ -23,7 +23,18 @@ from hypothesis import strategies as st
 
 from cliproxy.core.body import ClientRequest, parse_client_body, rewrite_model
 from cliproxy.core.errors import InvalidRequest
-from tests.helpers import AUTH, BODY_LIMIT, GOOD_BODY, assert_openai_error, assert_still_answers, eventually, plain_gateway_config, raw_request, request_head, vendor
+from tests.helpers import (
+    AUTH,
+    BODY_LIMIT,
+    GOOD_BODY,
+    assert_openai_error,
+    assert_still_answers,
+    eventually,
+    plain_gateway_config,
+    raw_request,
+    request_head,
+    vendor,
+)
 
 LIMIT = BODY_LIMIT
 
@@ -31,7 +42,12 @@ LIMIT = BODY_LIMIT
 _BOUNDED = settings(
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 
 
@@ -50,7 +66,9 @@ json_values = st.recursive(
 #: How a top-level key may be spelt in the raw JSON: escaped spellings are the same key to a parser.
 _KEY_SPELLINGS = ['"model"', '"mod\\u0065l"', '"\\u006dodel"', '"stream"', '"messages"', '"models"', '"MODEL"', '"Mod\\u0045l"']
 #: Strings that look like the parts the model rewrite scans for.
-tricky_text = st.sampled_from(['model', '"model": "x"', '\\"model\\"', "{[", "]}", "\\", '"', "mod\\u0065l", "\u00e9\U0001f600"]) | st.text(max_size=12)
+tricky_text = st.sampled_from(
+    ["model", '"model": "x"', '\\"model\\"', "{[", "]}", "\\", '"', "mod\\u0065l", "\u00e9\U0001f600"]
+) | st.text(max_size=12)
 
 
 def _dumps(value: Any) -> bytes:
@@ -89,7 +107,9 @@ huge_numbers = st.one_of(
     st.sampled_from(["1e999999", "-1e999999", "1" + "0" * 400 + ".5", "123456789012345678901234567890", "-0", "1E-99999"]),
 ).map(_huge_number)
 invalid_utf8 = st.builds(
-    lambda bad, where: (b'{"model":"m","messages":[{"role":"user","content":"hi' + bad + b'"}]}') if where else (b'{"model":"m' + bad + b'"}'),
+    lambda bad, where: (
+        (b'{"model":"m","messages":[{"role":"user","content":"hi' + bad + b'"}]}') if where else (b'{"model":"m' + bad + b'"}')
+    ),
     st.sampled_from([b"\xff", b"\xc3(", b"\xed\xa0\x80", b"\xf5\x80\x80\x80", b"\xc0\xaf", b"\x80"]),
     st.booleans(),
 )
@@ -213,7 +233,13 @@ async def recording_gateway(aiohttp_server, gateway):
     upstream = web.Application(client_max_size=4 * LIMIT)
     upstream.router.add_post("/v1/chat/completions", handler)
     server = await aiohttp_server(upstream)
-    gw = await gateway({"api-keys": ["client-key"], "max-body-bytes": LIMIT, "openai-compatibility": [vendor("a", str(server.make_url("/v1")), [{"name": "up-m", "alias": "m"}])]})
+    gw = await gateway(
+        {
+            "api-keys": ["client-key"],
+            "max-body-bytes": LIMIT,
+            "openai-compatibility": [vendor("a", str(server.make_url("/v1")), [{"name": "up-m", "alias": "m"}])],
+        }
+    )
     return Recording(gw, bodies)
 
 
@@ -275,7 +301,17 @@ class TestRewriteModel:
 
     @fuzz(200)
     @given(
-        items=st.lists(st.tuples(tricky_text, st.recursive(json_scalars | tricky_text, lambda c: st.lists(c, max_size=3) | st.dictionaries(tricky_text, c, max_size=3), max_leaves=8)), max_size=6),
+        items=st.lists(
+            st.tuples(
+                tricky_text,
+                st.recursive(
+                    json_scalars | tricky_text,
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(tricky_text, c, max_size=3),
+                    max_leaves=8,
+                ),
+            ),
+            max_size=6,
+        ),
         position=st.integers(0, 6),
         model=tricky_text,
         new=tricky_text,
@@ -295,7 +331,11 @@ class TestRewriteModel:
     @fuzz(200)
     @given(
         pairs=st.lists(
-            st.tuples(st.sampled_from(_KEY_SPELLINGS + ['"Model"', '"x"']), st.sampled_from(["", " ", "\n\t", "\r\n  "]), tricky_text | json_values),
+            st.tuples(
+                st.sampled_from(_KEY_SPELLINGS + ['"Model"', '"x"']),
+                st.sampled_from(["", " ", "\n\t", "\r\n  "]),
+                tricky_text | json_values,
+            ),
             min_size=1,
             max_size=6,
         ),
@@ -359,7 +399,9 @@ class TestModelRewriteThroughTheGateway:
         ensure_ascii=st.booleans(),
         ws=st.sampled_from(["", " ", "\n\t"]),
     )
-    async def test_upstream_gets_the_model_rewritten(self, recording_gateway, pairs, model_key, model_at, pad_at, ensure_ascii, ws):
+    async def test_upstream_gets_the_model_rewritten(
+        self, recording_gateway, pairs, model_key, model_at, pad_at, ensure_ascii, ws
+    ):
         gw, bodies = recording_gateway.gw, recording_gateway.bodies
         pairs = list({json.loads(k): (k, v) for k, v in pairs}.values())  # one of each key: duplicates are not the point here
         pairs.insert(model_at, (model_key, "m"))  # the one model, in any spelling: routed as the alias
@@ -371,7 +413,9 @@ class TestModelRewriteThroughTheGateway:
         sent = bodies[-1]
         _same_but_model(json.loads(body, object_pairs_hook=list), json.loads(sent, object_pairs_hook=list), "up-m")
         assert len(sent) - len(body) == sum(  # nothing else moved: only the model values changed length
-            len(b'"up-m"') - len(json.dumps(v, ensure_ascii=ensure_ascii).encode()) for k, v in pairs if json.loads(k) == "model" and isinstance(v, str)
+            len(b'"up-m"') - len(json.dumps(v, ensure_ascii=ensure_ascii).encode())
+            for k, v in pairs
+            if json.loads(k) == "model" and isinstance(v, str)
         )
 
 
@@ -411,14 +455,23 @@ class TestOversizedAndSlowBodies:
 
     async def test_slow_body_is_served(self, gw):
         # 57 bytes, 4 at a time every 20 ms: about 0.3 s.
-        resp = await raw_request(gw.client.port, request_head([(b"Authorization", b"Bearer client-key")], len(GOOD_BODY)), GOOD_BODY, piece=4, pause=0.02)
+        resp = await raw_request(
+            gw.client.port,
+            request_head([(b"Authorization", b"Bearer client-key")], len(GOOD_BODY)),
+            GOOD_BODY,
+            piece=4,
+            pause=0.02,
+        )
         assert resp.status == 200
         assert json.loads(resp.body)["object"] == "chat.completion"
 
     @pytest.mark.parametrize("chunked", [False, True], ids=["content_length", "chunked"])
     async def test_abandoned_body_leaves_nothing_behind(self, gw, chunked, caplog):
         before = set(_stray_handlers())
-        head = request_head([(b"Authorization", b"Bearer client-key")] + ([(b"Transfer-Encoding", b"chunked")] if chunked else []), None if chunked else 1000)
+        head = request_head(
+            [(b"Authorization", b"Bearer client-key")] + ([(b"Transfer-Encoding", b"chunked")] if chunked else []),
+            None if chunked else 1000,
+        )
         _, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
         writer.write(head + (b"10\r\n" + GOOD_BODY[:16] + b"\r\n" if chunked else GOOD_BODY[:20]))
         await writer.drain()
@@ -437,15 +490,35 @@ _TOKEN = st.from_regex(r"\AX-[A-Za-z0-9-]{1,30}\Z")
 #: (a known 500) and Expect (anything but 100-continue gets aiohttp's plain-text 417); the last two
 #: are in RELIABILITY_NOTES.md. Names are unique: the parser refuses a repeated Content-Type itself.
 _INTERESTING = st.sampled_from(
-    [b"Content-Type", b"Accept", b"Accept-Encoding", b"X-Forwarded-For", b"X-Request-Id", b"Cookie", b"TE", b"Range", b"User-Agent", b"Origin", b"Via", b"Forwarded", b"X-Api-Key-Not", b"Proxy-Authorization", b"Keep-Alive"]
+    [
+        b"Content-Type",
+        b"Accept",
+        b"Accept-Encoding",
+        b"X-Forwarded-For",
+        b"X-Request-Id",
+        b"Cookie",
+        b"TE",
+        b"Range",
+        b"User-Agent",
+        b"Origin",
+        b"Via",
+        b"Forwarded",
+        b"X-Api-Key-Not",
+        b"Proxy-Authorization",
+        b"Keep-Alive",
+    ]
 )
 _VISIBLE = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))  # VCHAR and obs-text: legal in a field value
 header_values = st.one_of(
     st.binary(max_size=40).map(lambda b: bytes(_VISIBLE[x % len(_VISIBLE)] for x in b)),  # includes invalid UTF-8
-    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40).map(lambda s: s.strip().encode()),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40).map(
+        lambda s: s.strip().encode()
+    ),
     st.integers(1, 8000).map(lambda n: b"v" * n),  # very long, within the parser's 8190-byte line
 )
-absurd_headers = st.lists(st.tuples(_INTERESTING | _TOKEN.map(str.encode), header_values), max_size=100, unique_by=lambda h: h[0].lower())
+absurd_headers = st.lists(
+    st.tuples(_INTERESTING | _TOKEN.map(str.encode), header_values), max_size=100, unique_by=lambda h: h[0].lower()
+)
 
 
 class TestAbsurdHeaders:
@@ -468,7 +541,8 @@ class TestAbsurdHeaders:
     @given(
         name=st.sampled_from([b"Authorization", b"x-api-key"]),
         prefix=st.sampled_from([b"", b"Bearer ", b"bearer ", b"Basic "]),
-        value=st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200) | st.integers(1, 8000).map(lambda n: "k" * n),
+        value=st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200)
+        | st.integers(1, 8000).map(lambda n: "k" * n),
     )
     async def test_wrong_credentials_are_401(self, gw, name, prefix, value):
         # Valid UTF-8 only: invalid UTF-8 in a credential is a known 500 (RELIABILITY_NOTES.md).
@@ -504,4 +578,3 @@ class TestBeyondTheHttpParser:
         resp = await raw_request(gw.client.port, request_head([(b"Content-Length", b"9" * 30)], None))
         assert resp.status == 400
         await assert_still_answers(gw)
-

@@ -10,9 +10,17 @@ from aiohttp import web
 
 from cliproxy.core.body import parse_client_body
 from cliproxy.core.errors import InvalidRequest
-from cliproxy.web.keys import TRACKER
 from cliproxy.services.config_loader import ConfigError, load_config, parse_config
-from tests.helpers import GOOD_BODY, assert_openai_error, assert_still_answers, plain_gateway_config, raw_request, request_head, vendor
+from cliproxy.web.keys import TRACKER
+from tests.helpers import (
+    GOOD_BODY,
+    assert_openai_error,
+    assert_still_answers,
+    plain_gateway_config,
+    raw_request,
+    request_head,
+    vendor,
+)
 
 
 @pytest.fixture
@@ -24,7 +32,9 @@ async def gw(upstreams, gateway):
 class TestClientApiRegressions:
     """Hostile client input that gets a 5xx, a wrong message or a wrong forward today."""
 
-    @pytest.mark.parametrize("header", [(b"Authorization", b"Bearer \xff\xfe"), (b"x-api-key", b"\xff")], ids=["authorization", "x_api_key"])
+    @pytest.mark.parametrize(
+        "header", [(b"Authorization", b"Bearer \xff\xfe"), (b"x-api-key", b"\xff")], ids=["authorization", "x_api_key"]
+    )
     async def test_invalid_utf8_credential_is_401_not_500(self, gw, header):
         resp = await raw_request(gw.client.port, request_head([header], len(GOOD_BODY)), GOOD_BODY)
         assert resp.status == 401, resp.body
@@ -124,7 +134,12 @@ class TestConfigRegressions:
 
     @pytest.mark.parametrize(
         "text",
-        ["x: &a [*a]\n", "openai-compatibility: &a [*a]\n", "timeouts: &a {connect: *a}\n", "x: " + "[" * 3000 + "]" * 3000 + "\n"],
+        [
+            "x: &a [*a]\n",
+            "openai-compatibility: &a [*a]\n",
+            "timeouts: &a {connect: *a}\n",
+            "x: " + "[" * 3000 + "]" * 3000 + "\n",
+        ],
         ids=["self_alias", "self_alias_known_key", "self_alias_mapping", "3000_levels"],
     )
     def test_self_reference_and_deep_nesting_are_config_errors(self, text):

@@ -51,7 +51,11 @@ def serve_once(tmp_path: Path, config_text: str) -> subprocess.CompletedProcess[
     config.write_text(config_text)
     return subprocess.run(
         [sys.executable, "-m", "cliproxy", "serve", "--config", str(config)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -71,7 +75,9 @@ class TestPermanentStartupFaults:
 
     def test_bad_config(self, tmp_path: Path):
         result = serve_once(tmp_path, "port: 99999\ndatabase: ./x.db\nopenai-compatibility:\n  - name: a\n")
-        self.assert_permanent(result, EXIT_CONFIG, r"invalid configuration in .*config\.yaml: .*port: .*openai-compatibility\[0\]\.base-url: .*")
+        self.assert_permanent(
+            result, EXIT_CONFIG, r"invalid configuration in .*config\.yaml: .*port: .*openai-compatibility\[0\]\.base-url: .*"
+        )
         assert not (tmp_path / "x.db").exists()
 
     def test_failing_migration(self, tmp_path: Path):
@@ -79,7 +85,9 @@ class TestPermanentStartupFaults:
         with closing(sqlite3.connect(db)) as conn, conn:  # a table in the way of 0001_initial
             conn.execute("CREATE TABLE events (x)")
         result = serve_once(tmp_path, config_for(db))
-        self.assert_permanent(result, EXIT_DATABASE, r"migration 0001_initial\.sql failed at line \d+: table events already exists; .*")
+        self.assert_permanent(
+            result, EXIT_DATABASE, r"migration 0001_initial\.sql failed at line \d+: table events already exists; .*"
+        )
 
     def test_not_a_database(self, tmp_path: Path):
         db = tmp_path / "cliproxy.db"
@@ -96,11 +104,18 @@ class TestPermanentStartupFaults:
     def test_schema_newer_than_this_version(self, tmp_path: Path):
         db = tmp_path / "cliproxy.db"
         (tmp_path / "c.yaml").write_text(config_for(db))
-        subprocess.run([sys.executable, "-m", "cliproxy", "migrate", "--config", str(tmp_path / "c.yaml")], check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [sys.executable, "-m", "cliproxy", "migrate", "--config", str(tmp_path / "c.yaml")],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("INSERT INTO schema_migrations VALUES (99, '0099_future.sql', '2030-01-01T00:00:00.000Z')")
         result = serve_once(tmp_path, config_for(db))
-        self.assert_permanent(result, EXIT_DATABASE, r"database .* has schema version 99, newer than this cliproxy knows \(up to \d+\): .*")
+        self.assert_permanent(
+            result, EXIT_DATABASE, r"database .* has schema version 99, newer than this cliproxy knows \(up to \d+\): .*"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +134,13 @@ class TestVersion:
             assert (result.returncode, result.stdout, result.stderr) == (0, f"cliproxy {version('cliproxy')}\n", "")
 
     def test_fake_upstream_usage_names_the_command(self, tmp_path: Path):
-        result = subprocess.run([sys.executable, "-m", "cliproxy", "fake-upstream", "--help"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "cliproxy", "fake-upstream", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0 and result.stdout.startswith("usage: cliproxy fake-upstream ")
 
 
@@ -128,7 +149,9 @@ class TestVersion:
 # --------------------------------------------------------------------------------------------
 
 #: What a checkout copy for building leaves out (local state, caches, other builds).
-_NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.db*", "cliproxy-demo", "tour.*")
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.db*", "cliproxy-demo", "tour.*"
+)
 
 
 def clean_env() -> dict[str, str]:
@@ -159,8 +182,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     source = root / "source"
     shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(source)],
-                            capture_output=True, text=True, timeout=300, env=clean_env(), cwd=root)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+        cwd=root,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     built = Built(root)
     built.timings["build sdist + wheel"] = time.monotonic() - started
@@ -174,8 +203,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 def run_installer(built: Built) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install-service.sh"), "--prefix", str(built.prefix), "--no-systemd", "--from", str(built.wheel)],
-        capture_output=True, text=True, timeout=600, env=clean_env(), cwd=built.root,
+        [
+            "bash",
+            str(ROOT / "scripts" / "install-service.sh"),
+            "--prefix",
+            str(built.prefix),
+            "--no-systemd",
+            "--from",
+            str(built.wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(),
+        cwd=built.root,
     )
 
 
@@ -186,8 +227,18 @@ class TestArchives:
     def test_sdist_contents(self, built: Built):
         with tarfile.open(built.sdist) as sdist:
             names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-        needed = {"LICENSE", "README.md", "pyproject.toml", "config.yaml", "scripts/cliproxy.service", "scripts/install-service.sh", "cliproxy/cli/__init__.py"}
-        needed |= {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
+        needed = {
+            "LICENSE",
+            "README.md",
+            "pyproject.toml",
+            "config.yaml",
+            "scripts/cliproxy.service",
+            "scripts/install-service.sh",
+            "cliproxy/cli/__init__.py",
+        }
+        needed |= {
+            f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")
+        }
         assert needed <= names, sorted(needed - names)
 
     def test_wheel_contents(self, built: Built):
@@ -198,9 +249,17 @@ class TestArchives:
             dist_info = f"cliproxy-{version('cliproxy')}.dist-info"
             metadata = wheel.read(f"{dist_info}/METADATA").decode()
             entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-        migrations = {f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")}
+        migrations = {
+            f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")
+        }
         assert migrations and migrations <= names
-        assert {"cliproxy/__main__.py", "cliproxy/cli/__main__.py", "cliproxy/fake_upstream/__init__.py", "cliproxy/fake_upstream/__main__.py", f"{dist_info}/licenses/LICENSE"} <= names
+        assert {
+            "cliproxy/__main__.py",
+            "cliproxy/cli/__main__.py",
+            "cliproxy/fake_upstream/__init__.py",
+            "cliproxy/fake_upstream/__main__.py",
+            f"{dist_info}/licenses/LICENSE",
+        } <= names
         assert "License-Expression: MIT" in metadata
         assert re.search(r"(?m)^cliproxy = cliproxy\.cli:main$", entry_points)
         assert not any(name.startswith("tests/") for name in names)
@@ -212,8 +271,19 @@ class TestInstalledWheel:
 
     def test_venv_is_isolated_and_imports_the_installed_package(self, built: Built, tmp_path: Path):
         assert "include-system-site-packages = false" in (built.bin.parent / "pyvenv.cfg").read_text()
-        result = subprocess.run([str(built.bin / "python"), "-c", "import cliproxy.services.store as s; print(s.__file__); print(s.default_migrations_dir())"],
-                                capture_output=True, text=True, timeout=30, env=clean_env(), cwd=tmp_path, check=True)
+        result = subprocess.run(
+            [
+                str(built.bin / "python"),
+                "-c",
+                "import cliproxy.services.store as s; print(s.__file__); print(s.default_migrations_dir())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(),
+            cwd=tmp_path,
+            check=True,
+        )
         module, migrations = result.stdout.splitlines()
         assert Path(module).is_relative_to(built.bin.parent) and Path(migrations).is_relative_to(built.bin.parent)
 
@@ -230,19 +300,39 @@ class TestInstalledWheel:
         try:
             wait_for_line(upstream_log, f"listening on http://127.0.0.1:{upstream_port}", upstream)
             config = tmp_path / "small.yaml"
-            config.write_text(yaml.safe_dump({
-                "host": "127.0.0.1", "port": gateway_port, "database": "./state/small.db", "api-keys": ["k"],
-                "openai-compatibility": [{"name": "fake", "base-url": f"http://127.0.0.1:{upstream_port}/v1", "models": [{"name": "gpt-4o-mini", "alias": "chat"}]}],
-            }))
-            migrate = subprocess.run([cliproxy, "migrate", "--config", "small.yaml"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "host": "127.0.0.1",
+                        "port": gateway_port,
+                        "database": "./state/small.db",
+                        "api-keys": ["k"],
+                        "openai-compatibility": [
+                            {
+                                "name": "fake",
+                                "base-url": f"http://127.0.0.1:{upstream_port}/v1",
+                                "models": [{"name": "gpt-4o-mini", "alias": "chat"}],
+                            }
+                        ],
+                    }
+                )
+            )
+            migrate = subprocess.run(
+                [cliproxy, "migrate", "--config", "small.yaml"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
+            )
             assert (migrate.returncode, migrate.stderr) == (0, "")
             shipped = sorted(p.name for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql"))
             db = tmp_path / "state" / "small.db"
             assert migrate.stdout == "".join(f"{db}: applied {name}\n" for name in shipped)
             assert shipped[0] == "0001_initial.sql"
             gateway = spawn([cliproxy, "serve", "--config", "small.yaml"], gateway_log, env=env, cwd=tmp_path)
-            answer = post_when_up(f"http://127.0.0.1:{gateway_port}/v1/chat/completions", gateway, gateway_log,
-                                  {"model": "chat", "messages": [{"role": "user", "content": "hello"}]}, key="k")
+            answer = post_when_up(
+                f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
+                gateway,
+                gateway_log,
+                {"model": "chat", "messages": [{"role": "user", "content": "hello"}]},
+                key="k",
+            )
             assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
             gateway.send_signal(signal.SIGTERM)
             assert gateway.wait(timeout=30) == 0
@@ -275,8 +365,12 @@ def post_when_up(url: str, process: subprocess.Popen[bytes], log: Path, body: di
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while True:
@@ -310,8 +404,14 @@ class TestInstaller:
 
     def test_installed_config_migrates_into_the_state_directory(self, built: Built, tmp_path: Path):
         config = built.prefix / "etc" / "cliproxy" / "config.yaml"
-        result = subprocess.run([str(built.bin / "cliproxy"), "migrate", "--config", str(config)], capture_output=True, text=True,
-                                env=clean_env(), cwd=tmp_path, timeout=30)
+        result = subprocess.run(
+            [str(built.bin / "cliproxy"), "migrate", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            cwd=tmp_path,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
         assert (built.prefix / "var" / "lib" / "cliproxy" / "cliproxy.db").is_file()
 

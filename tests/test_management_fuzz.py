@@ -42,10 +42,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from cliproxy.services.config_file import atomic_write
+from cliproxy.services.config_loader import load_config
 from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.openapi import build_document, openapi_path
-from cliproxy.services.config_loader import load_config
-from cliproxy.services.config_file import atomic_write
 from tests.helpers import vendor
 from tests.processes import GatewayProcess
 
@@ -81,8 +81,13 @@ def real_names(path: str) -> list[dict[str, str]]:
     if path == "/api/vendors/{name}":
         return [{"name": "alpha"}, {"name": "beta"}]
     if path == "/api/vendors/{name}/models/{model}":
-        return [{"name": "alpha", "model": "m1"}, {"name": "alpha", "model": "org/m2"}, {"name": "alpha", "model": "qwen2.5:7b"},
-                {"name": "beta", "model": "shared"}, {"name": "beta", "model": "off"}]
+        return [
+            {"name": "alpha", "model": "m1"},
+            {"name": "alpha", "model": "org/m2"},
+            {"name": "alpha", "model": "qwen2.5:7b"},
+            {"name": "beta", "model": "shared"},
+            {"name": "beta", "model": "off"},
+        ]
     return [{"model": m} for m in ("m1", "shared", "org/m2", "b/shared", "qwen2.5:7b", "off")]
 
 
@@ -118,7 +123,9 @@ class Fuzzer:
         """Auto-disabled pairs (failing requests), a timed and a permanent manual disable."""
         for model in ("m1", "qwen2.5:7b"):
             self.session.post(self.gw.url + "/v1/chat/completions", json={"model": model, "messages": []}, timeout=10)
-        r = self.session.post(self.gw.url + "/api/models/shared/disable?vendor=beta", json={"duration_seconds": 900}, headers=AUTH, timeout=10)
+        r = self.session.post(
+            self.gw.url + "/api/models/shared/disable?vendor=beta", json={"duration_seconds": 900}, headers=AUTH, timeout=10
+        )
         assert r.status_code == 200, r.text
         r = self.session.post(self.gw.url + "/api/models/org%2Fm2/disable", headers=AUTH, timeout=10)
         assert r.status_code == 200, r.text
@@ -147,7 +154,9 @@ class Fuzzer:
         if mode is GenerationMode.NEGATIVE and not body_without_schema(operation):
             checks.append(negative_data_rejection)
         if targeted:
-            strategy = st.one_of(*(operation.as_strategy(generation_mode=mode, path_parameters=p) for p in real_names(operation.path)))
+            strategy = st.one_of(
+                *(operation.as_strategy(generation_mode=mode, path_parameters=p) for p in real_names(operation.path))
+            )
         else:
             strategy = operation.as_strategy(generation_mode=mode)
 
@@ -217,7 +226,12 @@ class TestManagementFuzz:
 
 
 def document_operations(document: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(method, path) for path, item in document["paths"].items() for method in item if method in ("get", "post", "put", "patch", "delete")]
+    return [
+        (method, path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 class TestDocument:

@@ -15,12 +15,19 @@ ROW_MANUAL = ("acme", "gpt-x", "manual")
 TIMED = DisabledRecord("acme", "gpt-x", "manual", disabled_at=100.0, disabled_until=160.0, actor="10.0.0.1")
 FOREVER = DisabledRecord("acme", "gpt-x", "manual", disabled_at=100.0, disabled_until=None, actor="cli")
 AUTO_DISABLED = PairState(
-    failure_count=3, window_started_at=90.0, last_failure_at=95.0, disabled_at=95.0, disabled_until=155.0, last_error=ErrorInfo(503, "x")
+    failure_count=3,
+    window_started_at=90.0,
+    last_failure_at=95.0,
+    disabled_at=95.0,
+    disabled_until=155.0,
+    last_error=ErrorInfo(503, "x"),
 )
 COUNTING = PairState(failure_count=2, window_started_at=90.0, last_failure_at=95.0)
 
 
-def enabled(reason: str, cause: str, disabled_at: float, disabled_until: float | None, now: float, actor: str | None = None) -> Effect:
+def enabled(
+    reason: str, cause: str, disabled_at: float, disabled_until: float | None, now: float, actor: str | None = None
+) -> Effect:
     event = Event(
         kind="enabled",
         at=now,
@@ -64,7 +71,9 @@ class TestDisable:
     @pytest.mark.parametrize("held", [None, TIMED])
     def test_without_duration_only_records(self, held: DisabledRecord | None) -> None:
         decision = manual.disable(PAIR, held, None, "ops", now=120.0)
-        assert decision == Decision(held, (Effect(Event(kind="manual-disable", at=120.0, vendor="acme", model="gpt-x", reason="manual", actor="ops")),))
+        assert decision == Decision(
+            held, (Effect(Event(kind="manual-disable", at=120.0, vendor="acme", model="gpt-x", reason="manual", actor="ops")),)
+        )
 
     @pytest.mark.parametrize("duration", [0.0, -5.0])
     def test_duration_must_be_positive(self, duration: float) -> None:
@@ -106,8 +115,18 @@ class TestEnable:
         ("axes", "now", "effects", "cleared"),
         [
             # nothing held: the operator's action is recorded on its own
-            (Axes(None, None), 120.0, (Effect(Event(kind="manual-enable", at=120.0, vendor="acme", model="gpt-x", actor="ops")),), False),
-            (Axes(COUNTING, None), 120.0, (Effect(Event(kind="manual-enable", at=120.0, vendor="acme", model="gpt-x", actor="ops")),), False),
+            (
+                Axes(None, None),
+                120.0,
+                (Effect(Event(kind="manual-enable", at=120.0, vendor="acme", model="gpt-x", actor="ops")),),
+                False,
+            ),
+            (
+                Axes(COUNTING, None),
+                120.0,
+                (Effect(Event(kind="manual-enable", at=120.0, vendor="acme", model="gpt-x", actor="ops")),),
+                False,
+            ),
             (Axes(AUTO_DISABLED, None), 120.0, (enabled("auto", "manual", 95.0, 155.0, now=120.0, actor="ops"),), True),
             (Axes(None, TIMED), 120.0, (enabled("manual", "manual", 100.0, 160.0, now=120.0, actor="ops"),), True),
             (Axes(None, FOREVER), 120.0, (enabled("manual", "manual", 100.0, None, now=120.0, actor="ops"),), True),

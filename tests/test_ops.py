@@ -22,16 +22,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cliproxy.core import eventlog
-
-from cliproxy.web import logs
 from cliproxy.app import create_app
+from cliproxy.core import eventlog
 from cliproxy.core.config import LoggingSettings
 from cliproxy.core.events import ErrorInfo, Event
-from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
-from cliproxy.services.config_loader import load_config
-from cliproxy.sdnotify import notify
 from cliproxy.fake_upstream import Fault
+from cliproxy.sdnotify import notify
+from cliproxy.services.config_loader import load_config
+from cliproxy.web import logs
+from cliproxy.web.keys import CONFIG_MANAGER, METRICS, STORE, TRACKER
 from tests.helpers import FakeClock, eventually, make_config, vendor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +184,7 @@ class TestMetrics:
         await resp.content.readany()
         assert value(await scrape(gw), "cliproxy_streams_in_flight") == 1
         assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+
         async def no_stream_in_flight() -> bool:  # the handler finishes just after the last byte
             return value(await scrape(gw), "cliproxy_streams_in_flight") == 0
 
@@ -365,7 +365,7 @@ class TestAccessLog:
         assert given.headers["x-request-id"] == "abc-1"
         made = await gw.client.post("/v1/chat/completions", json=STREAM)
         assert re.fullmatch(r"[0-9a-f]{16}", made.headers["x-request-id"])
-        hostile = await gw.client.get("/healthz", headers={"x-request-id": "a b\" or 1=1" + "x" * 300})
+        hostile = await gw.client.get("/healthz", headers={"x-request-id": 'a b" or 1=1' + "x" * 300})
         assert re.fullmatch(r"[0-9a-f]{16}", hostile.headers["x-request-id"])
         error = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers={"x-request-id": "e-2"})
         assert error.status == 404 and error.headers["x-request-id"] == "e-2"
@@ -427,7 +427,15 @@ class TestFormatters:
         except ValueError:
             import sys
 
-            record = logging.LogRecord("cliproxy", logging.ERROR, __file__, 1, "with %s and %s", ("client-key-abcdef123", "Bearer sk-live-1234567890"), sys.exc_info())
+            record = logging.LogRecord(
+                "cliproxy",
+                logging.ERROR,
+                __file__,
+                1,
+                "with %s and %s",
+                ("client-key-abcdef123", "Bearer sk-live-1234567890"),
+                sys.exc_info(),
+            )
         line = formatter.format(record)
         for secret in (*self.SECRETS, "sk-live-1234567890"):
             assert secret not in line
@@ -454,8 +462,15 @@ class TestFormatters:
         logger.setLevel(logging.INFO)
         try:
             event = Event(
-                kind="disabled", at=1_800_000_000.0, vendor="a", model="m", reason="auto", failure_count=3,
-                disabled_at=1_800_000_000.0, disabled_until=1_800_000_300.0, last_error=ErrorInfo(500, "boom"),
+                kind="disabled",
+                at=1_800_000_000.0,
+                vendor="a",
+                model="m",
+                reason="auto",
+                failure_count=3,
+                disabled_at=1_800_000_000.0,
+                disabled_until=1_800_000_300.0,
+                last_error=ErrorInfo(500, "boom"),
             )
             eventlog.log_event(event, logger)
             eventlog.log_event(Event(kind="config-rejected", at=1_800_000_000.0, detail={"problems": ["port: bad"]}), logger)
@@ -480,7 +495,12 @@ class TestFormatters:
             logging.getLogger().removeHandler(handler)
         lines = [json.loads(x) for x in stream.getvalue().splitlines()]
         [disabled] = [x for x in lines if x.get("event") == "disabled"]
-        assert (disabled["logger"], disabled["level"], disabled["vendor"], disabled["model"]) == ("cliproxy.tracker", "WARNING", "a", "m")
+        assert (disabled["logger"], disabled["level"], disabled["vendor"], disabled["model"]) == (
+            "cliproxy.tracker",
+            "WARNING",
+            "a",
+            "m",
+        )
         assert disabled["failure_count"] == 1 and disabled["last_error_status"] == 500
         [access] = [x for x in lines if x["message"] == "access"]
         assert (access["status"], access["vendor"], access["outcome"]) == (500, "a", "http_status")
@@ -575,8 +595,12 @@ class TestServiceFiles:
         stub = tmp_path / "cliproxy"  # --bin: no venv to build, the run reaches the directories at once
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
-        result = subprocess.run(["bash", str(script), "--prefix", str(prefix), "--no-systemd", "--bin", str(stub)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", str(script), "--prefix", str(prefix), "--no-systemd", "--bin", str(stub)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode != 0, result.stdout
         assert "cliproxy" in result.stderr  # install(1) says which directory it could not make
         assert "installed" in result.stdout and (prefix / "etc" / "cliproxy" / "config.yaml").is_file()  # the steps before it ran

@@ -140,7 +140,11 @@ class TestGracefulShutdown:
                 body = await resp.content.readany()
                 gw.process.send_signal(sig)
                 # The listening socket closes at once; the stream goes on.
-                await eventually(lambda: asyncio.to_thread(port_refuses, gw.port), "the gateway to stop accepting connections after the signal", timeout=1)
+                await eventually(
+                    lambda: asyncio.to_thread(port_refuses, gw.port),
+                    "the gateway to stop accepting connections after the signal",
+                    timeout=1,
+                )
                 assert gw.process.poll() is None
                 assert up.streams_in_flight == 1
                 body += await resp.read()
@@ -195,7 +199,10 @@ class TestGracefulShutdown:
     async def test_idle_shutdown_is_quick_and_flushes(self, tmp_path, processes):
         gw = GatewayProcess(
             tmp_path,
-            {"remote-management": {"secret-key": "mgmt-key-graceful-0001"}, "openai-compatibility": [vendor("a", "http://127.0.0.1:9/v1", ["m"])]},
+            {
+                "remote-management": {"secret-key": "mgmt-key-graceful-0001"},
+                "openai-compatibility": [vendor("a", "http://127.0.0.1:9/v1", ["m"])],
+            },
         )
         processes.append(gw.start())
         async with aiohttp.ClientSession() as session:

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cliproxy.web.keys import STORE, TRACKER
+from cliproxy.fake_upstream import FakeUpstream, Fault
 from cliproxy.services.store import read_events
-from cliproxy.fake_upstream import Fault, FakeUpstream
+from cliproxy.web.keys import STORE, TRACKER
 from tests.helpers import make_config
 from tests.processes import GatewayProcess
 
@@ -37,8 +37,19 @@ def config(good: FakeUpstream, bad: FakeUpstream) -> dict[str, Any]:
         "metrics": {"require-auth": True},
         "auto-disable": {"failure-threshold": 2, "disable-duration-seconds": 600},
         "openai-compatibility": [
-            {"name": "bad", "base-url": bad.url, "priority": 1, "api-key-entries": [{"api-key": "${UPSTREAM_KEY}"}], "models": [{"name": "m"}]},
-            {"name": "good", "base-url": good.url, "api-key-entries": [{"api-key": "${UPSTREAM_KEY}"}], "models": [{"name": "m"}]},
+            {
+                "name": "bad",
+                "base-url": bad.url,
+                "priority": 1,
+                "api-key-entries": [{"api-key": "${UPSTREAM_KEY}"}],
+                "models": [{"name": "m"}],
+            },
+            {
+                "name": "good",
+                "base-url": good.url,
+                "api-key-entries": [{"api-key": "${UPSTREAM_KEY}"}],
+                "models": [{"name": "m"}],
+            },
         ],
     }
 

@@ -14,12 +14,11 @@ import pytest
 import yaml
 
 from cliproxy import cli
-
-from cliproxy.web import logs
 from cliproxy.core.config import LoggingSettings
-from cliproxy.fake_upstream import Fault
-from cliproxy.web.keys import TRACKER
 from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_since
+from cliproxy.fake_upstream import Fault
+from cliproxy.web import logs
+from cliproxy.web.keys import TRACKER
 from tests.helpers import vendor
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -55,8 +54,8 @@ class TestParsing:
             parse_since(text, NOW)
 
     def test_the_cli_and_the_api_use_it(self):
-        from cliproxy.web.admin import events
         from cliproxy.cli import views as cli_views
+        from cliproxy.web.admin import events
 
         assert events.parse_since is parse_since and cli_views.parse_since is parse_since
         assert cli_views.parse_duration is parse_duration

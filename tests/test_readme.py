@@ -49,18 +49,46 @@ class TestAuditQueries:
         store = await SQLiteStore.open(db)
         now = 1_900_000_000.0  # in the future, so "last 24 hours" and "this week" keep matching
         error = ErrorInfo(500, "upstream down")
-        disabled = Event("disabled", now - 600, vendor="v", model="m", reason="auto", disabled_at=now - 600, disabled_until=now - 300, failure_count=5, window_started_at=now - 610, settings={"failure_threshold": 5, "time_window_seconds": 60, "disable_duration_seconds": 300}, last_error=error)
+        disabled = Event(
+            "disabled",
+            now - 600,
+            vendor="v",
+            model="m",
+            reason="auto",
+            disabled_at=now - 600,
+            disabled_until=now - 300,
+            failure_count=5,
+            window_started_at=now - 610,
+            settings={"failure_threshold": 5, "time_window_seconds": 60, "disable_duration_seconds": 300},
+            last_error=error,
+        )
         await store.record(disabled, set_disabled=DisabledRecord("v", "m", "auto", now - 600, now - 300, 5, now - 610, error))
-        await store.record(Event("enabled", now - 300, vendor="v", model="m", reason="auto", cause="expired", disabled_at=now - 600, disabled_until=now - 300), clear_disabled=("v", "m", "auto"))
+        await store.record(
+            Event(
+                "enabled",
+                now - 300,
+                vendor="v",
+                model="m",
+                reason="auto",
+                cause="expired",
+                disabled_at=now - 600,
+                disabled_until=now - 300,
+            ),
+            clear_disabled=("v", "m", "auto"),
+        )
         await store.close()
         blocks = re.findall(r"```sql\n(.*?)```", README, re.S)
         assert blocks
-        statements = [s.strip() for block in blocks for s in block.split(";") if s.strip() and not all(l.startswith("--") for l in s.strip().splitlines())]
+        statements = [
+            s.strip()
+            for block in blocks
+            for s in block.split(";")
+            if s.strip() and not all(line.startswith("--") for line in s.strip().splitlines())
+        ]
         assert len(statements) >= 4
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             results = [conn.execute(sql.replace("'now'", f"'{_iso(now)}'")).fetchall() for sql in statements]
         assert all(results[:4]), results
-
 
     async def test_each_disable_ends_with_the_end_of_its_own_kind(self, tmp_path):
         """An auto and a timed manual disable overlapping on one pair: each is paired with its own end."""
@@ -69,18 +97,47 @@ class TestAuditQueries:
         now = 1_900_000_000.0
         auto = DisabledRecord("v", "m", "auto", now - 600, now - 300, 5, now - 610, ErrorInfo(500, "down"))
         manual = DisabledRecord("v", "m", "manual", now - 500, now - 100, actor="127.0.0.1")
-        await store.record(Event("disabled", now - 600, vendor="v", model="m", reason="auto", disabled_at=now - 600, disabled_until=now - 300), set_disabled=auto)
-        await store.record(Event("manual-disable", now - 500, vendor="v", model="m", reason="manual", disabled_at=now - 500, disabled_until=now - 100, actor="127.0.0.1"), set_disabled=manual)
-        await store.record(Event("enabled", now - 300, vendor="v", model="m", reason="auto", cause="expired"), clear_disabled=("v", "m", "auto"))
-        await store.record(Event("enabled", now - 100, vendor="v", model="m", reason="manual", cause="expired"), clear_disabled=("v", "m", "manual"))
+        await store.record(
+            Event("disabled", now - 600, vendor="v", model="m", reason="auto", disabled_at=now - 600, disabled_until=now - 300),
+            set_disabled=auto,
+        )
+        await store.record(
+            Event(
+                "manual-disable",
+                now - 500,
+                vendor="v",
+                model="m",
+                reason="manual",
+                disabled_at=now - 500,
+                disabled_until=now - 100,
+                actor="127.0.0.1",
+            ),
+            set_disabled=manual,
+        )
+        await store.record(
+            Event("enabled", now - 300, vendor="v", model="m", reason="auto", cause="expired"), clear_disabled=("v", "m", "auto")
+        )
+        await store.record(
+            Event("enabled", now - 100, vendor="v", model="m", reason="manual", cause="expired"),
+            clear_disabled=("v", "m", "manual"),
+        )
         await store.record(Event("manual-disable", now - 50, vendor="v", model="m", reason="manual", actor="127.0.0.1"))  # no end
         await store.record(Event("manual-enable", now - 20, vendor="v", model="m", actor="127.0.0.1"))
         await store.close()
-        [query] = [s for block in re.findall(r"```sql\n(.*?)```", README, re.S) for s in block.split(";") if "How long each disable lasted" in s]
+        [query] = [
+            s
+            for block in re.findall(r"```sql\n(.*?)```", README, re.S)
+            for s in block.split(";")
+            if "How long each disable lasted" in s
+        ]
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             rows = conn.execute(query.replace("'now'", f"'{_iso(now)}'")).fetchall()
         lasted = [(row[2], row[5], row[-1]) for row in rows]  # kind, ended_by, seconds_off
-        assert lasted == [("disabled", "enabled", 300.0), ("manual-disable", "enabled", 400.0), ("manual-disable", "manual-enable", 30.0)]
+        assert lasted == [
+            ("disabled", "enabled", 300.0),
+            ("manual-disable", "enabled", 400.0),
+            ("manual-disable", "manual-enable", 30.0),
+        ]
 
 
 def _iso(t: float) -> str:

@@ -21,16 +21,19 @@ SECRET = 'Ab+/c"d\\e=fGhIjKlMnOp'
 class TestForms:
     """A secret is masked as written, JSON-escaped, URL-encoded and as base64, also inside a longer base64 value."""
 
-    @pytest.mark.parametrize("form", [
-        SECRET,
-        json.dumps(SECRET)[1:-1],
-        json.dumps(SECRET)[1:-1].replace("/", "\\/"),
-        quote(SECRET, safe=""),
-        re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(SECRET, safe="")),  # lower-case hex digits
-        quote_plus(SECRET, safe=""),
-        base64.b64encode(SECRET.encode()).decode().rstrip("="),
-        base64.urlsafe_b64encode(SECRET.encode()).decode().rstrip("="),
-    ])
+    @pytest.mark.parametrize(
+        "form",
+        [
+            SECRET,
+            json.dumps(SECRET)[1:-1],
+            json.dumps(SECRET)[1:-1].replace("/", "\\/"),
+            quote(SECRET, safe=""),
+            re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(SECRET, safe="")),  # lower-case hex digits
+            quote_plus(SECRET, safe=""),
+            base64.b64encode(SECRET.encode()).decode().rstrip("="),
+            base64.urlsafe_b64encode(SECRET.encode()).decode().rstrip("="),
+        ],
+    )
     def test_form_is_masked(self, form):
         masked = SecretMasker([SECRET]).mask(f"before {form} after")
         assert masked.startswith("before ") and masked.endswith(" after") and "***" in masked
@@ -48,18 +51,31 @@ class TestForms:
         assert "abcd" not in repr(masker)
 
     def test_config_secrets_cover_keys_headers_and_proxy_passwords(self):
-        config = make_config({
-            "api-keys": ["client-key-0001"], "remote-management": {"secret-key": "mgmt-key-0001"},
-            "proxy-url": "http://u:GlobalProxyPass1@proxy:3128",
-            "openai-compatibility": [{
-                "name": "a", "base-url": "http://x/v1",
-                "api-key-entries": [{"api-key": "upstream-key-0001", "proxy-url": "http://u:KeyProxyPass1@p:1"}],
-                "headers": {"X-Auth-Key": "short", "X-Token-Ish": "LongOpaqueValue0123456789", "X-Title": "my app"},
-                "models": [{"name": "m"}],
-            }],
-        })
-        assert set(config_secrets(config)) == {"client-key-0001", "mgmt-key-0001", "upstream-key-0001", "GlobalProxyPass1",
-                                               "KeyProxyPass1", "short", "LongOpaqueValue0123456789"}
+        config = make_config(
+            {
+                "api-keys": ["client-key-0001"],
+                "remote-management": {"secret-key": "mgmt-key-0001"},
+                "proxy-url": "http://u:GlobalProxyPass1@proxy:3128",
+                "openai-compatibility": [
+                    {
+                        "name": "a",
+                        "base-url": "http://x/v1",
+                        "api-key-entries": [{"api-key": "upstream-key-0001", "proxy-url": "http://u:KeyProxyPass1@p:1"}],
+                        "headers": {"X-Auth-Key": "short", "X-Token-Ish": "LongOpaqueValue0123456789", "X-Title": "my app"},
+                        "models": [{"name": "m"}],
+                    }
+                ],
+            }
+        )
+        assert set(config_secrets(config)) == {
+            "client-key-0001",
+            "mgmt-key-0001",
+            "upstream-key-0001",
+            "GlobalProxyPass1",
+            "KeyProxyPass1",
+            "short",
+            "LongOpaqueValue0123456789",
+        }
 
 
 class TestCost:
@@ -86,7 +102,9 @@ class TestCost:
         for _ in range(runs):
             small.mask(body)
         per_body_one = (time.perf_counter() - started) / runs
-        print(f"\nmasker: built for 1000 secrets in {built * 1000:.0f} ms; 64 KiB body {per_body * 1000:.2f} ms "
-              f"(1 secret: {per_body_one * 1000:.2f} ms)")
+        print(
+            f"\nmasker: built for 1000 secrets in {built * 1000:.0f} ms; 64 KiB body {per_body * 1000:.2f} ms "
+            f"(1 secret: {per_body_one * 1000:.2f} ms)"
+        )
         # Generous bound (2 shared cores): the 1,000-key masker costs a small multiple of the 1-key one, not 1,000x.
         assert per_body < max(20 * per_body_one, 0.05)

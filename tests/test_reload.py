@@ -22,12 +22,12 @@ import yaml
 
 from cliproxy.app import create_app
 from cliproxy.core.errors import InvalidRequest, NotFound
-from cliproxy.web.keys import CONFIG_MANAGER, JOURNAL, RUNTIME, STORE, TRACKER
-from cliproxy.services.config_manager import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
-from cliproxy.services.config_loader import load_config
-from cliproxy.services.config_file import atomic_write
-from cliproxy.services.writeback import model_path, vendor_enabled_edits
 from cliproxy.fake_upstream import Fault
+from cliproxy.services.config_file import atomic_write
+from cliproxy.services.config_loader import load_config
+from cliproxy.services.config_manager import ConfigChanged, ConfigManager, ConfigRejected, NoConfigFile
+from cliproxy.services.writeback import model_path, vendor_enabled_edits
+from cliproxy.web.keys import CONFIG_MANAGER, JOURNAL, RUNTIME, STORE, TRACKER
 from tests.helpers import Gateway, changed_lines, eventually, vendor
 from tests.processes import GatewayProcess, free_port
 
@@ -281,7 +281,11 @@ class TestStateAcrossReloads:
     async def test_counts_survive_and_new_threshold_applies_from_next_failure(self, start, files, upstreams):
         up = await upstreams()
         up.fail("m", Fault(status=503))
-        data = {"request-retry": 0, "auto-disable": {"failure-threshold": 3}, "openai-compatibility": [vendor("v", up.url, ["m"])]}
+        data = {
+            "request-retry": 0,
+            "auto-disable": {"failure-threshold": 3},
+            "openai-compatibility": [vendor("v", up.url, ["m"])],
+        }
         gw = await start(data)
         tracker = gw.app[TRACKER]
         assert [await chat(gw), await chat(gw)] == [503, 503]
@@ -296,7 +300,11 @@ class TestStateAcrossReloads:
     async def test_disabled_pair_stays_disabled(self, start, files, upstreams):
         up = await upstreams()
         up.fail("m", Fault(status=503))
-        data = {"request-retry": 0, "auto-disable": {"failure-threshold": 1}, "openai-compatibility": [vendor("v", up.url, ["m"])]}
+        data = {
+            "request-retry": 0,
+            "auto-disable": {"failure-threshold": 1},
+            "openai-compatibility": [vendor("v", up.url, ["m"])],
+        }
         gw = await start(data)
         await chat(gw)
         tracker = gw.app[TRACKER]
@@ -328,7 +336,11 @@ class TestApplyEdits:
         mgr = manager(gw)
         before = files.path.read_text()
         config = await mgr.apply_edits(
-            vendor_enabled_edits(before, "v", False), actor="127.0.0.1", kind="vendor-changed", vendor="v", detail={"enabled": False}
+            vendor_enabled_edits(before, "v", False),
+            actor="127.0.0.1",
+            kind="vendor-changed",
+            vendor="v",
+            detail={"enabled": False},
         )
         assert changed_lines(before, files.path.read_text()) == ([], ["  enabled: false"])
         assert config.vendors[0].enabled is False and gw.app[RUNTIME].current.config is config
@@ -376,7 +388,9 @@ class TestApplyEdits:
         up = await upstreams()
         gw = await start({"openai-compatibility": [vendor("v", up.url, ["m"], enabled=True)]})
         stat_before = files.path.stat()
-        await manager(gw).apply_edits([(("openai-compatibility", 0, "enabled"), True)], actor="x", kind="manual-enable", vendor="v", model="m")
+        await manager(gw).apply_edits(
+            [(("openai-compatibility", 0, "enabled"), True)], actor="x", kind="manual-enable", vendor="v", model="m"
+        )
         assert files.path.stat().st_mtime_ns == stat_before.st_mtime_ns
         [event] = await events(gw, "manual-enable")
         assert event.detail == {"config_changed": False} and event.model == "m"
@@ -457,7 +471,7 @@ class TestOperatorsFileWins:
         async def editor_finishes() -> None:
             await asyncio.sleep(0.1)
             with open(files.path, "a") as handle:
-                handle.write(whole[len(cut):])
+                handle.write(whole[len(cut) :])
 
         finishing = asyncio.create_task(editor_finishes())
         with pytest.raises(ConfigChanged) as caught:
@@ -468,7 +482,9 @@ class TestOperatorsFileWins:
         assert await events(gw, "vendor-changed") == []
         # retried once the save is whole: every vendor is still there
         backdate(files.path)
-        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed")
+        config = await manager(gw).apply_edits(
+            lambda text: vendor_enabled_edits(text, "v", False), actor="x", kind="vendor-changed"
+        )
         assert [(v.name, v.enabled) for v in config.vendors] == [("v", False), ("w", True), ("x", True)]
 
     async def test_a_file_still_being_written_gives_409_and_loses_nothing(self, start, files, upstreams):
@@ -514,7 +530,9 @@ class TestOperatorsFileWins:
         files.write(three_vendors(up.url))  # the operator added two vendors; the watcher has not run yet
         operator = files.path.read_text()
         backdate(files.path)
-        config = await manager(gw).apply_edits(lambda text: vendor_enabled_edits(text, "x", False), actor="x", kind="vendor-changed")
+        config = await manager(gw).apply_edits(
+            lambda text: vendor_enabled_edits(text, "x", False), actor="x", kind="vendor-changed"
+        )
         assert [(v.name, v.enabled) for v in config.vendors] == [("v", True), ("w", True), ("x", False)]
         assert changed_lines(operator, files.path.read_text()) == ([], ["  enabled: false"])
         [reloaded] = await events(gw, "config-reloaded")
@@ -650,10 +668,15 @@ class TestSwitchingBackOn:
 
     async def test_off_then_on_returns_the_original_bytes(self, start, files, upstreams):
         up = await upstreams()
-        gw = await start({"openai-compatibility": [
-            vendor("v", up.url, ["m", {"name": "n", "enabled": True}]), vendor("w", up.url, ["o"], enabled=True),
-            vendor("x", up.url, ["p"], disabled=False),
-        ]})
+        gw = await start(
+            {
+                "openai-compatibility": [
+                    vendor("v", up.url, ["m", {"name": "n", "enabled": True}]),
+                    vendor("w", up.url, ["o"], enabled=True),
+                    vendor("x", up.url, ["p"], disabled=False),
+                ]
+            }
+        )
         mgr = manager(gw)
         original = files.path.read_text()
         for name, model in (("v", None), ("v", "m"), ("v", "n"), ("w", None), ("x", None)):
@@ -704,10 +727,15 @@ class TestNothingRoutesWarning:
         assert not [r for r in caplog.records if "503" in r.getMessage()]
 
     async def test_start_up_warns_when_every_vendor_is_off(self, tmp_path):
-        gw = GatewayProcess(tmp_path, {"openai-compatibility": [
-            vendor("v", "http://127.0.0.1:9/v1", ["m"], enabled=False),
-            {**vendor("w", "http://127.0.0.1:9/v1", ["n"]), "api-key-entries": [{"api-key": "${UNSET_IN_THIS_TEST:-}"}]},
-        ]})
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "openai-compatibility": [
+                    vendor("v", "http://127.0.0.1:9/v1", ["m"], enabled=False),
+                    {**vendor("w", "http://127.0.0.1:9/v1", ["n"]), "api-key-entries": [{"api-key": "${UNSET_IN_THIS_TEST:-}"}]},
+                ]
+            },
+        )
         gw.start()
         try:
             await eventually(lambda: "listening" in gw.log(), "the gateway to listen", timeout=10)
@@ -738,9 +766,21 @@ def paced_upstream() -> Any:
     """`cliproxy fake-upstream` in its own process: every stream is STREAM_CHUNKS chunks, CHUNK_DELAY apart."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "cliproxy.cli", "fake-upstream", "--port", str(port),
-         "--chunks", str(STREAM_CHUNKS), "--chunk-delay", str(CHUNK_DELAY)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "cliproxy.cli",
+            "fake-upstream",
+            "--port",
+            str(port),
+            "--chunks",
+            str(STREAM_CHUNKS),
+            "--chunk-delay",
+            str(CHUNK_DELAY),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_listening(port, process)
@@ -757,13 +797,16 @@ class TestLargeConfigOffTheLoop:
     async def test_streams_and_healthz_keep_flowing_during_a_patch_and_a_reload(self, tmp_path, paced_upstream):
         import aiohttp
 
-        gw = GatewayProcess(tmp_path, {
-            "remote-management": {"secret-key": MGMT},
-            "openai-compatibility": [
-                {"name": f"v{i}", "base-url": paced_upstream, "models": [{"name": f"m{j}"} for j in range(BIG_MODELS)]}
-                for i in range(BIG_VENDORS)
-            ],
-        })
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "remote-management": {"secret-key": MGMT},
+                "openai-compatibility": [
+                    {"name": f"v{i}", "base-url": paced_upstream, "models": [{"name": f"m{j}"} for j in range(BIG_MODELS)]}
+                    for i in range(BIG_VENDORS)
+                ],
+            },
+        )
         gw.start(timeout=60)
         auth = {"Authorization": f"Bearer {MGMT}"}
         chunk_times: list[float] = []

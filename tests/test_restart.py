@@ -7,8 +7,8 @@ import time
 import aiohttp
 import pytest
 
-from cliproxy.services.store import read_disabled, read_events
 from cliproxy.fake_upstream import Fault
+from cliproxy.services.store import read_disabled, read_events
 from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
@@ -20,8 +20,6 @@ async def post_chat(url: str) -> tuple[int, dict[str, str]]:
         async with session.post(f"{url}/v1/chat/completions", json=CHAT) as resp:
             await resp.read()
             return resp.status, dict(resp.headers)
-
-
 
 
 @pytest.fixture
@@ -38,7 +36,13 @@ class TestKillDashNine:
     async def test_disabled_pair_survives_kill_9(self, upstreams, tmp_path, processes):
         up = await upstreams()
         up.fail(None, Fault(status=500))
-        gw = GatewayProcess(tmp_path, {"auto-disable": {"failure-threshold": 2, "disable-duration-seconds": 600}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"failure-threshold": 2, "disable-duration-seconds": 600},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
         processes.append(gw.start())
         for _ in range(2):
             assert (await post_chat(gw.url))[0] == 500
@@ -55,7 +59,13 @@ class TestKillDashNine:
     async def test_expired_during_downtime_is_enabled_at_startup(self, upstreams, tmp_path, processes):
         up = await upstreams()
         up.fail(None, Fault(status=500, times=1))
-        gw = GatewayProcess(tmp_path, {"auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.5}, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.5},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
         processes.append(gw.start())
         assert (await post_chat(gw.url))[0] == 500
         [record] = await eventually(lambda: read_disabled(tmp_path / "cliproxy.db"))

@@ -38,10 +38,10 @@ import aiohttp
 import pytest
 import yaml
 
+from cliproxy.fake_upstream import FakeUpstream, Fault
+from cliproxy.services.config_loader import load_config
 from cliproxy.web.admin import ENDPOINTS
 from cliproxy.web.admin.openapi import openapi_path
-from cliproxy.services.config_loader import load_config
-from cliproxy.fake_upstream import FakeUpstream, Fault
 from tests.helpers import eventually, vendor
 from tests.processes import GatewayProcess
 
@@ -60,7 +60,9 @@ def processes() -> Any:
         proc.stop(timeout=10)
 
 
-def _start(processes: list[GatewayProcess], tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayProcess:
+def _start(
+    processes: list[GatewayProcess], tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> GatewayProcess:
     gw = GatewayProcess(tmp_path, config, env=env)
     processes.append(gw.start())
     return gw
@@ -142,7 +144,8 @@ class TestRemoteClientWithoutAllowRemote:
             for ep in ENDPOINTS:
                 body = b'{"enabled": false}' if ep.method == "PATCH" else b""
                 status, _, text = await raw_request(
-                    gw.port, http(ep.method, _concrete(ep.path), [*AUTH.items(), *spoof, ("Content-Type", "application/json")], body)
+                    gw.port,
+                    http(ep.method, _concrete(ep.path), [*AUTH.items(), *spoof, ("Content-Type", "application/json")], body),
                 )
                 tried += 1
                 assert status == 403, (ep.method, ep.path, spoof, status, text[:300])
@@ -169,15 +172,22 @@ class TestForwardedForFromAnUntrustedPeer:
     async def test_ignored_for_access_actor_and_lockout(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, _management())
         async with aiohttp.ClientSession() as session:
-            status, body, _ = await api(session, gw, "POST", "/api/models/m/disable", json={"duration_seconds": 60},
-                                        headers={"X-Forwarded-For": REMOTE})
+            status, body, _ = await api(
+                session, gw, "POST", "/api/models/m/disable", json={"duration_seconds": 60}, headers={"X-Forwarded-For": REMOTE}
+            )
             assert status == 200
             assert body["pairs"][0]["manual_disable"]["actor"] == "127.0.0.1"
             status, body, _ = await api(session, gw, "GET", "/api/events?kind=manual-disable")
             assert [e["actor"] for e in body["events"]] == ["127.0.0.1"]
             # Rotating the header does not spread wrong keys over many "addresses".
             for n in range(5):
-                status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"198.51.100.{n}"})
+                status, _, _ = await api(
+                    session,
+                    gw,
+                    "GET",
+                    "/api/vendors",
+                    headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"198.51.100.{n}"},
+                )
                 assert status == 401
             status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": "198.51.100.99"})
             assert status == 429
@@ -222,7 +232,9 @@ class TestBruteForce:
         gw = _start(processes, tmp_path, _management(**{"trusted-proxies": ["127.0.0.1"], "allow-remote": True}))
         async with aiohttp.ClientSession() as session:
             for _ in range(5):
-                status, _, _ = await api(session, gw, "GET", "/api/vendors", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": REMOTE})
+                status, _, _ = await api(
+                    session, gw, "GET", "/api/vendors", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": REMOTE}
+                )
                 assert status == 401
             assert (await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": REMOTE}))[0] == 429
             assert (await api(session, gw, "GET", "/api/vendors", headers={"X-Forwarded-For": OTHER_REMOTE}))[0] == 200
@@ -244,12 +256,49 @@ TEMPLATES = [
 ]
 # As they go on the wire (percent-encoding kept): none of them names a configured vendor or model.
 TRICKS = [
-    "..", ".", "%2e%2e", "%2E%2E", "%2e", "..%2F..", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%2F..%2Fconfig.yaml",
-    "m%2F..%2F..%2Fconfig.yaml", "org%2F..%2Fm2", "org%2F.%2Fm2", "%2F", "%2F%2F", "%2Fm", "m%2F",
-    "%00", "m%00", "m%00.yaml", "%00..", "%2500", "%252F", "..%252F..%252F",
-    "%C0%AE%C0%AE", "%C0%AF", "%FF%FE", "%EF%BC%8E%EF%BC%8E", "%E2%80%AE%6D", "%F0%9F%92%A9", "m%CC%81",
-    "%5C..%5C..%5Cconfig.yaml", "m%3Fvendor%3Da", "m%23x", "m;vendor=a", "m%0D%0AX-Injected:%201", "%09", "%20m",
-    "~", "*", "%25", "config.yaml", "cliproxy.db", "a" * 4000, "%41" * 2000,
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E%2E",
+    "%2e",
+    "..%2F..",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "..%2F..%2Fconfig.yaml",
+    "m%2F..%2F..%2Fconfig.yaml",
+    "org%2F..%2Fm2",
+    "org%2F.%2Fm2",
+    "%2F",
+    "%2F%2F",
+    "%2Fm",
+    "m%2F",
+    "%00",
+    "m%00",
+    "m%00.yaml",
+    "%00..",
+    "%2500",
+    "%252F",
+    "..%252F..%252F",
+    "%C0%AE%C0%AE",
+    "%C0%AF",
+    "%FF%FE",
+    "%EF%BC%8E%EF%BC%8E",
+    "%E2%80%AE%6D",
+    "%F0%9F%92%A9",
+    "m%CC%81",
+    "%5C..%5C..%5Cconfig.yaml",
+    "m%3Fvendor%3Da",
+    "m%23x",
+    "m;vendor=a",
+    "m%0D%0AX-Injected:%201",
+    "%09",
+    "%20m",
+    "~",
+    "*",
+    "%25",
+    "config.yaml",
+    "cliproxy.db",
+    "a" * 4000,
+    "%41" * 2000,
 ]
 # Not even valid HTTP (raw bytes in the request line), or too long for the parser: refused before cliproxy.
 RAW_TRICKS = [b"m\x00", b"\x00", b"m\xff\xfe", "modèle".encode(), "模型".encode(), b"m\r", b"a" * 9000]
@@ -291,8 +340,10 @@ class TestPathTricks:
         async with aiohttp.ClientSession() as session:  # still serving
             status, body, _ = await api(session, gw, "GET", "/api/models/org%2Fm2/status")
             assert status == 200 and body["pairs"][0]["model"] == "org/m2"
-        print(f"\npath tricks: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}, "
-              f"{log.count('refused a malformed HTTP request')} refused by the HTTP parser")
+        print(
+            f"\npath tricks: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}, "
+            f"{log.count('refused a malformed HTTP request')} refused by the HTTP parser"
+        )
 
 
 # =============================================================================================
@@ -307,7 +358,9 @@ def _client_config(up: FakeUpstream, keys: list[str]) -> dict[str, Any]:
     return {"api-keys": keys, **_management(), "openai-compatibility": [vendor("a", up.url, ["m"])]}
 
 
-async def _client_status(session: aiohttp.ClientSession, gw: GatewayProcess, method: str, path: str, headers: dict[str, str], body: Any = None) -> int:
+async def _client_status(
+    session: aiohttp.ClientSession, gw: GatewayProcess, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> int:
     async with session.request(method, gw.url + path, headers=headers, json=body) as resp:
         await resp.read()
         return resp.status
@@ -346,6 +399,7 @@ class TestRemovedClientKeys:
             # 1. An edit of the file on disk, written in place as an editor would.
             text = gw.config_path.read_text()
             gw.config_path.write_text(text.replace(f"- {OLD_KEY}\n", ""))
+
             async def old_key_refused() -> bool:
                 return await _client_status(session, gw, "GET", "/v1/models", {"Authorization": f"Bearer {OLD_KEY}"}) == 401
 
@@ -355,6 +409,7 @@ class TestRemovedClientKeys:
 
             # 2. A reload that would bring the key back but is invalid: rejected, nothing changes.
             gw.config_path.write_text(text.replace("remote-management:", "request-retry: many\nremote-management:"))
+
             async def reload_rejected() -> Any:
                 return (await api(session, gw, "GET", "/api/config"))[1]["last_reload_error"]
 
@@ -364,8 +419,14 @@ class TestRemovedClientKeys:
             # 3. PUT /api/config.yaml with a new key and the old one still gone.
             good = yaml.safe_load(text)
             good["api-keys"] = [KEPT_KEY, NEW_KEY]
-            status, _, body = await api(session, gw, "PUT", "/api/config.yaml", data=yaml.safe_dump(good, sort_keys=False),
-                                        headers={"Content-Type": "application/yaml"})
+            status, _, body = await api(
+                session,
+                gw,
+                "PUT",
+                "/api/config.yaml",
+                data=yaml.safe_dump(good, sort_keys=False),
+                headers={"Content-Type": "application/yaml"},
+            )
             assert status == 200, body
             await self._old_refused_kept_served(session, gw)
             assert await _client_status(session, gw, "GET", "/v1/models", {"x-api-key": NEW_KEY}) == 200
@@ -444,7 +505,14 @@ class TestNoSecretAnywhere:
             for _ in range(3):  # bad fails (echoing the key), proxied fails (dead proxy), good answers
                 assert await call("POST", "/v1/chat/completions", client, json=chat) == 200
             assert await call("POST", "/v1/chat/completions", client, json={**chat, "stream": True}) == 200
-            for path in ("/api/models/disabled", "/api/models/m/status", "/api/vendors", "/api/config", "/api/events?limit=1000", "/metrics"):
+            for path in (
+                "/api/models/disabled",
+                "/api/models/m/status",
+                "/api/vendors",
+                "/api/config",
+                "/api/events?limit=1000",
+                "/metrics",
+            ):
                 assert await call("GET", path, AUTH) == 200, path
             assert await call("PATCH", "/api/vendors/good", AUTH, json={"priority": 3, "headers": {"X-Trace": "on"}}) == 200
             assert await call("POST", "/api/models/m/disable?vendor=good", AUTH, json={"duration_seconds": 30}) == 200
@@ -455,8 +523,11 @@ class TestNoSecretAnywhere:
             # secret's line, a wrong type beside one, and the running secrets written out literally.
             rejected = [
                 good_text.replace("api-keys:", f'api-keys:\n- "{NEW_CLIENT_SECRET}\n- oops:'),
-                good_text.replace("${UP_KEY}", NEW_UPSTREAM_SECRET, 1).replace("priority: 2", "priority: high")
-                .replace("${CLIENT_KEY}", CLIENT_SECRET).replace("${UP_KEY}", UPSTREAM_SECRET).replace("priority: 1", "priority: [1]"),
+                good_text.replace("${UP_KEY}", NEW_UPSTREAM_SECRET, 1)
+                .replace("priority: 2", "priority: high")
+                .replace("${CLIENT_KEY}", CLIENT_SECRET)
+                .replace("${UP_KEY}", UPSTREAM_SECRET)
+                .replace("priority: 1", "priority: [1]"),
             ]
 
             async def reload_error(want: bool) -> None:
@@ -474,7 +545,9 @@ class TestNoSecretAnywhere:
                 gw.config_path.write_text(good_text)
                 await reload_error(False)
             for text in rejected:  # ... and through PUT /api/config.yaml
-                assert await call("PUT", "/api/config.yaml", {**AUTH, "Content-Type": "application/yaml"}, data=text.encode()) == 400
+                assert (
+                    await call("PUT", "/api/config.yaml", {**AUTH, "Content-Type": "application/yaml"}, data=text.encode()) == 400
+                )
             assert await call("GET", "/api/config.yaml", AUTH) == 200  # the good file: ${VAR} placeholders only
             assert await call("GET", "/api/events?limit=1000", AUTH) == 200
             send_sighup(gw)
@@ -517,7 +590,8 @@ CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 def _keepalive_chat(body: bytes = CHAT) -> bytes:
     return (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
 
 
@@ -546,16 +620,22 @@ class TestDescriptorExhaustion:
 
     async def test_out_of_descriptors_is_neutral(self, tmp_path, processes, upstreams) -> None:
         up = await upstreams()
-        gw = GatewayProcess(tmp_path, {
-            **_management(),
-            "auto-disable": {"failure-threshold": 2},
-            "openai-compatibility": [vendor("a", up.url, ["m"])],
-        }, nofile=self.NOFILE)
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                **_management(),
+                "auto-disable": {"failure-threshold": 2},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+            nofile=self.NOFILE,
+        )
         processes.append(gw.start())
         baseline = gw.open_descriptors()
         clients = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(self.NOFILE + 20)]
         try:
-            await eventually(lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors", timeout=15, interval=0.05)
+            await eventually(
+                lambda: gw.open_descriptors() >= self.NOFILE, "the gateway to run out of descriptors", timeout=15, interval=0.05
+            )
             accepted = self.NOFILE - baseline
             assert accepted >= 5, accepted
             # Connections accepted first (FIFO) ask for a completion: the upstream socket cannot be opened.
@@ -568,9 +648,13 @@ class TestDescriptorExhaustion:
         finally:
             for _, writer in clients:
                 writer.close()
-        await eventually(lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close", timeout=15, interval=0.05)
+        await eventually(
+            lambda: gw.open_descriptors() <= baseline + 2, "the idle connections to close", timeout=15, interval=0.05
+        )
         async with aiohttp.ClientSession() as session:
-            async with session.post(gw.url + "/v1/chat/completions", data=CHAT, headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(
+                gw.url + "/v1/chat/completions", data=CHAT, headers={"Content-Type": "application/json"}
+            ) as resp:
                 assert resp.status == 200, await resp.text()
             status, body, _ = await api(session, gw, "GET", "/api/models/m/status")
             assert status == 200
@@ -579,7 +663,11 @@ class TestDescriptorExhaustion:
         log = gw.log()
         assert "Traceback" not in log
         # One line per interval with a count, not one per request (the next would come 10 s later).
-        warnings = [line for line in log.splitlines() if "WARNING" in line and "gateway_overloaded:" in line and "upstream connect" in line]
+        warnings = [
+            line
+            for line in log.splitlines()
+            if "WARNING" in line and "gateway_overloaded:" in line and "upstream connect" in line
+        ]
         assert len(warnings) == 1, log
 
 
@@ -588,11 +676,11 @@ class TestSlowAndIdleClients:
 
     async def test_slowloris_headers_are_cut_off(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
-        head = _keepalive_chat()[:-len(CHAT) - 2]  # the header block without its final blank line
+        head = _keepalive_chat()[: -len(CHAT) - 2]  # the header block without its final blank line
         slow = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(20)]
         started = time.monotonic()
         closed_at: list[float] = []
-        for i, byte in enumerate(head):
+        for i, byte in enumerate(head):  # noqa: B007 (i is checked after the loop)
             for reader, writer in slow:
                 if not reader.at_eof():
                     try:
@@ -628,21 +716,29 @@ class TestSlowAndIdleClients:
         assert json.loads(body)["error"]["code"] == "gateway_overloaded"
         for _, w in held:
             w.close()
+
         async def served() -> bool:
             try:
                 async with aiohttp.ClientSession() as session, session.get(gw.url + "/v1/models") as resp:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
+
         await eventually(served, "a connection to be served after the held ones closed", timeout=10, interval=0.05)
 
     async def test_a_client_that_stops_reading_has_its_upstream_request_cancelled(self, tmp_path, processes, upstreams) -> None:
         up = await upstreams()
         up.fail("m", Fault(big_body_bytes=200 * 1024 * 1024))  # far more than every buffer on the way holds
-        gw = _start(processes, tmp_path, {
-            **_management(), "client-write-timeout": 1, "auto-disable": {"failure-threshold": 1},
-            "openai-compatibility": [vendor("a", up.url, ["m"])],
-        })
+        gw = _start(
+            processes,
+            tmp_path,
+            {
+                **_management(),
+                "client-write-timeout": 1,
+                "auto-disable": {"failure-threshold": 1},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -662,7 +758,7 @@ class TestSlowAndIdleClients:
     async def test_300_slowloris_connections_hold_nothing_past_the_header_timeout(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
         baseline = gw.open_descriptors()
-        head = _keepalive_chat()[:-len(CHAT) - 2]
+        head = _keepalive_chat()[: -len(CHAT) - 2]
         slow = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(300)]
         started = time.monotonic()
         # Each keeps dripping a header byte every 200 ms, as a slowloris does to stay alive: past the
@@ -672,7 +768,7 @@ class TestSlowAndIdleClients:
             for reader, writer in slow:
                 if not reader.at_eof():
                     with contextlib.suppress(ConnectionError):
-                        writer.write(head[byte:byte + 1])
+                        writer.write(head[byte : byte + 1])
             byte += 1
             await asyncio.sleep(0.2)
         await eventually(lambda: gw.open_descriptors() <= baseline + 2, "the slow connections to be closed", timeout=10)
@@ -687,10 +783,15 @@ class TestSlowAndIdleClients:
     @pytest.mark.parametrize("stream", [True, False])
     async def test_a_client_that_resets_right_after_sending_is_an_info_line(self, tmp_path, processes, upstreams, stream) -> None:
         up = await upstreams()
-        gw = _start(processes, tmp_path, {
-            **_management(), "auto-disable": {"failure-threshold": 1},
-            "openai-compatibility": [vendor("a", up.url, ["m"])],
-        })
+        gw = _start(
+            processes,
+            tmp_path,
+            {
+                **_management(),
+                "auto-disable": {"failure-threshold": 1},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
         body = json.dumps({**CHAT_JSON, "stream": stream}).encode()
         resets = 0
         for delay in (0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.03):  # the race is narrow: many tries
@@ -702,7 +803,9 @@ class TestSlowAndIdleClients:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
                 sock.close()
                 resets += 1
-        await eventually(lambda: gw.log().count("cliproxy.access") >= resets, "an access line per reset request", timeout=15, interval=0.05)
+        await eventually(
+            lambda: gw.log().count("cliproxy.access") >= resets, "an access line per reset request", timeout=15, interval=0.05
+        )
         log = gw.log()
         assert "Traceback" not in log and " ERROR " not in log, log
         assert all(" INFO " in line for line in log.splitlines() if "cliproxy.access" in line)
@@ -726,13 +829,21 @@ class TestConnectionNamedRequestHeaders:
         up = await upstreams()
         gw = _start(processes, tmp_path, {"openai-compatibility": [vendor("a", up.url, ["m"])]})
         body = json.dumps(CHAT_JSON).encode()
-        status, _, text = await raw_request(gw.port, http("POST", "/v1/chat/completions", [
-            ("Content-Type", "application/json"),
-            ("Connection", "X-Hop-Secret, x-other-hop"),  # a second Connection line: one list with the first ("close")
-            ("X-Hop-Secret", "HopSecretV4lue"),
-            ("X-Other-Hop", "1"),
-            ("X-Kept", "kept"),
-        ], body))
+        status, _, text = await raw_request(
+            gw.port,
+            http(
+                "POST",
+                "/v1/chat/completions",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Connection", "X-Hop-Secret, x-other-hop"),  # a second Connection line: one list with the first ("close")
+                    ("X-Hop-Secret", "HopSecretV4lue"),
+                    ("X-Other-Hop", "1"),
+                    ("X-Kept", "kept"),
+                ],
+                body,
+            ),
+        )
         assert status == 200, text
         sent = {k.lower(): v for k, v in up.requests[-1].headers.items()}
         assert sent["x-kept"] == "kept"  # an ordinary header still goes through
@@ -802,7 +913,13 @@ class TestWebPagesCannotUseALoopbackGateway:
 
     LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "LOCALHOST", "app.localhost", "[::1]", "127.0.0.2")
     FOREIGN_HOSTS = ("evil.example", "localhost.evil.example", "127.0.0.1.nip.io", "attacker", "[::2]", "localhost:x")
-    PATHS = (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/api/vendors"), ("GET", "/metrics"), ("GET", "/healthz"))
+    PATHS = (
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/api/vendors"),
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+    )
 
     async def test_rebound_host_is_421(self, upstreams, tmp_path, processes) -> None:
         up = await upstreams()
@@ -825,9 +942,22 @@ class TestWebPagesCannotUseALoopbackGateway:
 
     async def test_foreign_origin_is_403_and_no_origin_is_served(self, upstreams, tmp_path, processes) -> None:
         up = await upstreams()
-        gw = _start(processes, tmp_path, {**_management(), "cors-allow-origins": ["https://app.example.com"],
-                                          "openai-compatibility": [vendor("a", up.url, ["m"])]})
-        foreign = ("https://evil.example", "http://app.example.com", "https://app.example.com.evil.example", "null", "http://localhost:3000")
+        gw = _start(
+            processes,
+            tmp_path,
+            {
+                **_management(),
+                "cors-allow-origins": ["https://app.example.com"],
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
+        foreign = (
+            "https://evil.example",
+            "http://app.example.com",
+            "https://app.example.com.evil.example",
+            "null",
+            "http://localhost:3000",
+        )
         async with aiohttp.ClientSession() as session:
             for method, path in self.PATHS[:4]:
                 body = CHAT_JSON if method == "POST" else None
@@ -843,7 +973,9 @@ class TestWebPagesCannotUseALoopbackGateway:
             assert up.request_count == 2  # the refused chats never went upstream
             # Refused pages do not count as wrong management keys: the lock-out is untouched.
             for _ in range(10):
-                async with session.get(gw.url + "/api/vendors", headers={"Authorization": "Bearer wrong", "Origin": "https://evil.example"}) as resp:
+                async with session.get(
+                    gw.url + "/api/vendors", headers={"Authorization": "Bearer wrong", "Origin": "https://evil.example"}
+                ) as resp:
                     assert resp.status == 403
             status, _, _ = await api(session, gw, "GET", "/api/vendors")
             assert status == 200
@@ -866,8 +998,11 @@ class TestVendorHeaderValuesAreSecrets:
     async def test_header_values_never_shown(self, upstreams, tmp_path, processes) -> None:
         up = await upstreams()
         headers = {"Ocp-Apim-Subscription-Key": SUBSCRIPTION_KEY, "X-Auth-Key": AUTH_KEY_HEADER, "X-Title": PLAIN_HEADER}
-        gw = _start(processes, tmp_path, {"log-level": "DEBUG", **_management(),
-                                          "openai-compatibility": [vendor("a", up.url, ["m"], headers=headers)]})
+        gw = _start(
+            processes,
+            tmp_path,
+            {"log-level": "DEBUG", **_management(), "openai-compatibility": [vendor("a", up.url, ["m"], headers=headers)]},
+        )
         seen: list[str] = []
         async with aiohttp.ClientSession() as session:
             async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON) as resp:
@@ -880,8 +1015,9 @@ class TestVendorHeaderValuesAreSecrets:
                 seen.append(text)
             vendors = json.loads(seen[0])["vendors"]
             assert set(vendors[0]["headers"]) == set(headers)  # the names are shown, the values are not
-            status, body, text = await api(session, gw, "PATCH", "/api/vendors/a",
-                                           json={"headers": {"X-Auth-Key": PATCHED_HEADER, "X-Title": PLAIN_HEADER}})
+            status, body, text = await api(
+                session, gw, "PATCH", "/api/vendors/a", json={"headers": {"X-Auth-Key": PATCHED_HEADER, "X-Title": PLAIN_HEADER}}
+            )
             assert status == 200, text
             seen.append(text)
             async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON) as resp:
@@ -906,7 +1042,13 @@ ECHO_MGMT_KEY = 'Mgmt"Key\\Q7rT2wX9zL'  # JSON-escaped in the echo (a quote and 
 ECHO_OWN_KEY = "OwnVendorKeyJ4qL8sWw"  # base64 inside Basic credentials in the echo
 ECHO_OTHER_KEY = "OtherVendorKeyR5nV1x"  # another vendor's key, as written
 ECHO_HEADER = "HeaderSecretZ2vQ9xyz"  # a vendor header value, as written
-ECHO_ENV = {"ECHO_CLIENT": ECHO_CLIENT_KEY, "ECHO_MGMT": ECHO_MGMT_KEY, "ECHO_OWN": ECHO_OWN_KEY, "ECHO_OTHER": ECHO_OTHER_KEY, "ECHO_HEADER": ECHO_HEADER}
+ECHO_ENV = {
+    "ECHO_CLIENT": ECHO_CLIENT_KEY,
+    "ECHO_MGMT": ECHO_MGMT_KEY,
+    "ECHO_OWN": ECHO_OWN_KEY,
+    "ECHO_OTHER": ECHO_OTHER_KEY,
+    "ECHO_HEADER": ECHO_HEADER,
+}
 
 
 class TestUpstreamErrorTextIsMasked:
@@ -932,17 +1074,28 @@ class TestUpstreamErrorTextIsMasked:
             "remote-management": {"secret-key": "${ECHO_MGMT}"},
             "auto-disable": {"failure-threshold": 1},
             "openai-compatibility": [
-                {"name": "bad", "base-url": bad.url, "api-key-entries": [{"api-key": "${ECHO_OWN}"}],
-                 "headers": {"X-Auth-Key": "${ECHO_HEADER}"}, "models": [{"name": "m"}]},
-                {"name": "other", "base-url": other.url, "api-key-entries": [{"api-key": "${ECHO_OTHER}"}],
-                 "models": [{"name": "o"}]},
+                {
+                    "name": "bad",
+                    "base-url": bad.url,
+                    "api-key-entries": [{"api-key": "${ECHO_OWN}"}],
+                    "headers": {"X-Auth-Key": "${ECHO_HEADER}"},
+                    "models": [{"name": "m"}],
+                },
+                {
+                    "name": "other",
+                    "base-url": other.url,
+                    "api-key-entries": [{"api-key": "${ECHO_OTHER}"}],
+                    "models": [{"name": "o"}],
+                },
             ],
         }
         gw = _start(processes, tmp_path, config, env=ECHO_ENV)
         seen: list[str] = []
         auth = {"Authorization": f"Bearer {ECHO_MGMT_KEY}"}
         async with aiohttp.ClientSession() as session:
-            async with session.post(gw.url + "/v1/chat/completions", json=CHAT_JSON, headers={"x-api-key": ECHO_CLIENT_KEY}) as resp:
+            async with session.post(
+                gw.url + "/v1/chat/completions", json=CHAT_JSON, headers={"x-api-key": ECHO_CLIENT_KEY}
+            ) as resp:
                 assert resp.status == 500  # the last upstream error, relayed as it came ...
                 relayed = await resp.text()
                 assert relayed.startswith("echo: ") and relayed.count("***") == len(echoes)  # ... masked

@@ -62,7 +62,9 @@ class TestEnvironment:
         ]
 
     def test_empty_key_switches_the_vendor_off(self):
-        config = parse_config("openai-compatibility: [{name: a, base-url: 'http://x', api-key-entries: [{api-key: '${K:-}'}]}]", env={})
+        config = parse_config(
+            "openai-compatibility: [{name: a, base-url: 'http://x', api-key-entries: [{api-key: '${K:-}'}]}]", env={}
+        )
         assert config.vendors[0].missing_key and not config.vendors[0].routable
 
 
@@ -86,9 +88,14 @@ openai-compatibility:
 """
         found = problems(text)
         expected_paths = [
-            "port:", "hots: unknown key; did you mean 'host'?", "request-retry:", "auto-disable.failure-threshold:",
-            "openai-compatibility[0].disabled:", "openai-compatibility[0].models[1].name: duplicate name 'm1'",
-            "openai-compatibility[0].models[2].alias:", "openai-compatibility[1].base-url:",
+            "port:",
+            "hots: unknown key; did you mean 'host'?",
+            "request-retry:",
+            "auto-disable.failure-threshold:",
+            "openai-compatibility[0].disabled:",
+            "openai-compatibility[0].models[1].name: duplicate name 'm1'",
+            "openai-compatibility[0].models[2].alias:",
+            "openai-compatibility[1].base-url:",
             "openai-compatibility[1].models[0].alais: unknown key; did you mean 'alias'?",
             "openai-compatibility[1].name: duplicate name 'a'",
         ]
@@ -97,17 +104,25 @@ openai-compatibility:
         assert len(found) == len(expected_paths)
 
     def test_yaml_syntax_error_names_the_line(self):
-        assert problems("port: [1\n") [0].startswith("line 2")
+        assert problems("port: [1\n")[0].startswith("line 2")
 
     def test_bad_url(self):
-        assert problems("openai-compatibility: [{name: a, base-url: 'ftp://x'}]") == ["openai-compatibility[0].base-url: must be an http:// or https:// URL"]
+        assert problems("openai-compatibility: [{name: a, base-url: 'ftp://x'}]") == [
+            "openai-compatibility[0].base-url: must be an http:// or https:// URL"
+        ]
 
 
 class TestCheckConfigCommand:
     """`cliproxy check-config` validates only, and a bad file exits non-zero with no traceback."""
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cliproxy.cli", "check-config", *args], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        return subprocess.run(
+            [sys.executable, "-m", "cliproxy.cli", "check-config", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin"},
+        )
 
     def test_shipped_config_is_valid_without_environment(self):
         result = self.run("--config", str(REPO / "config.yaml"))

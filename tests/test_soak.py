@@ -27,9 +27,18 @@ class TestSoak:
     def test_bounded_soak(self, tmp_path: Path) -> None:
         summary_path = tmp_path / "summary.json"
         argv = [
-            sys.executable, str(ROOT / "scripts" / "soak.py"),
-            "--duration", str(SECONDS), "--clients", str(CLIENTS), "--warmup", "2",
-            "--json", str(summary_path), "--workdir", str(tmp_path / "run"),
+            sys.executable,
+            str(ROOT / "scripts" / "soak.py"),
+            "--duration",
+            str(SECONDS),
+            "--clients",
+            str(CLIENTS),
+            "--warmup",
+            "2",
+            "--json",
+            str(summary_path),
+            "--workdir",
+            str(tmp_path / "run"),
         ]
         done = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 150)
         print(done.stdout)

@@ -13,7 +13,12 @@ class TestStartupWarnings:
     def test_open_gateway_and_missing_key_are_warned(self, tmp_path):
         config = {
             "openai-compatibility": [
-                {"name": "hosted", "base-url": "https://example.invalid/v1", "api-key-entries": [{"api-key": "${HOSTED_KEY:-}"}], "models": [{"name": "m"}]},
+                {
+                    "name": "hosted",
+                    "base-url": "https://example.invalid/v1",
+                    "api-key-entries": [{"api-key": "${HOSTED_KEY:-}"}],
+                    "models": [{"name": "m"}],
+                },
                 {"name": "local", "base-url": "http://127.0.0.1:9/v1", "models": [{"name": "m"}]},
             ]
         }

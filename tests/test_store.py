@@ -84,9 +84,7 @@ def auto_record(vendor: str, model: str, at: float) -> DisabledRecord:
 
 
 def manual_record(vendor: str, model: str, at: float) -> DisabledRecord:
-    return DisabledRecord(
-        vendor=vendor, model=model, reason="manual", disabled_at=at, disabled_until=None, actor="10.0.0.7"
-    )
+    return DisabledRecord(vendor=vendor, model=model, reason="manual", disabled_at=at, disabled_until=None, actor="10.0.0.7")
 
 
 @pytest.fixture
@@ -479,17 +477,13 @@ class TestPingAndClose:
     async def test_caller_cancelled_mid_transaction_leaves_it_complete(self, store: SQLiteStore, db: Path):
         reached, release = await self.hold_at_upsert(store)
         try:
-            caller = asyncio.create_task(
-                store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
-            )
+            caller = asyncio.create_task(store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0)))
             assert await asyncio.to_thread(reached.wait, 5)
             caller.cancel()  # the event row is inserted, the upsert not yet run
             with pytest.raises(asyncio.CancelledError):
                 await caller
             assert self.pair_state(db, "a") == ([], [])  # nothing committed yet
-            nxt = asyncio.create_task(
-                store.record(disable_event("b", "m", T0 + 1), set_disabled=auto_record("b", "m", T0 + 1))
-            )
+            nxt = asyncio.create_task(store.record(disable_event("b", "m", T0 + 1), set_disabled=auto_record("b", "m", T0 + 1)))
             await asyncio.sleep(0.05)
             assert not nxt.done()  # queued behind the cancelled caller's transaction
         finally:
@@ -504,9 +498,7 @@ class TestPingAndClose:
     async def test_caller_cancelled_while_queued_withdraws_its_write(self, store: SQLiteStore, db: Path):
         reached, release = await self.hold_at_upsert(store)
         try:
-            first = asyncio.create_task(
-                store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
-            )
+            first = asyncio.create_task(store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0)))
             assert await asyncio.to_thread(reached.wait, 5)
             queued = asyncio.create_task(store.record(disable_event("q", "m", T0 + 1)))
             await asyncio.sleep(0.01)
@@ -522,9 +514,7 @@ class TestPingAndClose:
 
     @pytest.mark.parametrize("turns", range(8))
     async def test_caller_cancelled_at_any_point_leaves_all_or_nothing(self, store: SQLiteStore, db: Path, turns: int):
-        caller = asyncio.create_task(
-            store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0))
-        )
+        caller = asyncio.create_task(store.record(disable_event("a", "m", T0), set_disabled=auto_record("a", "m", T0)))
         for _ in range(turns):
             await asyncio.sleep(0)
         caller.cancel()
@@ -568,7 +558,11 @@ class TestFileUnderTheStore:
             await store.record(disable_event("c", "m", T0 + 2), set_disabled=auto_record("c", "m", T0 + 2))
         finally:
             await store.close()
-        assert [(e.vendor, e.at) for e in sorted(read_events(db), key=lambda e: e.id)] == [("a", T0), ("b", T0 + 1), ("c", T0 + 2)]
+        assert [(e.vendor, e.at) for e in sorted(read_events(db), key=lambda e: e.id)] == [
+            ("a", T0),
+            ("b", T0 + 1),
+            ("c", T0 + 2),
+        ]
         assert [(r.vendor, r.model) for r in read_disabled(db)] == [("a", "m"), ("b", "m"), ("c", "m")]
 
     async def test_only_the_newest_events_are_held(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

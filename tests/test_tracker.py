@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FakeClock, eventually
 from cliproxy.core.config import DEFAULT_COUNT_STATUSES, AutoDisableSettings, PairKey
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event, Outcome
 from cliproxy.services.journal import Journal
 from cliproxy.services.tracker import FailureTracker
+from tests.helpers import FakeClock, eventually
 
 T0 = 1_700_000_000.0
 PAIR: PairKey = ("acme", "gpt-x")
@@ -397,7 +397,9 @@ class TestRestart:
             assert second.disabled_pairs() == first.disabled_pairs()
             assert not second.is_available(PAIR) and not second.is_available(OTHER)
             clock.advance(200.0)  # the auto-disable is over, the manual one is not
-            await eventually(lambda: second.journal.pending_writes == 0 and second.is_available(PAIR), timeout=2.0, interval=0.002)
+            await eventually(
+                lambda: second.journal.pending_writes == 0 and second.is_available(PAIR), timeout=2.0, interval=0.002
+            )
             assert await second.flush(2.0)
             events = await db.events()
             assert [e.kind for e in reversed(events)] == ["disabled", "manual-disable", "enabled"]
@@ -437,9 +439,7 @@ class TestManual:
         assert store.rows == {}
 
     @pytest.mark.parametrize("duration", [0.0, -5.0])
-    async def test_manual_duration_must_be_positive(
-        self, store: MemoryStore, make_tracker: MakeTracker, duration: float
-    ) -> None:
+    async def test_manual_duration_must_be_positive(self, store: MemoryStore, make_tracker: MakeTracker, duration: float) -> None:
         tracker = await make_tracker(store)
         with pytest.raises(ValueError):
             await tracker.manual_disable(PAIR, duration, actor="ops")
@@ -543,7 +543,9 @@ class TestPersistence:
         assert await tracker.flush(1.0)
         assert store.kinds() == ["disabled", "disabled"]
 
-    async def test_config_events_share_the_one_order(self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock) -> None:
+    async def test_config_events_share_the_one_order(
+        self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock
+    ) -> None:
         """An event the config manager records through the journal is written between the transitions around it."""
         store.fail_next = 2
         tracker = await make_tracker(store)
@@ -666,7 +668,9 @@ class TestCommittedView:
     async def test_seeded_from_the_store_and_ended_by_the_clock(
         self, store: MemoryStore, make_tracker: MakeTracker, clock: FakeClock
     ) -> None:
-        record = DisabledRecord(vendor=PAIR[0], model=PAIR[1], reason="manual", disabled_at=T0, disabled_until=T0 + 10, actor="ops")
+        record = DisabledRecord(
+            vendor=PAIR[0], model=PAIR[1], reason="manual", disabled_at=T0, disabled_until=T0 + 10, actor="ops"
+        )
         store.rows[(*PAIR, "manual")] = record
         tracker = await make_tracker(store, sweep_interval=3600.0)
         assert tracker.committed_record(PAIR, "manual") == record

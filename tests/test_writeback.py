@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cliproxy.services.config_loader import load_config, parse_config
 from cliproxy.services.config_file import FileChanged, _write_temp, atomic_write, read_version, replace_if_unchanged
+from cliproxy.services.config_loader import load_config, parse_config
 from cliproxy.services.writeback import (
     MissingPath,
     WritebackError,
@@ -109,7 +109,7 @@ class TestReplaceInPlace:
         out = edit_yaml(CONFIG, [(("port",), 9000)])
         removed, added = changed_lines(CONFIG, out)
         assert (removed, added) == (["port: 8317"], ["port: 9000"])
-        assert "count-statuses: [429, \"5xx\"]   # quoted on purpose" in out
+        assert 'count-statuses: [429, "5xx"]   # quoted on purpose' in out
         assert "- name: 'openrouter'" in out
 
     def test_a_value_in_a_nested_mapping(self):
@@ -351,7 +351,7 @@ class TestAtomicWrite:
         target.write_text(CONFIG)
         # A real crash: the child process dies (os._exit, no cleanup) at the moment it would rename.
         child = textwrap.dedent(
-            f"""
+            """
             import os, sys
             from cliproxy.services import config_file
             os.replace = lambda *args: os._exit(17)

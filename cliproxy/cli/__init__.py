@@ -58,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        p = sub.add_parser(
-            name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+        p = sub.add_parser(name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", help="config file (default: $CLIPROXY_CONFIG or ./config.yaml)")
         p.set_defaults(handler=handler)
         return p
@@ -143,11 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model", metavar="MODEL", help="the model (upstream name or alias; may contain / and :)")
         if name == "disable":
             p.add_argument(
-                "--duration", type=duration_arg, metavar="DURATION", help="for how long: 90s, 10m, 1h30m, 2d (default: until enabled)"
+                "--duration",
+                type=duration_arg,
+                metavar="DURATION",
+                help="for how long: 90s, 10m, 1h30m, 2d (default: until enabled)",
             )
         p.add_argument("--key", help=f"management key (default: ${KEY_ENV})")
         p.add_argument("--url", help="server URL (default: http://HOST:PORT from the config)")
-        p.add_argument("--timeout", type=duration_arg, default=10.0, metavar="SECONDS", help="give up after this long (default 10s)")
+        p.add_argument(
+            "--timeout", type=duration_arg, default=10.0, metavar="SECONDS", help="give up after this long (default 10s)"
+        )
 
     p = sub.add_parser(
         "demo",

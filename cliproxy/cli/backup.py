@@ -22,8 +22,5 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return fail("backup", str(exc))
     except (sqlite3.Error, OSError) as exc:
         return fail("backup", f"cannot back up {db} to {args.path}: {exc}")
-    print(
-        f"{db} -> {result.path}: {result.events} events, {result.disabled_pairs} disabled pair rows, "
-        f"{result.size_bytes} bytes"
-    )
+    print(f"{db} -> {result.path}: {result.events} events, {result.disabled_pairs} disabled pair rows, {result.size_bytes} bytes")
     return 0

@@ -164,7 +164,9 @@ def _describe(view: DisableView, *, name: bool) -> str:
         parts.append(f"by {record.actor}")
     if record.last_error is not None:
         status = record.last_error.status
-        parts.append(f"last error: {status if status is not None else 'transport'} {_one_line(record.last_error.message, 60)}".rstrip())
+        parts.append(
+            f"last error: {status if status is not None else 'transport'} {_one_line(record.last_error.message, 60)}".rstrip()
+        )
     return ", ".join(parts)
 
 
@@ -210,7 +212,9 @@ def _status_of(
         sources = ", ".join(f"${{{variable}}}" for variable in key_variables)
         details.append(f"key from {sources} (not set here; assumed set for the server)")
     if expired:
-        details.extend(f"{_describe(v, name=True)} (the server records the re-enable at its next sweep or start-up)" for v in expired)
+        details.extend(
+            f"{_describe(v, name=True)} (the server records the re-enable at its next sweep or start-up)" for v in expired
+        )
     return PairStatus(
         vendor=key[0],
         model=key[1],
@@ -264,11 +268,7 @@ def pair_statuses(
         )
         for key, pair in table.pairs.items()
     ]
-    orphans = [
-        _status_of(key, (), views, configured=False)
-        for key, views in sorted(rows.items())
-        if key not in table.pairs
-    ]
+    orphans = [_status_of(key, (), views, configured=False) for key, views in sorted(rows.items()) if key not in table.pairs]
     return configured, orphans
 
 

@@ -76,8 +76,7 @@ def parse_client_body(body: bytes) -> ClientRequest:
         # ignoring case: `{"model": "cheap", "MODEL": "expensive"}` would be routed as one model
         # and run as the other, on the vendor's key.
         raise InvalidRequest(
-            "the request body names the model more than once (a second 'model' key, in any case or escaping); "
-            "send exactly one",
+            "the request body names the model more than once (a second 'model' key, in any case or escaping); send exactly one",
             param="model",
             code="duplicate_model",
         )

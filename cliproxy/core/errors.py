@@ -205,9 +205,7 @@ class GatewayOverloaded(ServiceUnavailable):
 
 def error_body(message: str, error_type: str, code: str, param: str | None = None) -> bytes:
     """The OpenAI error shape, `{"error": {"message", "type", "param", "code"}}`, as a JSON body."""
-    return json.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    ).encode()
+    return json.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}}).encode()
 
 
 def error_event(message: str, error_type: str, code: str, param: str | None = None) -> bytes:

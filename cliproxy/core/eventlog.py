@@ -20,8 +20,6 @@ def render_fields(fields: dict[str, Any]) -> str:
     return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items() if v is not None)
 
 
-
-
 def event_fields(event: Event) -> dict[str, Any]:
     """The fields of an event as the tracker logs them (times as in the database: `...T23:59:01.123Z`)."""
 
@@ -59,5 +57,11 @@ def log_event(event: Event, logger: logging.Logger, level: int | None = None) ->
         return
     fields = event_fields(event)
     subject = "pair " if event.vendor is not None and event.model is not None else ""
-    logger.log(level, "%s%s %s", subject, event.kind, render_fields({k: v for k, v in fields.items() if k != "event"}),
-               extra={"cliproxy_event": fields})
+    logger.log(
+        level,
+        "%s%s %s",
+        subject,
+        event.kind,
+        render_fields({k: v for k, v in fields.items() if k != "event"}),
+        extra={"cliproxy_event": fields},
+    )

@@ -224,7 +224,9 @@ def restore(record: DisabledRecord, now: float) -> Decision[PairState | None]:
     assert record.disabled_until is not None, "an auto-disable row always has an end"
     if record.disabled_until <= now:
         pair = (record.vendor, record.model)
-        return Decision(None, (ended_effect(pair, AUTO, record.disabled_at, record.disabled_until, now, cause="startup-expired"),))
+        return Decision(
+            None, (ended_effect(pair, AUTO, record.disabled_at, record.disabled_until, now, cause="startup-expired"),)
+        )
     state = PairState(
         failure_count=record.failure_count,
         window_started_at=record.window_started_at,

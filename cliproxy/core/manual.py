@@ -50,7 +50,9 @@ def disable(
         raise ValueError(f"duration_seconds must be > 0 or None, got {duration_seconds!r}")
     vendor, model = pair
     if duration_seconds is None:
-        return Decision(timed, (Effect(Event(kind="manual-disable", at=now, vendor=vendor, model=model, reason=MANUAL, actor=actor)),))
+        return Decision(
+            timed, (Effect(Event(kind="manual-disable", at=now, vendor=vendor, model=model, reason=MANUAL, actor=actor)),)
+        )
     until = failures.ms(now + duration_seconds)
     record = DisabledRecord(vendor=vendor, model=model, reason=MANUAL, disabled_at=now, disabled_until=until, actor=actor)
     event = Event(
@@ -74,9 +76,7 @@ def expire(pair: PairKey, timed: DisabledRecord | None, now: float) -> Decision[
     return Decision(None, (_ended(pair, timed, now, cause="expired"),))
 
 
-def enable(
-    pair: PairKey, axes: Axes, actor: str, now: float, *, record_if_nothing_cleared: bool = True
-) -> Decision[Axes]:
+def enable(pair: PairKey, axes: Axes, actor: str, now: float, *, record_if_nothing_cleared: bool = True) -> Decision[Axes]:
     """An operator's enable at `now`: clear the auto-disable and the timed manual disable, reset the count.
 
     A disable whose time had already passed is recorded as expired first (both axes, auto first);

@@ -18,9 +18,7 @@ from cliproxy.core.config import Config
 __all__ = ["SecretMasker", "config_secrets", "mask_secrets", "mask_key", "excerpt", "is_secret_header"]
 
 # Things that look like credentials even when we do not know them: bearer tokens and common key shapes.
-_LOOKS_SECRET = re.compile(
-    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|pk|rk|gsk|xai|key)-[A-Za-z0-9_-]{8,}\b"
-)
+_LOOKS_SECRET = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|pk|rk|gsk|xai|key)-[A-Za-z0-9_-]{8,}\b")
 #: Shorter secrets are masked only as written: their encoded forms would match ordinary text.
 _MIN_ENCODED = 8
 _MIN_SECRET = 4

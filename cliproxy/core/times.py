@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "format_duration",
@@ -26,7 +26,7 @@ __all__ = [
     "parse_since",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def parse_iso(text: str) -> float:
     """ISO-8601 date or time (`Z`, an offset, or naive = UTC) -> epoch seconds, to the millisecond."""
     moment = datetime.fromisoformat(text.strip())
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return round((moment - _EPOCH) / _ONE_MS) / 1000
 
 

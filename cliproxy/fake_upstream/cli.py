@@ -26,16 +26,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="probability of a global status fault")
     parser.add_argument("--fail-status", type=int, default=500, help="status used by --fail-rate")
-    parser.add_argument(
-        "--record", action="store_true", help="keep every request in memory (off: a long benchmark would grow)"
-    )
+    parser.add_argument("--record", action="store_true", help="keep every request in memory (off: a long benchmark would grow)")
     return parser.parse_args(argv)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:
-    fake = FakeUpstream(
-        chunks=args.chunks, chunk_delay=args.chunk_delay, name=args.name, seed=args.seed, record=args.record
-    )
+    fake = FakeUpstream(chunks=args.chunks, chunk_delay=args.chunk_delay, name=args.name, seed=args.seed, record=args.record)
     if args.fail_rate > 0:
         fake.fail(None, Fault(status=args.fail_status, probability=args.fail_rate))
     stop = asyncio.Event()

@@ -91,9 +91,7 @@ def full_body(
     return _response_object(next_id("resp"), model, text, prompt_tokens, chunks, created)
 
 
-def _response_object(
-    rid: str, model: str, text: str | None, prompt_tokens: int, chunks: int, created: int
-) -> dict[str, Any]:
+def _response_object(rid: str, model: str, text: str | None, prompt_tokens: int, chunks: int, created: int) -> dict[str, Any]:
     done = text is not None
     output = (
         [
@@ -151,21 +149,14 @@ def stream_frames(
         for i, piece in enumerate(pieces):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             finish = '"stop"' if i == last else "null"
-            frames.append(
-                f'{head}{dumps(delta)},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
-            )
+            frames.append(f'{head}{dumps(delta)},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode())
     else:
-        base = (
-            f'data: {{"id":"{next_id("cmpl")}","object":"text_completion",'
-            f'"created":{created},"model":{model_json},'
-        )
+        base = f'data: {{"id":"{next_id("cmpl")}","object":"text_completion","created":{created},"model":{model_json},'
         head = base + '"choices":[{"text":'
         frames = []
         for i, piece in enumerate(pieces):
             finish = '"stop"' if i == last else "null"
-            frames.append(
-                f'{head}{dumps(piece)},"index":0,"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
-            )
+            frames.append(f'{head}{dumps(piece)},"index":0,"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode())
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         prompt_tokens = _prompt_tokens(body)
@@ -211,9 +202,7 @@ def _response_frames(
 
 def _embedding_object(body: Mapping[str, Any], model: str, embedding_dim: int) -> dict[str, Any]:
     inputs = body.get("input")
-    if isinstance(inputs, str) or (
-        isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)
-    ):
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs:
         raise BadInput("'input' must be a non-empty string or array")
@@ -225,9 +214,7 @@ def _embedding_object(body: Mapping[str, Any], model: str, embedding_dim: int) -
         # Deterministic per input so callers can compare vectors.
         seed = sum(map(ord, str(item))) % 997
         vector = [round(math.sin(seed + k) * 0.5, 6) for k in range(dim)]
-        embedding: Any = (
-            base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode() if as_base64 else vector
-        )
+        embedding: Any = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(len(str(i)) for i in inputs) // 4 + 1
     return {

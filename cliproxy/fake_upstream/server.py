@@ -155,9 +155,7 @@ class FakeUpstream:
         self._stopping = False
         # handler_cancellation: a client that goes away cancels its handler, so
         # stalls end and `disconnects` is counted even when nothing is being written.
-        runner = web.AppRunner(
-            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
-        )
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -318,7 +316,9 @@ class FakeUpstream:
         chunks = _int_header(request, "x-fake-chunks", self.chunks)
         if not stream:
             try:
-                full = full_body(kind, body, model, chunks, name=self.name, next_id=self._next_id, embedding_dim=self.embedding_dim)
+                full = full_body(
+                    kind, body, model, chunks, name=self.name, next_id=self._next_id, embedding_dim=self.embedding_dim
+                )
             except BadInput as exc:
                 return _error_response(400, str(exc))
             payload = dumps(full).encode()
@@ -373,9 +373,7 @@ class FakeUpstream:
         state.finished = True
         return resp
 
-    async def _partial_body(
-        self, request: web.Request, payload: bytes, fault: Fault, state: _ReqState
-    ) -> web.StreamResponse:
+    async def _partial_body(self, request: web.Request, payload: bytes, fault: Fault, state: _ReqState) -> web.StreamResponse:
         """Non-stream reset/stall: announce the full length, send half, then drop or stall."""
         resp = web.StreamResponse(headers={"Content-Type": _JSON})
         resp.content_length = len(payload)

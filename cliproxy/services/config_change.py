@@ -72,9 +72,7 @@ def restart_required(config: Config, started: Config) -> list[str]:
     return fields
 
 
-def reloaded_event(
-    previous: Config, config: Config, started: Config, *, reason: str, actor: str | None, at: float
-) -> Event:
+def reloaded_event(previous: Config, config: Config, started: Config, *, reason: str, actor: str | None, at: float) -> Event:
     """`config-reloaded`: `config` replaced `previous` (counts, vendors added and removed, what waits for a restart)."""
     old_names = {v.name for v in previous.vendors}
     new_names = {v.name for v in config.vendors}

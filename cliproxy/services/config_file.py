@@ -107,6 +107,8 @@ def remove_leftover_temp_files(path: str | os.PathLike[str]) -> list[str]:
                 os.unlink(candidate)
                 removed.append(candidate)
     return removed
+
+
 # ---------------------------------------------------------------------------------------------
 # Compare-and-swap: never write over a version of the file that the edit was not computed from
 # ---------------------------------------------------------------------------------------------

@@ -90,7 +90,9 @@ def expand_env(
             if unset is not None and path.split(".", 1)[0].split("[", 1)[0] not in LENIENT_NEEDED:
                 unset.setdefault(path, []).append(name)
                 return ""
-            problems.append(f"{path or '<root>'}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+            problems.append(
+                f"{path or '<root>'}: environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )
             return ""
 
         expanded = ENV_PATTERN.sub(substitute, value)
@@ -113,7 +115,9 @@ def expand_env(
         }
         return {k: v for k, v in expanded_items.items() if v is not _LEAVE_OUT}
     if isinstance(value, list):
-        expanded_list = [expand_env(v, env, f"{path}[{i}]", problems, unset=unset, leave_out=leave_out) for i, v in enumerate(value)]
+        expanded_list = [
+            expand_env(v, env, f"{path}[{i}]", problems, unset=unset, leave_out=leave_out) for i, v in enumerate(value)
+        ]
         return [v for v in expanded_list if v is not _LEAVE_OUT]
     return value
 
@@ -205,10 +209,12 @@ def _safe_load(text: str) -> Any:
         except _SelfReference:
             raise ConfigError(["<root>: an alias (*name) refers to the node it is part of"]) from None
         if expanded - written > MAX_ALIAS_EXPANSION:
-            raise ConfigError([
-                f"<root>: YAML aliases (*name) would expand the document from {written} to {expanded} nodes; "
-                f"at most {MAX_ALIAS_EXPANSION} more than written are allowed (an \"alias bomb\"?)"
-            ])
+            raise ConfigError(
+                [
+                    f"<root>: YAML aliases (*name) would expand the document from {written} to {expanded} nodes; "
+                    f'at most {MAX_ALIAS_EXPANSION} more than written are allowed (an "alias bomb"?)'
+                ]
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -278,9 +284,7 @@ class LenientConfig:
         return tuple(dict.fromkeys(n for path, names in self.unset.items() if path.startswith(prefix) for n in names))
 
 
-def parse_config_leniently(
-    text: str, *, env: Mapping[str, str] | None = None, source: str | None = None
-) -> LenientConfig:
+def parse_config_leniently(text: str, *, env: Mapping[str, str] | None = None, source: str | None = None) -> LenientConfig:
     """Like `parse_config`, for commands that read the config only for the database, host and port
     (`cliproxy status`, `history`, `enable`, `disable`): an unset `${VAR}` is no error except in
     those keys. It reads as "" (an `api-key` then looks empty: `LenientConfig.unset` says why), or,

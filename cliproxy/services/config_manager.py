@@ -59,10 +59,10 @@ from cliproxy.services.config_change import (
     reloaded_event,
     restart_required,
 )
-from cliproxy.services.config_loader import ConfigError
 from cliproxy.services.config_file import FileChanged, FileVersion, current_version, read_version, replace_if_unchanged
-from cliproxy.services.writeback import MissingPath, Path, WritebackError, edit_yaml, switch_edits, switch_state
+from cliproxy.services.config_loader import ConfigError
 from cliproxy.services.tracker import FailureTracker
+from cliproxy.services.writeback import MissingPath, Path, WritebackError, edit_yaml, switch_edits, switch_state
 
 # The errors are defined in config_change and re-exported: callers catch them as the manager's.
 __all__ = ["ConfigChanged", "ConfigManager", "ConfigRejected", "NoConfigFile"]
@@ -256,7 +256,9 @@ class ConfigManager:
                 if not changed:
                     detail["config_changed"] = False
                 await self._record(
-                    Event(kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None)
+                    Event(
+                        kind=kind, at=self._clock(), vendor=vendor, model=model, reason=reason, actor=actor, detail=detail or None
+                    )
                 )
                 return self._live.current.config
             raise ConfigChanged(
@@ -264,9 +266,7 @@ class ConfigManager:
                 f"{EDIT_ATTEMPTS} times in a row; nothing was written: retry"
             )
 
-    async def replace_text(
-        self, text: str, *, actor: str, check: Callable[[Config], None] | None = None
-    ) -> Config:
+    async def replace_text(self, text: str, *, actor: str, check: Callable[[Config], None] | None = None) -> Config:
         """Replace the whole file (PUT /api/config.yaml): validate first (and `check` the result,
         which may raise), then write, swap, record `config-reloaded`.
 
@@ -381,8 +381,7 @@ class ConfigManager:
             problems = self._mask(error.problems)
             raise ConfigChanged(
                 "config.yaml was changed on disk and is not a valid configuration (yet), so no change can start "
-                "from it; nothing was written: fix the file, or retry once it is saved whole. Problems: "
-                + "; ".join(problems)
+                "from it; nothing was written: fix the file, or retry once it is saved whole. Problems: " + "; ".join(problems)
             ) from None
         if version is not None:
             self._seen_stat = _stat_key(version)

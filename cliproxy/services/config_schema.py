@@ -64,9 +64,7 @@ def _kebab(name: str) -> str:
 
 
 def Int(name: str, *, minimum: int | None = 0, maximum: int | None = None, **kw: Any) -> fields.Integer:
-    return fields.Integer(
-        data_key=_kebab(name), strict=True, validate=validate.Range(min=minimum, max=maximum), **kw
-    )
+    return fields.Integer(data_key=_kebab(name), strict=True, validate=validate.Range(min=minimum, max=maximum), **kw)
 
 
 def Seconds(name: str, **kw: Any) -> fields.Float:
@@ -265,7 +263,9 @@ class ConfigSchema(StrictSchema):
     shutdown_grace_seconds = fields.Float(data_key="shutdown-grace-seconds", validate=validate.Range(min=0))
     cors_allow_origins = fields.List(Origin(), data_key="cors-allow-origins")
     log_format = Str("log_format", validate=validate.OneOf(["text", "json"]))
-    log_level = Str("log_level", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"]))
+    log_level = Str(
+        "log_level", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
+    )
     metrics = fields.Nested(MetricsSchema, data_key="metrics")
     remote_management = fields.Nested(RemoteManagementSchema, data_key="remote-management")
     timeouts = fields.Nested(TimeoutsSchema, data_key="timeouts")
@@ -290,7 +290,5 @@ class ConfigSchema(StrictSchema):
         log_level = data.pop("log_level", None)
         log_format = data.pop("log_format", None)
         if log_level or log_format:
-            data["logging"] = LoggingSettings(
-                level=(log_level or "INFO").upper(), format=log_format or "text"
-            )
+            data["logging"] = LoggingSettings(level=(log_level or "INFO").upper(), format=log_format or "text")
         return Config(**data)

@@ -73,8 +73,7 @@ def default_migrations_dir() -> Path:
     # names files in its errors, which a zip-imported Traversable could not offer.
     if not isinstance(directory, Path) or not (directory / "0001_initial.sql").is_file():
         raise MigrationError(
-            f"the migration files are missing from the installed package (looked in {directory}); "
-            "reinstall cliproxy",
+            f"the migration files are missing from the installed package (looked in {directory}); reinstall cliproxy",
             path=Path(str(directory)),
         )
     return directory
@@ -88,14 +87,10 @@ def _discover(migrations_dir: Path | None) -> list[_Migration]:
     for path in sorted(directory.glob("*.sql")):
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
-            raise MigrationError(
-                f"migration file {path.name} is not named NNNN_name.sql (in {directory})", path=path
-            )
+            raise MigrationError(f"migration file {path.name} is not named NNNN_name.sql (in {directory})", path=path)
         version = int(match.group(1))
         if version in found:
-            raise MigrationError(
-                f"migration files {found[version].name} and {path.name} share version {version}", path=path
-            )
+            raise MigrationError(f"migration files {found[version].name} and {path.name} share version {version}", path=path)
         found[version] = _Migration(version, path.name, path)
     return [found[v] for v in sorted(found)]
 
@@ -141,9 +136,7 @@ def _split_statements(script: str) -> list[tuple[int, str]]:
 
 
 def _applied_versions(conn: sqlite3.Connection) -> set[int]:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not exists:
         return set()
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
@@ -175,8 +168,7 @@ def _apply_one(conn: sqlite3.Connection, migration: _Migration) -> bool:
                 c.execute(statement)
             except sqlite3.Error as exc:
                 raise MigrationError(
-                    f"migration {migration.name} failed at line {line}: {exc}; "
-                    "the database was left as it was before this file",
+                    f"migration {migration.name} failed at line {line}: {exc}; the database was left as it was before this file",
                     path=migration.path,
                     line=line,
                     sqlite_message=str(exc),
@@ -193,8 +185,7 @@ def _apply_one(conn: sqlite3.Connection, migration: _Migration) -> bool:
         raise
     except sqlite3.Error as exc:  # BEGIN or COMMIT failed (locked, disk full, ...)
         raise MigrationError(
-            f"migration {migration.name} could not be committed: {exc}; "
-            "the database was left as it was before this file",
+            f"migration {migration.name} could not be committed: {exc}; the database was left as it was before this file",
             path=migration.path,
             sqlite_message=str(exc),
         ) from exc

@@ -241,10 +241,7 @@ def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
 # SQL: the statements and their parameters (shared by both paths), and the stdlib runners
 # --------------------------------------------------------------------------------------------
 
-INSERT_EVENT = (
-    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _EVENT_COLUMNS)})"
-)
+INSERT_EVENT = f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _EVENT_COLUMNS)})"
 
 UPSERT_DISABLED = (
     f"INSERT INTO disabled_pairs ({', '.join(_DISABLED_COLUMNS)}, event_id) "
@@ -261,9 +258,7 @@ FIND_EVENT = (
     "AND reason IS :reason AND cause IS :cause AND actor IS :actor LIMIT 1"
 )
 
-SELECT_DISABLED = (
-    f"SELECT {', '.join(_DISABLED_COLUMNS)} FROM disabled_pairs ORDER BY vendor, model, reason"
-)
+SELECT_DISABLED = f"SELECT {', '.join(_DISABLED_COLUMNS)} FROM disabled_pairs ORDER BY vendor, model, reason"
 
 # Take the write lock and read the schema, then let go: proves the file is there, readable and
 # lockable for writing, without writing anything.
@@ -391,6 +386,4 @@ def read_events(
 ) -> list[Event]:
     """Events newest first, read-only; same filters as `Store.events`."""
     with closing(connect_ro(path)) as conn:
-        return _select_events(
-            conn, vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
-        )
+        return _select_events(conn, vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit)

@@ -156,9 +156,7 @@ async def _connect_async(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def _in_write_transaction_async(
-    conn: aiosqlite.Connection, body: Callable[[aiosqlite.Connection], Awaitable[_T]]
-) -> _T:
+async def _in_write_transaction_async(conn: aiosqlite.Connection, body: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
     """Run `body` inside BEGIN IMMEDIATE ... COMMIT; roll back on any error and re-raise it."""
     try:
         await conn.execute("BEGIN IMMEDIATE")
@@ -239,7 +237,10 @@ class SQLiteStore:
         dropped = f" ({self._dropped} older events of this run were no longer held)" if self._dropped else ""
         _log.warning(
             "the database file %s was recreated: %d events and %d disabled pairs written back%s",
-            self.path, events, rows, dropped,
+            self.path,
+            events,
+            rows,
+            dropped,
         )
 
     async def _refill(self, conn: aiosqlite.Connection) -> tuple[int, int]:
@@ -350,9 +351,7 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[Event]:
         async def body(conn: aiosqlite.Connection) -> list[Event]:
-            sql, params = events_query(
-                vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit
-            )
+            sql, params = events_query(vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit)
             return [row_to_event(row) for row in await conn.execute_fetchall(sql, params)]
 
         return await self._run(body)

@@ -184,7 +184,7 @@ class FailureTracker:
         return wait
 
     def disabled_by(self, pair: PairKey) -> Literal["auto", "manual"] | None:
-        """"manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else None."""
+        """ "manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else None."""
         if pair not in self._settings:
             return None
         now = self._clock()
@@ -321,9 +321,7 @@ class FailureTracker:
         elif record.reason == MANUAL:
             self._apply_manual(pair, manual.restore(record, now))
         else:
-            self._log.warning(
-                "ignoring disabled row with unknown reason vendor=%s model=%s reason=%s", *pair, record.reason
-            )
+            self._log.warning("ignoring disabled row with unknown reason vendor=%s model=%s reason=%s", *pair, record.reason)
 
     def _expire_pair(self, pair: PairKey, now: float) -> int:
         """End whichever of the pair's disables are over; returns how many ended."""

@@ -439,7 +439,9 @@ def _switch_key(entry: MappingNode, *, vendor: bool) -> str:
     return "disabled" if vendor and _find_key(entry, "disabled") is not None else "enabled"
 
 
-def switch_state(text: str, vendor_name: str, model_name: str | None = None, *, env: Mapping[str, str] | None = None) -> bool | None:
+def switch_state(
+    text: str, vendor_name: str, model_name: str | None = None, *, env: Mapping[str, str] | None = None
+) -> bool | None:
     """What the entry's switch line says: True for on in so many words (`enabled: true`, `disabled:
     false`), False for off (or a value that is not a plain boolean), None when there is no such line."""
     _, entry = _entry(text, vendor_name, model_name, env)

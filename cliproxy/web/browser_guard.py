@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from cliproxy.web.admin.auth import is_loopback
 from cliproxy.core.errors import Forbidden, MisdirectedRequest
+from cliproxy.web.admin.auth import is_loopback
 from cliproxy.web.keys import CORS_ORIGIN, RUNTIME
 
 __all__ = ["browser_guard_middleware", "cors_response_headers", "is_loopback_host", "origin_allowed"]
@@ -43,20 +43,48 @@ _CLIENT_API = "/v1/"
 
 _ALLOW_METHODS = "GET, POST, OPTIONS"
 #: What the client API reads, and what the official SDKs send (openai-node sends its x-stainless-* set).
-_ALLOW_HEADERS = ", ".join((
-    "authorization", "content-type", "x-api-key", "x-request-id",
-    "openai-organization", "openai-project", "openai-beta",
-    "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
-    "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
-))
+_ALLOW_HEADERS = ", ".join(
+    (
+        "authorization",
+        "content-type",
+        "x-api-key",
+        "x-request-id",
+        "openai-organization",
+        "openai-project",
+        "openai-beta",
+        "x-stainless-arch",
+        "x-stainless-lang",
+        "x-stainless-os",
+        "x-stainless-package-version",
+        "x-stainless-retry-count",
+        "x-stainless-runtime",
+        "x-stainless-runtime-version",
+        "x-stainless-timeout",
+    )
+)
 #: What a page may read of an answer besides the CORS-safelisted headers (see cliproxy.web.upstream's allow-list).
-_EXPOSE_HEADERS = ", ".join((
-    "x-request-id", "x-cliproxy-vendor", "x-cliproxy-model", "x-cliproxy-attempts",
-    "retry-after", "retry-after-ms", "request-id", "openai-request-id",
-    "openai-model", "openai-organization", "openai-processing-ms", "openai-version",
-    "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
-    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
-))
+_EXPOSE_HEADERS = ", ".join(
+    (
+        "x-request-id",
+        "x-cliproxy-vendor",
+        "x-cliproxy-model",
+        "x-cliproxy-attempts",
+        "retry-after",
+        "retry-after-ms",
+        "request-id",
+        "openai-request-id",
+        "openai-model",
+        "openai-organization",
+        "openai-processing-ms",
+        "openai-version",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+    )
+)
 #: Seconds a browser may reuse a preflight answer. Short: an origin removed from the config is
 #: refused on its next request anyway (the check does not depend on the preflight).
 _MAX_AGE = "600"

@@ -16,8 +16,8 @@ import asyncio
 
 from aiohttp import web
 
-from cliproxy.web.admin.auth import authorize
 from cliproxy.core.errors import Forbidden
+from cliproxy.web.admin.auth import authorize
 from cliproxy.web.keys import JOURNAL, METRICS, RUNTIME, STORE
 from cliproxy.web.metrics import CONTENT_TYPE
 

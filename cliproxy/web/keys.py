@@ -9,22 +9,39 @@ import aiohttp
 from aiohttp import web
 
 from cliproxy.core.events import OutcomeSink
-from cliproxy.web.inflight import InFlight
-from cliproxy.web.metrics import Metrics
-from cliproxy.web.overload import OverloadLog
 from cliproxy.core.runtime import LiveRuntime
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import Store
 from cliproxy.services.tracker import FailureTracker
 from cliproxy.web.access import AccessInfo
+from cliproxy.web.inflight import InFlight
+from cliproxy.web.metrics import Metrics
+from cliproxy.web.overload import OverloadLog
 from cliproxy.web.proxied_request import ProxiedRequest
 
 if TYPE_CHECKING:  # reload.py imports these keys; the type is only for checkers
     from cliproxy.services.config_manager import ConfigManager
 
-__all__ = ["RUNTIME", "CLIENT_SESSION", "OUTCOMES", "ACCESS_INFO", "STORE", "JOURNAL", "TRACKER", "CLOCK", "ADMIN_ACTOR",
-           "METRICS", "REQUEST_ID", "STREAM_COUNTED", "CONFIG_MANAGER", "OVERLOAD_LOG", "CORS_ORIGIN", "IN_FLIGHT",
-           "RELAYED_STATUS", "PROXIED_REQUEST"]
+__all__ = [
+    "RUNTIME",
+    "CLIENT_SESSION",
+    "OUTCOMES",
+    "ACCESS_INFO",
+    "STORE",
+    "JOURNAL",
+    "TRACKER",
+    "CLOCK",
+    "ADMIN_ACTOR",
+    "METRICS",
+    "REQUEST_ID",
+    "STREAM_COUNTED",
+    "CONFIG_MANAGER",
+    "OVERLOAD_LOG",
+    "CORS_ORIGIN",
+    "IN_FLIGHT",
+    "RELAYED_STATUS",
+    "PROXIED_REQUEST",
+]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
 RUNTIME = web.AppKey("runtime", LiveRuntime)

@@ -36,9 +36,18 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from cliproxy.core.config import LoggingSettings
-from cliproxy.web.keys import ACCESS_INFO, IN_FLIGHT, METRICS, PROXIED_REQUEST, RELAYED_STATUS, REQUEST_ID, RUNTIME, STREAM_COUNTED
 from cliproxy.core.redact import SecretMasker, mask_secrets
 from cliproxy.core.times import format_timestamp
+from cliproxy.web.keys import (
+    ACCESS_INFO,
+    IN_FLIGHT,
+    METRICS,
+    PROXIED_REQUEST,
+    RELAYED_STATUS,
+    REQUEST_ID,
+    RUNTIME,
+    STREAM_COUNTED,
+)
 
 __all__ = [
     "JsonFormatter",
@@ -146,7 +155,12 @@ class _QuietMalformedRequests(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BadHttpMessage):
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args, record.exc_info, record.exc_text = "refused a malformed HTTP request: %s", (type(exc).__name__,), None, None
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "refused a malformed HTTP request: %s",
+                (type(exc).__name__,),
+                None,
+                None,
+            )
         return True
 
 
@@ -297,7 +311,9 @@ def _after(
     }
     # makeRecord + handle: what `log()` does, minus the stack walk that finds the caller's line.
     access_log.handle(
-        access_log.makeRecord(access_log.name, level, __file__, 0, "%s", (_AccessLine(fields),), None, None, {"cliproxy_access": fields})
+        access_log.makeRecord(
+            access_log.name, level, __file__, 0, "%s", (_AccessLine(fields),), None, None, {"cliproxy_access": fields}
+        )
     )
 
 

@@ -35,7 +35,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Container, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from cliproxy.core.events import Event
@@ -138,9 +145,13 @@ class Metrics:
             ("model", "vendor"),
             _TTFB_BUCKETS,
         )
-        self._disables = _Counter("cliproxy_pair_disables", "Pairs disabled, by reason (auto | manual).", ("vendor", "model", "reason"))
+        self._disables = _Counter(
+            "cliproxy_pair_disables", "Pairs disabled, by reason (auto | manual).", ("vendor", "model", "reason")
+        )
         self._enables = _Counter(
-            "cliproxy_pair_enables", "Pairs re-enabled, by cause (expired | manual | startup-expired).", ("vendor", "model", "cause")
+            "cliproxy_pair_enables",
+            "Pairs re-enabled, by cause (expired | manual | startup-expired).",
+            ("vendor", "model", "cause"),
         )
         self._reloads = _Counter("cliproxy_config_reloads", "Configuration reloads by result.", ("result",))
         #: SSE answers being relayed now (`stream_started` / `stream_ended`).

@@ -106,5 +106,8 @@ class OverloadLog:
         log.warning(
             "gateway_overloaded: %d %s attempt(s) failed for lack of local resources (%s) since the last such line "
             "(at most one per %gs); not counted against any vendor",
-            count, kind, self._last_error[kind], self.interval,
+            count,
+            kind,
+            self._last_error[kind],
+            self.interval,
         )

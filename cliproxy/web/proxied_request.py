@@ -19,9 +19,22 @@ __all__ = ["ProxiedRequest", "connection_options"]
 # Never forwarded upstream: hop-by-hop headers, the client's own credentials, and what aiohttp sets itself.
 _DROP_REQUEST = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "host", "content-length", "authorization", "x-api-key",
-        "x-management-key", "cookie", "accept-encoding", "expect",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
+        "x-api-key",
+        "x-management-key",
+        "cookie",
+        "accept-encoding",
+        "expect",
         "content-encoding",  # aiohttp has decoded the body: the header no longer describes the bytes we send
     }
 )

@@ -9,9 +9,9 @@ from aiohttp.web_urldispatcher import _default_expect_handler  # aiohttp's own 1
 
 from cliproxy.core.body import parse_client_body
 from cliproxy.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
-from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PROXIED_REQUEST, RUNTIME
 from cliproxy.core.runtime import Runtime
 from cliproxy.web.access import AccessInfo
+from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PROXIED_REQUEST, RUNTIME
 from cliproxy.web.proxied_request import ProxiedRequest
 from cliproxy.web.upstream import forward
 
@@ -84,7 +84,9 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         return await _default_expect_handler(request)
     return web.Response(
         status=417,
-        body=error_body(f"unsupported Expect: {expect[:100]!r}; only 100-continue is", "invalid_request_error", "expectation_failed"),
+        body=error_body(
+            f"unsupported Expect: {expect[:100]!r}; only 100-continue is", "invalid_request_error", "expectation_failed"
+        ),
         content_type="application/json",
     )
 
@@ -102,9 +104,7 @@ async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME].current
     check_client_key(request, runtime)
     created = int(runtime.config_loaded_at)
-    return web.json_response(
-        {"object": "list", "data": [_model_object(name, created) for name in runtime.table.public_models]}
-    )
+    return web.json_response({"object": "list", "data": [_model_object(name, created) for name in runtime.table.public_models]})
 
 
 @routes.get("/v1/models/{model:.+}")

@@ -22,7 +22,15 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import rewrite_model
-from cliproxy.core.errors import GatewayOverloaded, NoVendorAvailable, ProxyError, Unavailability, UpstreamTimeout, UpstreamUnavailable, error_event
+from cliproxy.core.errors import (
+    GatewayOverloaded,
+    NoVendorAvailable,
+    ProxyError,
+    Unavailability,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_event,
+)
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
 from cliproxy.core.redact import excerpt, mask_secrets
 from cliproxy.core.routing import Pair, Route
@@ -39,9 +47,15 @@ __all__ = ["classify_status", "forward"]
 # client's, or a new one: see cliproxy.web.logs).
 _RELAY_RESPONSE = frozenset(
     {
-        "content-type", "request-id", "openai-request-id",
-        "retry-after", "retry-after-ms",
-        "openai-model", "openai-organization", "openai-processing-ms", "openai-version",
+        "content-type",
+        "request-id",
+        "openai-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "openai-model",
+        "openai-organization",
+        "openai-processing-ms",
+        "openai-version",
     }
 )
 _RELAY_RESPONSE_PREFIX = "x-ratelimit-"
@@ -131,7 +145,11 @@ async def choose_upstream(
             break
         info.attempts += 1
         info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
-        body = proxied.body if pair.model.name == proxied.model else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+        body = (
+            proxied.body
+            if pair.model.name == proxied.model
+            else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+        )
         try:
             result = await _open(pair, proxied, body, session, overload)
         except asyncio.CancelledError:
@@ -202,7 +220,9 @@ async def _open(
                 first_chunk = await response.content.readany()
             if not first_chunk:
                 response.release()
-                return _Failed(pair, Outcome("failure", "stream_error", ErrorInfo(200, "upstream closed the stream before any data")))
+                return _Failed(
+                    pair, Outcome("failure", "stream_error", ErrorInfo(200, "upstream closed the stream before any data"))
+                )
         return _Opened(pair, response, first_chunk)
     except TimeoutError:
         if response is not None:
@@ -332,9 +352,7 @@ def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) 
     for k, v in headers.items():
         name = k.lower()
         if (
-            name in _RELAY_RESPONSE
-            or name.startswith(_RELAY_RESPONSE_PREFIX)
-            or (stream and name == _SSE_CACHE_CONTROL)
+            name in _RELAY_RESPONSE or name.startswith(_RELAY_RESPONSE_PREFIX) or (stream and name == _SSE_CACHE_CONTROL)
         ) and name not in named:
             yield k, v
 
@@ -425,4 +443,3 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
             auto.append(wait or 0.0)
     why = Unavailability(len(vendors_off), len(keyless), models_off, tuple(auto), tuple(manual))
     return NoVendorAvailable.for_model(route.name, why)
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 from aiohttp import web
 
 # Each handler module declares its endpoints in the registry when imported, in this order (the document's).
-from cliproxy.web.admin import models, vendors, config, events, openapi  # noqa: F401, I001
+from cliproxy.web.admin import config, events, models, openapi, vendors  # noqa: F401, I001
 from cliproxy.web.admin.auth import management_auth_middleware
 from cliproxy.web.admin.registry import API_PREFIX, ENDPOINTS, Endpoint
 

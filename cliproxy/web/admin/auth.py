@@ -240,7 +240,9 @@ def decide(
     blocked = lockout.blocked_for(address, now)
     if blocked is not None:
         return Decision(
-            429, address, "too many failed management key attempts from this address; try again later",
+            429,
+            address,
+            "too many failed management key attempts from this address; try again later",
             retry_after=max(1, math.ceil(blocked)),
         )
     if not settings.allow_remote and not is_loopback(address):
@@ -252,7 +254,9 @@ def decide(
     if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), settings.secret_key.encode()):
         if address not in lockout and lockout.table_full(now):
             return Decision(
-                429, address, "too many addresses are failing the management key; try again later",
+                429,
+                address,
+                "too many addresses are failing the management key; try again later",
                 retry_after=max(1, math.ceil(lockout.full_for(now))),
             )
         lockout.record_failure(address, now)  # the 5th failure still gets its 401; the block applies after it

@@ -20,23 +20,40 @@ from cliproxy.web.keys import ADMIN_ACTOR, CONFIG_MANAGER, RUNTIME
 __all__ = ["get_config", "get_config_yaml", "put_config_yaml"]
 
 
-@endpoint("GET", "/api/config", summary="The running configuration, secrets masked", response=ConfigResponseSchema, tags=("config",))
+@endpoint(
+    "GET", "/api/config", summary="The running configuration, secrets masked", response=ConfigResponseSchema, tags=("config",)
+)
 async def get_config(request: web.Request) -> web.Response:
     """The running config as JSON (keys as in config.yaml, `${VAR}` expanded, every key masked), the file it
     came from, and the errors of the last rejected reload until a good file loads."""
     return _config_response(request)
 
 
-@endpoint("GET", "/api/config.yaml", summary="The config file as it is", response=None, response_content="application/yaml",
-          errors=(503,), tags=("config",))
+@endpoint(
+    "GET",
+    "/api/config.yaml",
+    summary="The config file as it is",
+    response=None,
+    response_content="application/yaml",
+    errors=(503,),
+    tags=("config",),
+)
 async def get_config_yaml(request: web.Request) -> web.Response:
     """The file byte for byte: `${VAR}` placeholders, not their values. A key the operator wrote literally
     into the file is returned as written."""
     return web.Response(text=request.config_dict[CONFIG_MANAGER].read_text(), content_type="application/yaml")
 
 
-@endpoint("PUT", "/api/config.yaml", summary="Replace the config file", response=ConfigResponseSchema, body=None,
-          body_content="application/yaml", errors=(400, 409, 503), tags=("config",))
+@endpoint(
+    "PUT",
+    "/api/config.yaml",
+    summary="Replace the config file",
+    response=ConfigResponseSchema,
+    body=None,
+    body_content="application/yaml",
+    errors=(400, 409, 503),
+    tags=("config",),
+)
 async def put_config_yaml(request: web.Request) -> web.Response:
     """Validated first: an invalid file gives 400 listing every problem and nothing is written. Otherwise
     written atomically and loaded at once; answers like `GET /api/config` once its audit event is

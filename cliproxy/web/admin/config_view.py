@@ -88,9 +88,9 @@ def config_view(config: Config) -> dict[str, Any]:
 # --- the document's schema, derived ------------------------------------------------------------
 
 #: One of everything the view can hold, so that every key of the dump (nested ones too) is seen.
-_SAMPLE = config_view(Config(vendors=(
-    Vendor(name="v", base_url="http://v", api_key_entries=(ApiKeyEntry("k"),), models=(ModelEntry("m"),)),
-)))
+_SAMPLE = config_view(
+    Config(vendors=(Vendor(name="v", base_url="http://v", api_key_entries=(ApiKeyEntry("k"),), models=(ModelEntry("m"),)),))
+)
 _MASKED = {tuple(p for p in path if p != "*") for path, _ in SECRETS}
 
 

@@ -17,8 +17,15 @@ from cliproxy.web.keys import CLOCK, RUNTIME, STORE
 __all__ = ["list_events"]
 
 
-@endpoint("GET", "/api/events", summary="The audit history, newest first", response=EventPageSchema, query=EventsQuerySchema,
-          errors=(400, 503), tags=("events",))
+@endpoint(
+    "GET",
+    "/api/events",
+    summary="The audit history, newest first",
+    response=EventPageSchema,
+    query=EventsQuerySchema,
+    errors=(400, 503),
+    tags=("events",),
+)
 async def list_events(request: web.Request) -> web.Response:
     """Filtered by vendor, model (upstream name), kind and since; `limit` per page (1-1000, default 100);
     pass `next_before_id` as `before_id` for the next page."""
@@ -32,8 +39,12 @@ async def list_events(request: web.Request) -> web.Response:
     await committed(request)
     limit = params["limit"]
     events = await request.config_dict[STORE].events(
-        vendor=params.get("vendor"), model=params.get("model"), kind=params.get("kind"),
-        since=since, before_id=params.get("before_id"), limit=limit,
+        vendor=params.get("vendor"),
+        model=params.get("model"),
+        kind=params.get("kind"),
+        since=since,
+        before_id=params.get("before_id"),
+        limit=limit,
     )
     secrets = request.config_dict[RUNTIME].current.masker
     out = []
@@ -42,13 +53,25 @@ async def list_events(request: web.Request) -> web.Response:
         if isinstance(detail, dict) and isinstance(detail.get("headers"), Mapping):
             # rows written before header values were masked at the source
             detail["headers"] = mask_headers(list(detail["headers"].items()))
-        out.append({
-            "id": event.id, "kind": event.kind, "at": iso(event.at), "vendor": event.vendor, "model": event.model,
-            "reason": event.reason, "cause": event.cause, "disabled_at": iso(event.disabled_at),
-            "disabled_until": iso(event.disabled_until), "failure_count": event.failure_count,
-            "window_started_at": iso(event.window_started_at), "last_failure_at": iso(event.last_failure_at),
-            "settings": event.settings,
-            "last_error": last_error(event.last_error), "actor": event.actor, "detail": detail,
-        })
+        out.append(
+            {
+                "id": event.id,
+                "kind": event.kind,
+                "at": iso(event.at),
+                "vendor": event.vendor,
+                "model": event.model,
+                "reason": event.reason,
+                "cause": event.cause,
+                "disabled_at": iso(event.disabled_at),
+                "disabled_until": iso(event.disabled_until),
+                "failure_count": event.failure_count,
+                "window_started_at": iso(event.window_started_at),
+                "last_failure_at": iso(event.last_failure_at),
+                "settings": event.settings,
+                "last_error": last_error(event.last_error),
+                "actor": event.actor,
+                "detail": detail,
+            }
+        )
     next_before = events[-1].id if len(events) == limit and events else None
     return json_reply(EventPageSchema, {"events": out, "next_before_id": next_before})

@@ -30,7 +30,11 @@ def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
     if isinstance(messages, Mapping):
         out: list[tuple[str, str]] = []
         for key, value in messages.items():
-            sub = path if key == "_schema" else (f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key)))
+            sub = (
+                path
+                if key == "_schema"
+                else (f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key)))
+            )
             out.extend(_flatten(value, sub))
         return out
     if isinstance(messages, list):

@@ -35,7 +35,9 @@ __all__ = ["disable_model", "enable_model", "list_disabled", "model_status"]
 _CONFIG_SWITCH_LOOKBACK = 50
 
 
-@endpoint("GET", "/api/models/disabled", summary="Every disabled pair", response=DisabledListSchema, errors=(503,), tags=("models",))
+@endpoint(
+    "GET", "/api/models/disabled", summary="Every disabled pair", response=DisabledListSchema, errors=(503,), tags=("models",)
+)
 async def list_disabled(request: web.Request) -> web.Response:
     """Every disable in force: automatic and timed manual ones (from the tracker) and `enabled: false`
     in config.yaml (model or vendor). A pair under two disables appears once per disable."""
@@ -45,8 +47,15 @@ async def list_disabled(request: web.Request) -> web.Response:
     return json_reply(DisabledListSchema, {"disabled": entries})
 
 
-@endpoint("GET", "/api/models/{model:.+}/status", summary="Status of the pairs serving a model", response=ModelStatusSchema,
-          query=VendorQuerySchema, errors=(400, 503), tags=("models",))
+@endpoint(
+    "GET",
+    "/api/models/{model:.+}/status",
+    summary="Status of the pairs serving a model",
+    response=ModelStatusSchema,
+    query=VendorQuerySchema,
+    errors=(400, 503),
+    tags=("models",),
+)
 async def model_status(request: web.Request) -> web.Response:
     """Every pair `{model}` names (an alias, an upstream name or `prefix/alias`; `/` and `:` allowed,
     URL-encoded or not), with both axes of its state and its effective auto-disable settings."""
@@ -56,8 +65,15 @@ async def model_status(request: web.Request) -> web.Response:
     return _status_response(request, name, [p.key for p in pairs])
 
 
-@endpoint("POST", "/api/models/{model:.+}/enable", summary="Make the pairs serving a model routable", response=ModelStatusSchema,
-          query=VendorQuerySchema, errors=(400, 409, 503), tags=("models",))
+@endpoint(
+    "POST",
+    "/api/models/{model:.+}/enable",
+    summary="Make the pairs serving a model routable",
+    response=ModelStatusSchema,
+    query=VendorQuerySchema,
+    errors=(400, 409, 503),
+    tags=("models",),
+)
 async def enable_model(request: web.Request) -> web.Response:
     """Clears the automatic and the timed manual disable and resets the failure count (tracker), and
     writes `enabled: false` on the model entry back to true (config.yaml). Does not touch the vendor's `enabled`."""
@@ -81,13 +97,25 @@ async def _write_enabled(manager: ConfigManager, pairs: Sequence[Pair], enabled:
             continue
         await manager.apply_edits(
             manager.switch(pair.vendor.name, pair.model.name, enabled),
-            actor=actor, kind=kind, vendor=pair.vendor.name, model=pair.model.name,
+            actor=actor,
+            kind=kind,
+            vendor=pair.vendor.name,
+            model=pair.model.name,
             reason=None if enabled else "manual",  # a permanent manual-disable, like a timed one
         )
 
 
-@endpoint("POST", "/api/models/{model:.+}/disable", summary="Disable the pairs serving a model", response=ModelStatusSchema,
-          query=VendorQuerySchema, body=DisableBodySchema, body_required=False, errors=(400, 409, 503), tags=("models",))
+@endpoint(
+    "POST",
+    "/api/models/{model:.+}/disable",
+    summary="Disable the pairs serving a model",
+    response=ModelStatusSchema,
+    query=VendorQuerySchema,
+    body=DisableBodySchema,
+    body_required=False,
+    errors=(400, 409, 503),
+    tags=("models",),
+)
 async def disable_model(request: web.Request) -> web.Response:
     """With `duration_seconds`: a timed manual disable, kept in SQLite (survives restarts; an automatic
     re-enable never ends it). Without: permanent, written as `enabled: false` on the model entry of config.yaml."""

@@ -55,7 +55,13 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         "operationId": ep.handler.__name__,
         "tags": list(ep.tags),
         "parameters": [
-            {"in": "path", "name": name, "required": True, "schema": {"type": "string"}, "description": _PATH_PARAM_TEXT.get(name, "")}
+            {
+                "in": "path",
+                "name": name,
+                "required": True,
+                "schema": {"type": "string"},
+                "description": _PATH_PARAM_TEXT.get(name, ""),
+            }
             for name in _PATH_PARAM.findall(ep.path)
         ],
         "responses": {},
@@ -96,7 +102,7 @@ def build_document() -> dict[str, Any]:
             "description": (
                 "Off unless `remote-management.secret-key` is set. Send the key as `Authorization: Bearer <key>` "
                 "or `X-Management-Key: <key>`. Loopback clients only unless `allow-remote: true`. Errors have the "
-                "OpenAI shape `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. Times are ISO-8601 UTC."
+                'OpenAI shape `{"error": {"message", "type", "param", "code"}}`. Times are ISO-8601 UTC.'
             )
         },
     )

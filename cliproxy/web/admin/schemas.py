@@ -24,6 +24,7 @@ _MAX_ID = 2**63 - 1
 
 # --- responses --------------------------------------------------------------------------------
 
+
 def _ts(description: str, *, nullable: bool = True) -> fields.String:
     return fields.String(
         required=True, allow_none=nullable, metadata={"format": "date-time", "description": description + " (ISO-8601 UTC)"}
@@ -44,7 +45,9 @@ class ErrorSchema(Schema):
 
 
 class LastErrorSchema(Schema):
-    status = fields.Integer(required=True, allow_none=True, metadata={"description": "upstream HTTP status; null for transport errors"})
+    status = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "upstream HTTP status; null for transport errors"}
+    )
     message = fields.String(required=True, metadata={"description": "a short, masked excerpt"})
 
 
@@ -66,15 +69,19 @@ class DisabledPairSchema(Schema):
             "model-config / vendor-config: `enabled: false` in config.yaml"
         },
     )
-    disabled_at = _ts("when it was disabled; for a config-file disable, from the management call that wrote it "
-                      "(null when the file was edited by hand)")
+    disabled_at = _ts(
+        "when it was disabled; for a config-file disable, from the management call that wrote it "
+        "(null when the file was edited by hand)"
+    )
     disabled_until = _ts("when it ends; null when it has no end")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "null when it has no end"})
     failure_count = fields.Integer(required=True)
     last_failure_at = _ts("the pair's last counted failure; null when none is known")
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     actor = fields.String(required=True, allow_none=True, metadata={"description": "the management client that disabled it"})
-    in_config = fields.Boolean(required=True, metadata={"description": "false for a pair no longer in config.yaml (it routes nothing)"})
+    in_config = fields.Boolean(
+        required=True, metadata={"description": "false for a pair no longer in config.yaml (it routes nothing)"}
+    )
 
 
 class DisabledListSchema(Schema):
@@ -110,11 +117,15 @@ class PairStatusSchema(Schema):
     enabled = fields.Boolean(required=True, metadata={"description": "routable now: every axis allows it"})
     config_enabled = fields.Boolean(required=True, metadata={"description": "the model entry's `enabled` in config.yaml"})
     vendor_enabled = fields.Boolean(required=True, metadata={"description": "the vendor entry's `enabled` in config.yaml"})
-    missing_key = fields.Boolean(required=True, metadata={"description": "every api-key of the vendor is empty (its variable is unset)"})
+    missing_key = fields.Boolean(
+        required=True, metadata={"description": "every api-key of the vendor is empty (its variable is unset)"}
+    )
     auto_disabled = fields.Boolean(required=True)
     failure_count = fields.Integer(required=True, metadata={"description": "failures in the current counting window"})
     window_started_at = _ts("start of the current counting window")
-    last_failure_at = _ts("the pair's last counted failure; null when none is known (not kept across restarts unless it tripped a disable)")
+    last_failure_at = _ts(
+        "the pair's last counted failure; null when none is known (not kept across restarts unless it tripped a disable)"
+    )
     disabled_at = _ts("start of the automatic disable")
     disabled_until = _ts("end of the automatic disable")
     remaining_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "of the automatic disable"})
@@ -156,7 +167,9 @@ class VendorModelViewSchema(Schema):
     config_enabled = fields.Boolean(required=True)
     auto_disabled = fields.Boolean(required=True)
     manual_disabled = fields.Boolean(required=True, metadata={"description": "a timed manual disable is in force"})
-    auto_disable = fields.Nested(AutoDisableOverridesViewSchema, required=True, metadata={"description": "this entry's own overrides"})
+    auto_disable = fields.Nested(
+        AutoDisableOverridesViewSchema, required=True, metadata={"description": "this entry's own overrides"}
+    )
 
 
 class VendorViewSchema(Schema):
@@ -170,7 +183,9 @@ class VendorViewSchema(Schema):
     api_key_entries = fields.List(fields.Nested(ApiKeyEntryViewSchema), required=True)
     headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={"description": "values masked"})
     timeouts = fields.Nested(TimeoutsViewSchema, required=True, metadata={"description": "this vendor's own overrides"})
-    auto_disable = fields.Nested(AutoDisableOverridesViewSchema, required=True, metadata={"description": "this vendor's own overrides"})
+    auto_disable = fields.Nested(
+        AutoDisableOverridesViewSchema, required=True, metadata={"description": "this vendor's own overrides"}
+    )
     models = fields.List(fields.Nested(VendorModelViewSchema), required=True)
 
 
@@ -182,14 +197,19 @@ class ConfigResponseSchema(Schema):
     path = fields.String(required=True, allow_none=True, metadata={"description": "the config file; null when built in code"})
     loaded_at = _ts("when the running config was loaded", nullable=False)
     last_reload_error = fields.List(
-        fields.String(), required=True, allow_none=True,
+        fields.String(),
+        required=True,
+        allow_none=True,
         metadata={"description": "every problem of the last rejected reload, until a good file loads; null when none"},
     )
     restart_required = fields.List(
-        fields.String(), required=True,
+        fields.String(),
+        required=True,
         metadata={"description": "settings changed since start-up that take effect only after a restart (host, port, ...)"},
     )
-    config = fields.Nested(ConfigViewSchema, required=True, metadata={"description": "keys as in config.yaml, `${VAR}` expanded, secrets masked"})
+    config = fields.Nested(
+        ConfigViewSchema, required=True, metadata={"description": "keys as in config.yaml, `${VAR}` expanded, secrets masked"}
+    )
 
 
 class EventSchema(Schema):
@@ -199,7 +219,9 @@ class EventSchema(Schema):
     vendor = fields.String(required=True, allow_none=True)
     model = fields.String(required=True, allow_none=True)
     reason = fields.String(required=True, allow_none=True, metadata={"description": "auto | manual, for disables"})
-    cause = fields.String(required=True, allow_none=True, metadata={"description": "expired | manual | startup-expired, for enables"})
+    cause = fields.String(
+        required=True, allow_none=True, metadata={"description": "expired | manual | startup-expired, for enables"}
+    )
     disabled_at = _ts("start of the disable concerned")
     disabled_until = _ts("end of the disable concerned")
     failure_count = fields.Integer(required=True, allow_none=True)
@@ -214,7 +236,9 @@ class EventSchema(Schema):
 class EventPageSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True)
     next_before_id = fields.Integer(
-        required=True, allow_none=True, metadata={"description": "pass as before_id for the next (older) page; null on the last page"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as before_id for the next (older) page; null on the last page"},
     )
 
 
@@ -234,8 +258,10 @@ class DisableBodySchema(StrictBody):
     duration_seconds = fields.Float(
         validate=validate.Range(min=0, max=MAX_DURATION_SECONDS, min_inclusive=False),
         allow_none=True,
-        metadata={"description": "a timed disable of this many seconds (kept in SQLite); omitted: permanent, "
-                  "written as `enabled: false` on the model entry of config.yaml"},
+        metadata={
+            "description": "a timed disable of this many seconds (kept in SQLite); omitted: permanent, "
+            "written as `enabled: false` on the model entry of config.yaml"
+        },
     )
 
 
@@ -254,13 +280,17 @@ class AutoDisablePatchSchema(StrictBody):
     """Each key set replaces the entry's own value; null removes it (inherit from the level above)."""
 
     failure_threshold = fields.Integer(strict=True, allow_none=True, data_key="failure-threshold", validate=validate.Range(min=0))
-    time_window_seconds = fields.Float(allow_none=True, data_key="time-window-seconds", validate=validate.Range(min=0, min_inclusive=False))
+    time_window_seconds = fields.Float(
+        allow_none=True, data_key="time-window-seconds", validate=validate.Range(min=0, min_inclusive=False)
+    )
     disable_duration_seconds = fields.Float(
         allow_none=True, data_key="disable-duration-seconds", validate=validate.Range(min=0, min_inclusive=False)
     )
     count_statuses = fields.List(
         fields.Raw(metadata={"oneOf": [{"type": "integer"}, {"type": "string"}]}),
-        allow_none=True, data_key="count-statuses", validate=_statuses,
+        allow_none=True,
+        data_key="count-statuses",
+        validate=_statuses,
         metadata={"description": "HTTP statuses such as 429 or classes such as '5xx'"},
     )
 
@@ -277,7 +307,9 @@ class VendorPatchSchema(StrictBody):
     enabled = _bool()
     priority = fields.Integer(strict=True, allow_none=True)
     prefix = fields.String(allow_none=True, validate=validate.Regexp(r"^[^/\s]+$", error="must be one word without '/'"))
-    base_url = fields.String(data_key="base-url", validate=validate.Regexp(r"^https?://[^/\s]+", error="must be an http:// or https:// URL"))
+    base_url = fields.String(
+        data_key="base-url", validate=validate.Regexp(r"^https?://[^/\s]+", error="must be an http:// or https:// URL")
+    )
     headers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
     timeouts = fields.Nested(TimeoutsPatchSchema, allow_none=True)
     auto_disable = fields.Nested(AutoDisablePatchSchema, allow_none=True, data_key="auto-disable")
@@ -302,6 +334,10 @@ class EventsQuerySchema(StrictBody):
     vendor = fields.String()
     model = fields.String(metadata={"description": "the upstream model name"})
     kind = fields.String(validate=validate.OneOf(_EVENT_KINDS))
-    since = fields.String(metadata={"description": "an ISO-8601 date or time, or a duration back from now: 90 (seconds), 90s, 30m, 1h30m, 24h, 7d"})
+    since = fields.String(
+        metadata={"description": "an ISO-8601 date or time, or a duration back from now: 90 (seconds), 90s, 30m, 1h30m, 24h, 7d"}
+    )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    before_id = fields.Integer(validate=validate.Range(min=1, max=_MAX_ID), metadata={"description": "next_before_id of the previous page"})
+    before_id = fields.Integer(
+        validate=validate.Range(min=1, max=_MAX_ID), metadata={"description": "next_before_id of the previous page"}
+    )

@@ -18,15 +18,27 @@ from cliproxy.core.runtime import Runtime
 from cliproxy.services.writeback import model_path, vendor_path
 from cliproxy.web.admin.exchange import committed, json_body, json_reply, load, path_name
 from cliproxy.web.admin.registry import endpoint
-from cliproxy.web.admin.schemas import ModelPatchSchema, VendorListSchema, VendorModelViewSchema, VendorPatchSchema, VendorViewSchema
+from cliproxy.web.admin.schemas import (
+    ModelPatchSchema,
+    VendorListSchema,
+    VendorModelViewSchema,
+    VendorPatchSchema,
+    VendorViewSchema,
+)
 from cliproxy.web.admin.views import mask_headers, vendor_view
 from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, TRACKER
 
 __all__ = ["list_vendors", "patch_model", "patch_vendor"]
 
 
-@endpoint("GET", "/api/vendors", summary="Every vendor with its models and their state", response=VendorListSchema,
-          errors=(503,), tags=("vendors",))
+@endpoint(
+    "GET",
+    "/api/vendors",
+    summary="Every vendor with its models and their state",
+    response=VendorListSchema,
+    errors=(503,),
+    tags=("vendors",),
+)
 async def list_vendors(request: web.Request) -> web.Response:
     """Vendors as configured (keys masked), each model with `enabled` (routable now) and `config_enabled`."""
     await committed(request)
@@ -34,8 +46,15 @@ async def list_vendors(request: web.Request) -> web.Response:
     return json_reply(VendorListSchema, {"vendors": [vendor_view(v, runtime, tracker, now) for v in runtime.config.vendors]})
 
 
-@endpoint("PATCH", "/api/vendors/{name}", summary="Change a vendor's entry in config.yaml", response=VendorViewSchema,
-          body=VendorPatchSchema, errors=(400, 409, 503), tags=("vendors",))
+@endpoint(
+    "PATCH",
+    "/api/vendors/{name}",
+    summary="Change a vendor's entry in config.yaml",
+    response=VendorViewSchema,
+    body=VendorPatchSchema,
+    errors=(400, 409, 503),
+    tags=("vendors",),
+)
 async def patch_vendor(request: web.Request) -> web.Response:
     """Writes each key of the body into the vendor's entry of config.yaml (comments and `${VAR}` kept),
     reloads, and records one `vendor-changed` event. `enabled: false` removes every pair of the vendor from routing."""
@@ -58,16 +77,24 @@ async def patch_vendor(request: web.Request) -> web.Response:
     def edits(text: str) -> list[tuple[tuple[str | int, ...], Any]]:
         return switch(text) + (_edits(vendor_path(text, name), schema, data) if data else [])
 
-    await manager.apply_edits(
-        edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail
-    )
+    await manager.apply_edits(edits, actor=request[ADMIN_ACTOR], kind="vendor-changed", vendor=name, detail=detail)
     await committed(request, after_change=True)
     runtime = request.config_dict[RUNTIME].current
-    return json_reply(VendorViewSchema, vendor_view(_vendor_named(runtime, name), runtime, request.config_dict[TRACKER], request.config_dict[CLOCK]()))
+    return json_reply(
+        VendorViewSchema,
+        vendor_view(_vendor_named(runtime, name), runtime, request.config_dict[TRACKER], request.config_dict[CLOCK]()),
+    )
 
 
-@endpoint("PATCH", "/api/vendors/{name}/models/{model:.+}", summary="Change a model entry in config.yaml",
-          response=VendorModelViewSchema, body=ModelPatchSchema, errors=(400, 409, 503), tags=("vendors",))
+@endpoint(
+    "PATCH",
+    "/api/vendors/{name}/models/{model:.+}",
+    summary="Change a model entry in config.yaml",
+    response=VendorModelViewSchema,
+    body=ModelPatchSchema,
+    errors=(400, 409, 503),
+    tags=("vendors",),
+)
 async def patch_model(request: web.Request) -> web.Response:
     """`{model}` is the entry's upstream name (or its alias when that is unique in the vendor). Writes each
     key of the body into the entry, reloads, records one `model-changed` event. It does not clear the
@@ -93,7 +120,11 @@ async def patch_model(request: web.Request) -> web.Response:
     switch = manager.switch(name, entry.name, enabled) if enabled is not None else (lambda text: [])
     await manager.apply_edits(
         lambda text: switch(text) + (_edits(model_path(text, name, entry.name), schema, data) if data else []),
-        actor=request[ADMIN_ACTOR], kind="model-changed", vendor=name, model=entry.name, detail=detail,
+        actor=request[ADMIN_ACTOR],
+        kind="model-changed",
+        vendor=name,
+        model=entry.name,
+        detail=detail,
     )
     await committed(request, after_change=True)
     runtime = request.config_dict[RUNTIME].current

@@ -19,7 +19,15 @@ from cliproxy.core.times import format_timestamp
 from cliproxy.services.tracker import FailureTracker
 
 __all__ = [
-    "disabled_list", "iso", "last_error", "mask_headers", "mask_url", "masked", "pair_status", "switched_off_by", "vendor_view",
+    "disabled_list",
+    "iso",
+    "last_error",
+    "mask_headers",
+    "mask_url",
+    "masked",
+    "pair_status",
+    "switched_off_by",
+    "vendor_view",
 ]
 
 
@@ -88,8 +96,10 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
         "time_window_seconds": settings.time_window_seconds,
         "disable_duration_seconds": settings.disable_duration_seconds,
         "count_statuses": sorted(settings.count_statuses),
-        "sources": {name: settings.source_of(name) for name in
-                    ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")},
+        "sources": {
+            name: settings.source_of(name)
+            for name in ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+        },
     }
 
 
@@ -117,7 +127,9 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
         "disabled_until": iso(auto.disabled_until) if auto else None,
         "remaining_seconds": remaining(auto.disabled_until, now) if auto else None,
         "last_error": last_error(state.last_error) if state else None,
-        "manual_disable": None if manual is None else {
+        "manual_disable": None
+        if manual is None
+        else {
             "disabled_at": iso(manual.disabled_at),
             "disabled_until": iso(manual.disabled_until),
             "remaining_seconds": remaining(manual.disabled_until, now),
@@ -138,40 +150,44 @@ def disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list
     out: list[dict[str, Any]] = []
     for record in tracker.committed_disabled_pairs():
         pair = table.pairs.get((record.vendor, record.model))
-        out.append({
-            "vendor": record.vendor,
-            "model": record.model,
-            "alias": pair.model.alias if pair else None,
-            "reason": record.reason,
-            "source": "auto-disable" if record.reason == "auto" else "timed",
-            "disabled_at": iso(record.disabled_at),
-            "disabled_until": iso(record.disabled_until),
-            "remaining_seconds": remaining(record.disabled_until, now),
-            "failure_count": record.failure_count,
-            "last_failure_at": iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
-            "last_error": last_error(record.last_error),
-            "actor": record.actor,
-            "in_config": pair is not None,
-        })
+        out.append(
+            {
+                "vendor": record.vendor,
+                "model": record.model,
+                "alias": pair.model.alias if pair else None,
+                "reason": record.reason,
+                "source": "auto-disable" if record.reason == "auto" else "timed",
+                "disabled_at": iso(record.disabled_at),
+                "disabled_until": iso(record.disabled_until),
+                "remaining_seconds": remaining(record.disabled_until, now),
+                "failure_count": record.failure_count,
+                "last_failure_at": iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
+                "last_error": last_error(record.last_error),
+                "actor": record.actor,
+                "in_config": pair is not None,
+            }
+        )
     for pair in table.pairs.values():
         if pair.model.enabled and pair.vendor.enabled:
             continue
         state = tracker.state(pair.key)
-        out.append({
-            "vendor": pair.vendor.name,
-            "model": pair.model.name,
-            "alias": pair.model.alias,
-            "reason": "manual",
-            "source": "model-config" if not pair.model.enabled else "vendor-config",
-            "disabled_at": None,
-            "disabled_until": None,
-            "remaining_seconds": None,
-            "failure_count": state.failure_count if state else 0,
-            "last_failure_at": iso(_last_failure_at(state, None)),
-            "last_error": last_error(state.last_error) if state else None,
-            "actor": None,
-            "in_config": True,
-        })
+        out.append(
+            {
+                "vendor": pair.vendor.name,
+                "model": pair.model.name,
+                "alias": pair.model.alias,
+                "reason": "manual",
+                "source": "model-config" if not pair.model.enabled else "vendor-config",
+                "disabled_at": None,
+                "disabled_until": None,
+                "remaining_seconds": None,
+                "failure_count": state.failure_count if state else 0,
+                "last_failure_at": iso(_last_failure_at(state, None)),
+                "last_error": last_error(state.last_error) if state else None,
+                "actor": None,
+                "in_config": True,
+            }
+        )
     out.sort(key=lambda r: (r["vendor"], r["model"], r["reason"], r["source"]))
     return out
 
@@ -196,16 +212,18 @@ def vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: 
         key = (vendor.name, model.name)
         auto_disabled = tracker.committed_record(key, "auto") is not None  # committed view, as in pair_status
         manual_disabled = tracker.committed_record(key, "manual") is not None
-        models.append({
-            "name": model.name,
-            "alias": model.alias,
-            "names": list(runtime.table.names_of.get(key, ())),
-            "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled,
-            "config_enabled": model.enabled,
-            "auto_disabled": auto_disabled,
-            "manual_disabled": manual_disabled,
-            "auto_disable": _overrides(model.auto_disable),
-        })
+        models.append(
+            {
+                "name": model.name,
+                "alias": model.alias,
+                "names": list(runtime.table.names_of.get(key, ())),
+                "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled,
+                "config_enabled": model.enabled,
+                "auto_disabled": auto_disabled,
+                "manual_disabled": manual_disabled,
+                "auto_disable": _overrides(model.auto_disable),
+            }
+        )
     return {
         "name": vendor.name,
         "enabled": vendor.enabled,

@@ -53,7 +53,7 @@ def _error_response(error: ProxyError) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Every error cliproxy makes leaves here in the OpenAI shape, with an honest status."""
     try:
         return await handler(request)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cliproxy {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", help="config file (default: $CLIPROXY_CONFIG or ./config.yaml)")
         p.set_defaults(handler=handler)

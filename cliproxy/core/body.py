@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public in CPython, missing from typeshed
 from json.scanner import make_scanner
 from typing import Any
 
@@ -27,7 +27,7 @@ __all__ = ["ClientRequest", "Span", "parse_client_body", "rewrite_model"]
 
 _COLON = re.compile(rb"\s*:\s*")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as json.decoder has it
-_scan_value = make_scanner(json.JSONDecoder())  # json.loads' own value scanner (C when available)
+_scan_value = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed types make_scanner as a class  # json.loads' own value scanner (C when available)
 #: From this size on, one pass that also finds the `model` spans beats `json.loads` plus a rescan.
 _ONE_PASS_FROM = 64 * 1024
 

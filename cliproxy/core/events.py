@@ -7,7 +7,7 @@ nothing after a restart, and these are persisted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 __all__ = [
     "AlwaysAvailable",
@@ -117,10 +117,10 @@ class Event:
     disabled_until: float | None = None
     failure_count: int | None = None
     window_started_at: float | None = None
-    settings: dict | None = None  # the auto-disable settings in force
+    settings: dict[str, Any] | None = None  # the auto-disable settings in force
     last_error: ErrorInfo | None = None
     actor: str | None = None  # management client address for manual actions
-    detail: dict | None = None  # anything else, JSON-encoded in the store
+    detail: dict[str, Any] | None = None  # anything else, JSON-encoded in the store
     id: int | None = None  # set by the store when read back
     last_failure_at: float | None = None  # the pair's last counted failure (on `disabled` events)
 

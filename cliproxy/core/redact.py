@@ -11,6 +11,7 @@ import base64
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from cliproxy.core.config import Config
@@ -98,14 +99,14 @@ def _trie_pattern(words: Iterable[str]) -> str:
     path of characters instead of trying every word in turn (`re` does not do that for `a|b|c`:
     with 1,000 secrets that is 20 times slower). Longest match first, so a secret that contains
     another is masked whole."""
-    trie: dict[str, dict] = {}
+    trie: dict[str, Any] = {}
     for word in words:
         node = trie
         for char in word:
             node = node.setdefault(char, {})
         node[""] = {}  # a word ends here
 
-    def pattern(node: dict[str, dict]) -> str:
+    def pattern(node: dict[str, Any]) -> str:
         run = []
         while len(node) == 1 and "" not in node:  # a stretch without branches: one literal
             [(char, node)] = node.items()

@@ -75,7 +75,7 @@ class Route:
     name: str
     tiers: tuple[tuple[Pair, ...], ...]
     switched_off: int
-    counters: tuple[count, ...] = field(default=())
+    counters: tuple[count[int], ...] = field(default=())
     #: The pairs with this name that the config switches off (vendor, model or an unset key):
     #: read only to explain a 503.
     switched_off_pairs: tuple[Pair, ...] = ()

@@ -150,7 +150,7 @@ def _apply_one(conn: sqlite3.Connection, migration: _Migration) -> bool:
         raise MigrationError(f"cannot read migration {migration.name}: {exc}", path=migration.path) from exc
     statements = _split_statements(script)
     for line, statement in statements:
-        keyword = re.match(r"[A-Za-z]*", statement).group(0).upper()
+        keyword = re.match(r"[A-Za-z]*", statement).group(0).upper()  # type: ignore[union-attr]  # [A-Za-z]* always matches
         if keyword in _TRANSACTION_CONTROL:
             raise MigrationError(
                 f"migration {migration.name} line {line}: {keyword} is not allowed in a migration "

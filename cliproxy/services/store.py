@@ -248,15 +248,15 @@ class SQLiteStore:
         written = 0
         for event in self._recent:
             row = event_to_row(event)
-            found = await conn.execute_fetchall(FIND_EVENT, row)
+            found = list(await conn.execute_fetchall(FIND_EVENT, row))
             if found:
                 ids[id(event)] = found[0][0]
                 continue
             ids[id(event)] = (await conn.execute(INSERT_EVENT, row)).lastrowid  # type: ignore[assignment]
             written += 1
         await conn.execute("DELETE FROM disabled_pairs")
-        for record, event in self._disabled.values():
-            event_id = ids.get(id(event)) if event is not None else None
+        for record, disabling in self._disabled.values():
+            event_id = ids.get(id(disabling)) if disabling is not None else None
             await conn.execute(UPSERT_DISABLED, upsert_disabled_params(record, event_id))  # type: ignore[arg-type]
         return written, len(self._disabled)
 
@@ -332,7 +332,7 @@ class SQLiteStore:
 
     async def load_disabled(self) -> list[DisabledRecord]:
         async def body(conn: aiosqlite.Connection) -> list[DisabledRecord]:
-            return [row_to_disabled(row) for row in await conn.execute_fetchall(SELECT_DISABLED)]
+            return [row_to_disabled(row) for row in await conn.execute_fetchall(SELECT_DISABLED)]  # type: ignore[arg-type]  # sqlite3.Row is a mapping
 
         records = await self._run(body)
         if not self._mirror_loaded:  # the rows of the file as opened, to refill a recreated file
@@ -352,7 +352,7 @@ class SQLiteStore:
     ) -> list[Event]:
         async def body(conn: aiosqlite.Connection) -> list[Event]:
             sql, params = events_query(vendor=vendor, model=model, kind=kind, since=since, before_id=before_id, limit=limit)
-            return [row_to_event(row) for row in await conn.execute_fetchall(sql, params)]
+            return [row_to_event(row) for row in await conn.execute_fetchall(sql, params)]  # type: ignore[arg-type]  # sqlite3.Row is a mapping
 
         return await self._run(body)
 

@@ -158,7 +158,7 @@ def _content_end(text: str, node: Node) -> int:
             while end > node.start_mark.index and text[end - 1] in " \t\r\n":
                 end -= 1
         return end
-    if node.flow_style or not node.value:
+    if getattr(node, "flow_style", None) or not node.value:
         return node.end_mark.index
     last = node.value[-1]
     return _content_end(text, last[1] if isinstance(node, MappingNode) else last)
@@ -407,7 +407,7 @@ def vendor_enabled_edits(
     path = vendor_path(text, vendor_name, env=env)
     vendors = _vendors(_compose(text))
     assert isinstance(vendors, SequenceNode)
-    entry = vendors.value[path[1]]  # type: ignore[index]
+    entry = vendors.value[path[1]]
     assert isinstance(entry, MappingNode)
     if _find_key(entry, "disabled") is not None:
         return [((*path, "disabled"), not enabled)]

@@ -61,7 +61,7 @@ ACCESS_INFO = web.RequestKey("access_info", AccessInfo)
 #: when it was refused before its body was parsed.
 PROXIED_REQUEST = web.RequestKey("proxied_request", ProxiedRequest)
 #: Wall-clock seconds; injected so tests can drive auto-disable time.
-CLOCK = web.AppKey("clock", Callable[[], float])
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 #: The management client's address as decided by the auth rule; the `actor` of its changes.
 ADMIN_ACTOR = web.RequestKey("admin_actor", str)
 #: This app's Prometheus registry and the label children it caches.

@@ -164,7 +164,7 @@ class _QuietMalformedRequests(logging.Filter):
         return True
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(logging.StreamHandler):
     """The handler `configure_logging` owns (and replaces on a second call)."""
 
 

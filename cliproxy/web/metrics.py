@@ -184,21 +184,21 @@ class Metrics:
     ) -> None:
         """Record one proxied request for the client's `model` (None: its body was refused unread).
         `configured` holds the client-facing model names of the config."""
-        model = model if model in configured else UNKNOWN_MODEL
+        label = model if model is not None and model in configured else UNKNOWN_MODEL
         vendor = info.vendor or NO_VENDOR
-        series = (model, vendor)
-        self._requests.inc((model, vendor, status_class(status)))
+        series = (label, vendor)
+        self._requests.inc((label, vendor, status_class(status)))
         attempts = info.attempts
         if attempts:
-            self._attempts.inc((model,), attempts)
+            self._attempts.inc((label,), attempts)
             if attempts > 1:
-                self._failovers.inc((model,), attempts - 1)
+                self._failovers.inc((label,), attempts - 1)
             self._latency.observe(series, elapsed)
         if info.ttfb is not None:
             self._ttfb.observe(series, info.ttfb)
         for reason in info.outcomes:
             if reason not in NOT_FAILURES:
-                self._failures.inc((model, reason))
+                self._failures.inc((label, reason))
 
     def stream_started(self) -> None:
         self.streams_in_flight += 1

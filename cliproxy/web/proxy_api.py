@@ -81,7 +81,8 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """aiohttp answers an `Expect` other than 100-continue with a plain-text 417 before any middleware runs."""
     expect = request.headers.get("Expect", "")
     if expect.lower() == "100-continue":
-        return await _default_expect_handler(request)
+        await _default_expect_handler(request)  # writes the interim 100 response
+        return None
     return web.Response(
         status=417,
         body=error_body(

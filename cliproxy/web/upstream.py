@@ -32,7 +32,7 @@ from cliproxy.core.errors import (
     error_event,
 )
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
-from cliproxy.core.redact import excerpt, mask_secrets
+from cliproxy.core.redact import SecretMasker, excerpt, mask_secrets
 from cliproxy.core.routing import Pair, Route
 from cliproxy.web.access import AccessInfo
 from cliproxy.web.overload import OverloadLog, local_resource_error
@@ -380,7 +380,7 @@ async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) ->
         return b""
 
 
-def _mask_body(body: bytes, secrets: tuple[str, ...]) -> bytes:
+def _mask_body(body: bytes, secrets: SecretMasker | tuple[str, ...]) -> bytes:
     """Upstreams echo keys in errors ("Incorrect API key provided: sk-..."); the client must not see them."""
     text = body.decode("utf-8", "surrogateescape")
     masked = mask_secrets(text, secrets)

@@ -49,7 +49,7 @@ def sidecars(path: Path) -> tuple[Path, Path]:
 _parked: list[Any] = []  # connections on unwritable files: never closed, never collected
 
 
-def park(conn: aiosqlite.Connection) -> None:
+async def park(conn: aiosqlite.Connection) -> None:
     """Stop the connection's thread without closing the SQLite connection, and keep it for ever.
 
     Closing it would checkpoint through the `-shm` mapping of a file that can no longer be
@@ -60,7 +60,11 @@ def park(conn: aiosqlite.Connection) -> None:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(inner))  # not even interpreter shutdown frees it
         _parked.append(inner)
     conn._connection = None  # aiosqlite's stop() would close it otherwise
-    conn.stop()
+    stopped = conn.stop()
+    if stopped is not None:
+        # Awaited so the worker thread hands its answer to a loop that still runs (a loop closed first
+        # made the thread raise "Event loop is closed" in whatever ran next).
+        await stopped
 
 
 class DatabaseFile:

@@ -210,7 +210,7 @@ class SQLiteStore:
         old, self._conn = self._conn, None
         if old is not None:
             if self._file.became_unwritable():
-                park(old)
+                await park(old)
             else:
                 # SQLite does not checkpoint into a file that was moved or unlinked: closing is safe.
                 try:
@@ -380,7 +380,7 @@ class SQLiteStore:
             async with self._lock:  # after the calls already queued
                 if self._file.current_problem(write=False) is not None and not self._file.lost:
                     _log.error("the database file %s is not writable: its connection is left open until exit", self.path)
-                    park(conn)
+                    await park(conn)
                     return
                 await conn.close()
 

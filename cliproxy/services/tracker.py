@@ -255,6 +255,37 @@ class FailureTracker:
         self._apply_rate_limit(pair, limited)
         return limit_cleared or manual.cleared(decision.effects)
 
+    async def clear_disable(self, pair: PairKey, reason: str, actor: str) -> bool:
+        """End the pair's disable of one `reason` (auto | manual | rate-limited) by an operator: one
+        `enabled` event (cause manual) when it was in force, the others left alone (enable-all's filter).
+        One whose time had already passed is recorded as expired. True when a disable was cleared."""
+        now = self._now()
+        if reason == AUTO:
+            state = self._states.get(pair)
+            if state is None:
+                return False
+            expired = failures.expire(pair, state, now)
+            ended = failures.end_by_operator(pair, expired.state, now, actor)
+            assert ended.state is not None
+            self._apply_auto(pair, Decision(ended.state, (*expired.effects, *ended.effects)))
+            return manual.cleared(ended.effects)
+        if reason == MANUAL:
+            expired_manual = manual.expire(pair, self._manual.get(pair), now)
+            timed = expired_manual.state
+            if timed is None:
+                self._apply_manual(pair, expired_manual)
+                return False
+            effect = failures.ended_effect(
+                pair, MANUAL, timed.disabled_at, timed.disabled_until, now, cause="manual", actor=actor
+            )
+            self._apply_manual(pair, Decision(None, (effect,)))
+            return True
+        if reason == RATE_LIMITED:
+            decision = rate_limit.end_by_operator(pair, self._rate_limited.get(pair), now, actor)
+            self._apply_rate_limit(pair, decision)
+            return manual.cleared(decision.effects)
+        raise ValueError(f"unknown disable reason {reason!r}")
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:

@@ -124,9 +124,10 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        assert pending_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
+        names = ["0001_initial.sql", "0002_last_failure_at.sql", "0003_rate_limited.sql"]
+        assert pending_migrations(db) == names
         assert not db.exists(), "pending_migrations must not create the database"
-        assert apply_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
+        assert apply_migrations(db) == names
         with closing(sqlite3.connect(db)) as conn:
             assert columns(conn, "schema_migrations") == ["version", "name", "applied_at"]
             assert columns(conn, "events") == [
@@ -146,7 +147,7 @@ class TestMigrations:
             assert indexes["events_kind_at"] == ["kind", "at"]
             assert indexes["events_at"] == ["at"]
             versions = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
-        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql"), (2, "0002_last_failure_at.sql")]
+        assert [(v, n) for v, n, _ in versions] == [(i + 1, name) for i, name in enumerate(names)]
         parse_timestamp(versions[0][2])
         assert pending_migrations(db) == []
 

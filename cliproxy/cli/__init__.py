@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
             "enable",
             cmd_enable,
             "make a pair routable again (management API)",
-            "Make a (vendor, model) pair routable again: clears an auto-disable or a manual disable.",
+            "Make a (vendor, model) pair routable again: clears an auto-disable, a manual disable or a rate\n"
+            "limit. With --all [--vendor V] [--reason R]: every disable the server holds, in one call.",
         ),
         (
             "disable",
@@ -137,8 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         p = add(name, handler, help, description + management)
-        p.add_argument("vendor", metavar="VENDOR", help="the vendor's name in the config")
-        p.add_argument("model", metavar="MODEL", help="the model (upstream name or alias; may contain / and :)")
+        optional = "?" if name == "enable" else None  # `enable --all` names no pair
+        p.add_argument("vendor", metavar="VENDOR", nargs=optional, help="the vendor's name in the config")
+        p.add_argument("model", metavar="MODEL", nargs=optional, help="the model (upstream name or alias; may contain / and :)")
+        if name == "enable":
+            p.add_argument(
+                "--all",
+                action="store_true",
+                help="instead of one pair: clear every automatic, timed manual and rate-limited disable "
+                "(POST /api/models/enable-all); `enabled: false` in the config is left alone",
+            )
+            p.add_argument("--vendor", dest="all_vendor", metavar="V", help="with --all: only the pairs of vendor V")
+            p.add_argument(
+                "--reason",
+                dest="all_reason",
+                choices=("auto", "manual", "rate-limited"),
+                help="with --all: only the disables of this reason",
+            )
         if name == "disable":
             p.add_argument(
                 "--duration",

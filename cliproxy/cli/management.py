@@ -76,13 +76,25 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
     if not key:
         # Refuse locally: a keyless call would count towards the server's lock-out of this address.
         return fail(action, f"no management key: pass --key or set {KEY_ENV}", 2)
+    every = bool(getattr(args, "all", False))
+    if every and (args.vendor or args.model):
+        return fail(action, "--all names no pair: use --vendor V to narrow it, not VENDOR MODEL", 2)
+    if not every and (not args.vendor or not args.model):
+        return fail(action, "name a pair (VENDOR MODEL), or use --all", 2)
+    if not every and (getattr(args, "all_vendor", None) or getattr(args, "all_reason", None)):
+        return fail(action, "--vendor and --reason go with --all", 2)
     base = (args.url or default_url(load_leniently_or_exit(config_path(args)).config)).rstrip("/")
+    path = (
+        views.enable_all_path(args.all_vendor, args.all_reason)
+        if every
+        else views.management_path(action, args.vendor, args.model)
+    )
     body: dict[str, Any] = {}
     duration = getattr(args, "duration", None)
     if duration is not None:
         body["duration_seconds"] = int(duration) if float(duration).is_integer() else duration
     request = urllib.request.Request(
-        base + views.management_path(action, args.vendor, args.model),
+        base + path,
         data=json.dumps(body).encode(),
         method="POST",
         headers={
@@ -96,7 +108,7 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
     def scrub(text: str) -> str:  # belt and braces: never echo the key
         return text.replace(key, "***")
 
-    pair = f"{args.vendor} {args.model}"
+    pair = "enable --all" if every else f"{args.vendor} {args.model}"
     try:
         with _opener().open(request, timeout=args.timeout) as response:
             answer = response.read()
@@ -122,7 +134,10 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
         decoded: Any = json.loads(answer)
     except ValueError:
         decoded = None
-    line = views.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
+    if every:
+        line = views.enable_all_confirmation(decoded)
+    else:
+        line = views.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
     print(scrub(f"{line} (via {base})"))
     return 0
 

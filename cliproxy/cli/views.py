@@ -11,6 +11,8 @@ also hold are named in the detail):
     manually-disabled   the model entry has `enabled: false` (permanent), or a manual disable
                         row in the database is in force (timed, or without an end)
     auto-disabled       an automatic disable row is in force
+    rate-limited        a rate-limited row is in force: the upstream's 429/503 said when to come
+                        back (Retry-After and friends), and that time has not come
     enabled             none of the above; when a disable row exists but its `disabled_until`
                         has passed, the human label says "enabled (expired, not yet recorded)":
                         routing already ignores it, the server writes the `enabled` event on its
@@ -19,6 +21,10 @@ also hold are named in the detail):
 A key that comes from a `${VAR}` not set where the CLI runs (the server's unit reads it from a
 file the operator's shell does not) is unknown, not missing: the pair is not shown as `no-key`;
 its detail says `key from ${VAR} (not set here; assumed set for the server)`.
+
+`--json` also gives each configured pair's `recovery_state`, the one word the management API's
+status calls `state` (`cliproxy.core.pair_state`: switched-off | disabled | rate-limited | enabled).
+The CLI's own `state` keeps its finer vocabulary above, which scripts already read.
 
 Rows in the database for pairs that are no longer configured are reported apart, as
 `not-configured`: the server keeps them and ignores them.
@@ -33,6 +39,7 @@ from urllib.parse import quote
 
 from cliproxy.core.config import PairKey, Vendor
 from cliproxy.core.events import DisabledRecord, Event
+from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.routing import RoutingTable
 from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_iso, parse_since
 
@@ -40,6 +47,8 @@ __all__ = [
     "DisableView",
     "PairStatus",
     "confirmation",
+    "enable_all_confirmation",
+    "enable_all_path",
     "event_json",
     "format_duration",
     "format_time",
@@ -60,6 +69,7 @@ __all__ = [
 LABELS: Mapping[str, str] = {
     "enabled": "enabled",
     "auto-disabled": "auto-disabled",
+    "rate-limited": "rate-limited",
     "manually-disabled": "manually disabled",
     "vendor-off": "vendor off",
     "no-key": "no key",
@@ -143,12 +153,16 @@ class PairStatus:
     disables: tuple[DisableView, ...] = ()
     #: The unset variables the vendor's key comes from, when that is why it looks empty here.
     key_variables: tuple[str, ...] = ()
+    #: `cliproxy.core.pair_state.pair_state` of a configured pair (the API's `state`); None when not configured.
+    recovery_state: str | None = None
 
 
 def _describe(view: DisableView, *, name: bool) -> str:
     """`4m12s left, until ..., 5 failures, last error: ...`; with `name`, prefixed by what the disable is."""
     record = view.record
-    what = {"auto": "auto-disabled", "manual": "manually disabled"}.get(record.reason, record.reason)
+    what = {"auto": "auto-disabled", "manual": "manually disabled", "rate-limited": "rate-limited"}.get(
+        record.reason, record.reason
+    )
     if record.disabled_until is None:
         parts = ["no end"]
     elif view.expired:
@@ -180,10 +194,12 @@ def _status_of(
     model_enabled: bool | None = None,
     missing_key: bool | None = None,
     key_variables: tuple[str, ...] = (),
+    now: float = 0.0,
 ) -> PairStatus:
     in_force = [v for v in views if v.in_force]
     manual = [v for v in in_force if v.record.reason == "manual"]
-    auto = [v for v in in_force if v.record.reason != "manual"]
+    auto = [v for v in in_force if v.record.reason not in ("manual", "rate-limited")]
+    limited = [v for v in in_force if v.record.reason == "rate-limited"]
     conditions: list[tuple[str, str]] = []  # (state, detail) in precedence order
     if configured:
         if vendor_enabled is False:
@@ -196,6 +212,7 @@ def _status_of(
     # Rows of pairs that are not configured are all named: their state is `not-configured`.
     conditions.extend(("manually-disabled", _describe(v, name=bool(conditions) or not configured)) for v in manual)
     conditions.extend(("auto-disabled", _describe(v, name=bool(conditions) or not configured)) for v in auto)
+    conditions.extend(("rate-limited", _describe(v, name=bool(conditions) or not configured)) for v in limited)
     expired = [v for v in views if v.expired]
     if not configured:
         state, label = "not-configured", LABELS["not-configured"]
@@ -229,7 +246,24 @@ def _status_of(
         missing_key=missing_key,
         disables=tuple(views),
         key_variables=key_variables,
+        recovery_state=_recovery_state(views, vendor_enabled, model_enabled, missing_key, now) if configured else None,
     )
+
+
+def _recovery_state(
+    views: list[DisableView], vendor_enabled: bool | None, model_enabled: bool | None, missing_key: bool | None, now: float
+) -> str:
+    """The API's one-word `state` (`pair_state`), from the rows and the config as the CLI sees them."""
+    by_reason = {v.record.reason: v.record for v in views}
+    auto, timed, limited = by_reason.get("auto"), by_reason.get("manual"), by_reason.get("rate-limited")
+    view = PairView(
+        switched_off=vendor_enabled is False or model_enabled is False or missing_key is True,
+        auto_disabled_until=auto.disabled_until if auto else None,
+        manually_disabled=timed is not None,
+        manually_disabled_until=timed.disabled_until if timed else None,
+        rate_limited_until=limited.disabled_until if limited else None,
+    )
+    return pair_state(view, now)
 
 
 def pair_statuses(
@@ -265,6 +299,7 @@ def pair_statuses(
             model_enabled=pair.model.enabled,
             missing_key=key_of(pair.vendor)[0],
             key_variables=key_of(pair.vendor)[1],
+            now=now,
         )
         for key, pair in table.pairs.items()
     ]
@@ -321,6 +356,7 @@ def status_json(statuses: Iterable[PairStatus]) -> list[dict[str, Any]]:
             "model_enabled": s.model_enabled,
             "missing_key": s.missing_key,
             "key_variables_unset": list(s.key_variables),
+            "recovery_state": s.recovery_state,
             "disables": [_disable_json(v) for v in s.disables],
         }
         for s in statuses
@@ -398,6 +434,22 @@ def event_json(event: Event) -> dict[str, Any]:
 def management_path(action: str, vendor: str, model: str) -> str:
     """`/api/models/{model}/{action}?vendor={vendor}`, the model percent-encoded whole (`/` and `:` too)."""
     return f"/api/models/{quote(model, safe='')}/{action}?vendor={quote(vendor, safe='')}"
+
+
+def enable_all_path(vendor: str | None, reason: str | None) -> str:
+    """`/api/models/enable-all`, with `?vendor=` and `?reason=` when given."""
+    filters = [f"{name}={quote(value, safe='')}" for name, value in (("vendor", vendor), ("reason", reason)) if value]
+    return "/api/models/enable-all" + ("?" + "&".join(filters) if filters else "")
+
+
+def enable_all_confirmation(response: Any) -> str:
+    """`enabled 2 disables: acme/gpt-x (auto), acme/gpt-x (rate-limited)`, from enable-all's answer."""
+    items = response.get("enabled") if isinstance(response, dict) else None
+    items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    if not items:
+        return "nothing to enable: no disable matched"
+    listed = ", ".join(f"{i.get('vendor')}/{i.get('model')} ({i.get('reason')})" for i in items)
+    return f"enabled {len(items)} disable{'s' if len(items) != 1 else ''}: {listed}"
 
 
 def confirmation(action: str, vendor: str, model: str, duration: float | None, response: Any, now: float) -> str:

@@ -46,6 +46,9 @@ class AutoDisableOverrides:
     time_window_seconds: float | None = None
     disable_duration_seconds: float | None = None
     count_statuses: frozenset[int] | None = None
+    # Signals (issue 13, part A): an upstream's Retry-After and rate-limit reset headers.
+    honor_retry_after: bool | None = None
+    max_retry_after_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,10 @@ class AutoDisableSettings:
     count_statuses: frozenset[int]
     #: Which level each field came from: {"failure_threshold": "model", ...}.
     sources: tuple[tuple[str, SettingLevel], ...] = ()
+    # Signals (issue 13, part A). A 429/503 with a Retry-After (or rate-limit reset) hint makes the
+    # pair `rate-limited` until then at once, the hint clamped to `max_retry_after_seconds`.
+    honor_retry_after: bool = True
+    max_retry_after_seconds: float = 3600.0
 
     @property
     def enabled(self) -> bool:
@@ -73,9 +80,19 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     time_window_seconds=60.0,
     disable_duration_seconds=300.0,
     count_statuses=DEFAULT_COUNT_STATUSES,
+    honor_retry_after=True,
+    max_retry_after_seconds=3600.0,
 )
 
-_AUTO_DISABLE_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+_SPEC_FIELDS = frozenset({"failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses"})
+_AUTO_DISABLE_FIELDS = (
+    "failure_threshold",
+    "time_window_seconds",
+    "disable_duration_seconds",
+    "count_statuses",
+    "honor_retry_after",
+    "max_retry_after_seconds",
+)
 
 
 def resolve_auto_disable(
@@ -95,7 +112,10 @@ def resolve_auto_disable(
             value = getattr(overrides, name)
             if value is not None:
                 values[name] = value
-                sources.append((name, level))
+                if level != "default" or name in _SPEC_FIELDS:
+                    # `sources` has always listed the spec's four fields; the later ones only when set
+                    # (`source_of` answers "default" for the rest).
+                    sources.append((name, level))
                 break
     return AutoDisableSettings(**values, sources=tuple(sources))  # type: ignore[arg-type]
 

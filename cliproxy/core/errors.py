@@ -151,6 +151,8 @@ class Unavailability:
     auto_disabled: tuple[float, ...] = ()
     #: Seconds until each pair disabled by an operator comes back; None: until enabled.
     manually_disabled: tuple[float | None, ...] = ()
+    #: Seconds until each pair the upstream rate-limited (Retry-After) comes back.
+    rate_limited: tuple[float, ...] = ()
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -180,7 +182,12 @@ class NoVendorAvailable(ProxyError):
             timed = [w for w in why.manually_disabled if w is not None]
             when = f"first back in {format_duration(min(timed))}" if timed else "until enabled"
             causes.append(f"{_count(len(why.manually_disabled), 'pair', 'pairs')} disabled by an operator ({when})")
-        waits = [*why.auto_disabled, *(w for w in why.manually_disabled if w is not None)]
+        if why.rate_limited:
+            first = format_duration(min(why.rate_limited))
+            causes.append(
+                f"{_count(len(why.rate_limited), 'pair', 'pairs')} rate-limited by the upstream (first back in {first})"
+            )
+        waits = [*why.auto_disabled, *(w for w in why.manually_disabled if w is not None), *why.rate_limited]
         headers = {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
         return cls(f"no vendor available for model '{name}': {', '.join(causes) or 'no pair serves it'}", headers=headers)
 

@@ -51,6 +51,9 @@ class Outcome:
     kind: OutcomeKind
     reason: str
     error: ErrorInfo | None = None
+    #: The answer's "come back later" headers (`cliproxy.core.retry_after.HINT_HEADERS`, names
+    #: lower-cased): read by the rate-limit rule with the tracker's clock. Empty for most outcomes.
+    retry_headers: tuple[tuple[str, str], ...] = ()
 
 
 class OutcomeSink(Protocol):
@@ -70,8 +73,9 @@ class OutcomeSink(Protocol):
         """For Retry-After: seconds until the pair comes back, None when unknown or never."""
         ...
 
-    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual"] | None:
-        """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto", or None."""
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
+        """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto",
+        "rate-limited" (the upstream asked to be left alone), or None."""
         ...
 
 
@@ -87,7 +91,7 @@ class AlwaysAvailable:
     def seconds_until_available(self, pair: tuple[str, str]) -> float | None:
         return None
 
-    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual"] | None:
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
         return None
 
 
@@ -96,6 +100,7 @@ EventKind = Literal[
     "enabled",  # cause: expired | manual | startup-expired
     "manual-disable",  # an operator disabled a pair (with or without duration)
     "manual-enable",
+    "rate-limited",  # an upstream's Retry-After (or rate-limit reset) started or extended a rate limit
     "vendor-changed",  # PATCH of vendor fields (enabled, ...)
     "model-changed",  # PATCH of a model entry
     "config-reloaded",
@@ -111,7 +116,7 @@ class Event:
     at: float
     vendor: str | None = None
     model: str | None = None
-    reason: str | None = None  # auto | manual (for disables)
+    reason: str | None = None  # auto | manual | rate-limited (for disables)
     cause: str | None = None  # expired | manual | startup-expired (for enables)
     disabled_at: float | None = None
     disabled_until: float | None = None
@@ -131,7 +136,7 @@ class DisabledRecord:
 
     vendor: str
     model: str
-    reason: str  # auto | manual
+    reason: str  # auto | manual | rate-limited
     disabled_at: float
     disabled_until: float | None  # None: manual without an end
     failure_count: int = 0

@@ -109,6 +109,9 @@ class AutoDisableSchema(StrictSchema):
     time_window_seconds = Seconds("time_window_seconds")
     disable_duration_seconds = Seconds("disable_duration_seconds")
     count_statuses = StatusSet(data_key="count-statuses")
+    # Signals (issue 13, part A)
+    honor_retry_after = Bool("honor_retry_after")
+    max_retry_after_seconds = Seconds("max_retry_after_seconds")
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:

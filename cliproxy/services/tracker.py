@@ -12,7 +12,9 @@ Two independent axes make a pair unavailable:
   expiry or by `manual_enable`;
 - an operator's timed manual disable (`manual_disable(pair, duration, actor)`), ended by its own
   expiry or by `manual_enable`. An automatic re-enable never ends a manual disable. The permanent
-  operator switch lives in the config file and is not handled here.
+  operator switch lives in the config file and is not handled here;
+- the upstream's rate limit (`cliproxy.core.rate_limit`): a 429/503 with a Retry-After hint makes
+  the pair unavailable until then at once, ended by expiry or by `manual_enable`.
 
 The hot path (`record_outcome`, `is_available`, `seconds_until_available`) is synchronous and O(1):
 no awaiting, no disk.
@@ -36,12 +38,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from cliproxy.core import failures, manual
+from cliproxy.core import failures, manual, rate_limit
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
 from cliproxy.core.events import Decision, DisabledRecord, Effect, Outcome
 from cliproxy.core.failures import AUTO, PairState
 from cliproxy.core.manual import MANUAL
+from cliproxy.core.rate_limit import RATE_LIMITED
 from cliproxy.services.journal import Journal
 
 __all__ = ["FailureTracker"]
@@ -74,6 +77,7 @@ class FailureTracker:
 
         self._states: dict[PairKey, PairState] = {}
         self._manual: dict[PairKey, DisabledRecord] = {}
+        self._rate_limited: dict[PairKey, DisabledRecord] = {}
         # (disabled_until, vendor, model, reason); entries that no longer match the state are skipped.
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._last_cleanup: float | None = None
@@ -103,8 +107,15 @@ class FailureTracker:
             return None
         return record
 
+    def rate_limit_record(self, pair: PairKey) -> DisabledRecord | None:
+        """The pair's rate limit while it is in force, or None."""
+        record = self._rate_limited.get(pair)
+        if record is None or not manual.in_force(record, self._clock()):
+            return None
+        return record
+
     def disabled_pairs(self) -> list[DisabledRecord]:
-        """Every disable in force now, both axes (reason auto | manual), sorted by vendor, model, reason.
+        """Every disable in force now, every axis (reason auto | manual | rate-limited), sorted by vendor, model, reason.
 
         Pairs no longer in the config are included; `settings_for(pair) is None` tells them apart.
         """
@@ -116,6 +127,7 @@ class FailureTracker:
                 assert record is not None
                 out.append(record)
         out.extend(r for r in self._manual.values() if manual.in_force(r, now))
+        out.extend(r for r in self._rate_limited.values() if manual.in_force(r, now))
         out.sort(key=lambda r: (r.vendor, r.model, r.reason))
         return out
 
@@ -139,7 +151,13 @@ class FailureTracker:
     # ------------------------------------------------------------------ hot path (sync, O(1))
 
     def record_outcome(self, pair: PairKey, outcome: Outcome) -> None:
-        """Apply one attempt's outcome. Neutral outcomes and pairs not in the config are ignored."""
+        """Apply one attempt's outcome. Neutral outcomes and pairs not in the config are ignored,
+        except that any 429/503 carrying a Retry-After hint rate-limits the pair (counted or not)."""
+        if outcome.retry_headers:
+            settings = self._settings.get(pair)
+            if settings is not None:
+                held = self._rate_limited.get(pair)
+                self._apply_rate_limit(pair, rate_limit.note_outcome(pair, held, outcome, settings, self._now()))
         if outcome.kind == "neutral":
             return
         settings = self._settings.get(pair)
@@ -165,7 +183,10 @@ class FailureTracker:
         if state is not None and failures.is_disabled(state, now):
             return False
         timed = self._manual.get(pair)
-        return timed is None or not manual.in_force(timed, now)
+        if timed is not None and manual.in_force(timed, now):
+            return False
+        limited = self._rate_limited.get(pair)
+        return limited is None or not manual.in_force(limited, now)
 
     def seconds_until_available(self, pair: PairKey) -> float | None:
         """Seconds until both axes have ended; 0.0 when available now, None when never or unknown."""
@@ -181,10 +202,14 @@ class FailureTracker:
             if timed.disabled_until is None:
                 return None
             wait = max(wait, timed.disabled_until - now)
+        limited = self._rate_limited.get(pair)
+        if limited is not None and limited.disabled_until is not None and manual.in_force(limited, now):
+            wait = max(wait, limited.disabled_until - now)
         return wait
 
-    def disabled_by(self, pair: PairKey) -> Literal["auto", "manual"] | None:
-        """ "manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else None."""
+    def disabled_by(self, pair: PairKey) -> Literal["auto", "manual", "rate-limited"] | None:
+        """ "manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else
+        "rate-limited" while the upstream's rate limit holds, else None."""
         if pair not in self._settings:
             return None
         now = self._clock()
@@ -192,7 +217,10 @@ class FailureTracker:
         if timed is not None and manual.in_force(timed, now):
             return "manual"
         state = self._states.get(pair)
-        return "auto" if state is not None and failures.is_disabled(state, now) else None
+        if state is not None and failures.is_disabled(state, now):
+            return "auto"
+        limited = self._rate_limited.get(pair)
+        return "rate-limited" if limited is not None and manual.in_force(limited, now) else None
 
     # ------------------------------------------------------------------ operator actions
 
@@ -213,13 +241,50 @@ class FailureTracker:
         action itself, e.g. as the config write-back that switches the pair back on). A disable
         whose time had already passed is recorded as expired first. True when a disable was cleared.
         """
+        now = self._now()
+        limited = rate_limit.end_by_operator(pair, self._rate_limited.get(pair), now, actor)
+        limit_cleared = manual.cleared(limited.effects)
         axes = manual.Axes(self._states.get(pair), self._manual.get(pair))
-        decision = manual.enable(pair, axes, actor, self._now(), record_if_nothing_cleared=record_if_nothing_cleared)
+        decision = manual.enable(
+            pair, axes, actor, now, record_if_nothing_cleared=record_if_nothing_cleared and not limit_cleared
+        )
         if decision.state.auto is not None:
             self._states[pair] = decision.state.auto
         self._manual.pop(pair, None)
         self._carry_out(decision.effects)
-        return manual.cleared(decision.effects)
+        self._apply_rate_limit(pair, limited)
+        return limit_cleared or manual.cleared(decision.effects)
+
+    async def clear_disable(self, pair: PairKey, reason: str, actor: str) -> bool:
+        """End the pair's disable of one `reason` (auto | manual | rate-limited) by an operator: one
+        `enabled` event (cause manual) when it was in force, the others left alone (enable-all's filter).
+        One whose time had already passed is recorded as expired. True when a disable was cleared."""
+        now = self._now()
+        if reason == AUTO:
+            state = self._states.get(pair)
+            if state is None:
+                return False
+            expired = failures.expire(pair, state, now)
+            ended = failures.end_by_operator(pair, expired.state, now, actor)
+            assert ended.state is not None
+            self._apply_auto(pair, Decision(ended.state, (*expired.effects, *ended.effects)))
+            return manual.cleared(ended.effects)
+        if reason == MANUAL:
+            expired_manual = manual.expire(pair, self._manual.get(pair), now)
+            timed = expired_manual.state
+            if timed is None:
+                self._apply_manual(pair, expired_manual)
+                return False
+            effect = failures.ended_effect(
+                pair, MANUAL, timed.disabled_at, timed.disabled_until, now, cause="manual", actor=actor
+            )
+            self._apply_manual(pair, Decision(None, (effect,)))
+            return True
+        if reason == RATE_LIMITED:
+            decision = rate_limit.end_by_operator(pair, self._rate_limited.get(pair), now, actor)
+            self._apply_rate_limit(pair, decision)
+            return manual.cleared(decision.effects)
+        raise ValueError(f"unknown disable reason {reason!r}")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,6 +330,10 @@ class FailureTracker:
                 state = self._states.get(pair)
                 if state is not None and state.disabled_until == until:
                     count += self._expire_pair(pair, now)
+            elif reason == RATE_LIMITED:
+                limited = self._rate_limited.get(pair)
+                if limited is not None and limited.disabled_until == until:
+                    count += self._expire_pair(pair, now)
             else:
                 timed = self._manual.get(pair)
                 if timed is not None and timed.disabled_until == until:
@@ -305,6 +374,16 @@ class FailureTracker:
                 heapq.heappush(self._deadlines, (new.disabled_until, pair[0], pair[1], MANUAL))
         self._carry_out(decision.effects)
 
+    def _apply_rate_limit(self, pair: PairKey, decision: Decision[DisabledRecord | None]) -> None:
+        old, new = self._rate_limited.get(pair), decision.state
+        if new is None:
+            self._rate_limited.pop(pair, None)
+        elif new is not old:
+            self._rate_limited[pair] = new
+            if new.disabled_until is not None:
+                heapq.heappush(self._deadlines, (new.disabled_until, pair[0], pair[1], RATE_LIMITED))
+        self._carry_out(decision.effects)
+
     def _carry_out(self, effects: tuple[Effect, ...]) -> None:
         """Log each effect's event and hand it to the journal. Memory has already been updated."""
         for effect in effects:
@@ -320,6 +399,8 @@ class FailureTracker:
             self._apply_auto(pair, failures.restore(record, now))
         elif record.reason == MANUAL:
             self._apply_manual(pair, manual.restore(record, now))
+        elif record.reason == RATE_LIMITED:
+            self._apply_rate_limit(pair, rate_limit.restore(record, now))
         else:
             self._log.warning("ignoring disabled row with unknown reason vendor=%s model=%s reason=%s", *pair, record.reason)
 
@@ -334,6 +415,9 @@ class FailureTracker:
         decision_manual = manual.expire(pair, self._manual.get(pair), now)
         count += len(decision_manual.effects)
         self._apply_manual(pair, decision_manual)
+        decision_limit = rate_limit.expire(pair, self._rate_limited.get(pair), now)
+        count += len(decision_limit.effects)
+        self._apply_rate_limit(pair, decision_limit)
         return count
 
     async def _sweep_loop(self) -> None:

@@ -21,7 +21,7 @@ is not yet in SQLite (it would be lost by kill -9), even while the database is l
     cliproxy_upstream_latency_seconds{model,vendor}          arrival to the end of the relayed answer
     cliproxy_upstream_ttfb_seconds{model,vendor}             arrival to the first byte relayed
     cliproxy_streams_in_flight                               SSE answers being relayed now
-    cliproxy_pair_disables_total{vendor,model,reason}        disables (reason auto | manual)
+    cliproxy_pair_disables_total{vendor,model,reason}        disables (reason auto | manual | rate-limited)
     cliproxy_pair_enables_total{vendor,model,cause}          re-enables (expired | manual | startup-expired)
     cliproxy_config_reloads_total{result}                    reloaded | rejected
     cliproxy_pairs_disabled{reason}                          pairs disabled now (at scrape)
@@ -146,7 +146,7 @@ class Metrics:
             _TTFB_BUCKETS,
         )
         self._disables = _Counter(
-            "cliproxy_pair_disables", "Pairs disabled, by reason (auto | manual).", ("vendor", "model", "reason")
+            "cliproxy_pair_disables", "Pairs disabled, by reason (auto | manual | rate-limited).", ("vendor", "model", "reason")
         )
         self._enables = _Counter(
             "cliproxy_pair_enables",
@@ -215,6 +215,8 @@ class Metrics:
             self._disables.inc((vendor, model, "auto"))
         elif event.kind == "manual-disable":
             self._disables.inc((vendor, model, "manual"))
+        elif event.kind == "rate-limited" and not (event.detail or {}).get("extended"):
+            self._disables.inc((vendor, model, "rate-limited"))
         elif event.kind == "enabled":
             self._enables.inc((vendor, model, event.cause or ""))
         elif event.kind == "config-reloaded":
@@ -241,7 +243,7 @@ class Metrics:
         streams.add_metric([], self.streams_in_flight)
         tracker = self._tracker
         if tracker is not None:
-            by_reason = {"auto": 0, "manual": 0}
+            by_reason = {"auto": 0, "manual": 0, "rate-limited": 0}
             for record in tracker.committed_disabled_pairs():
                 by_reason[record.reason] = by_reason.get(record.reason, 0) + 1
                 each.add_metric([record.vendor, record.model, record.reason], 1)

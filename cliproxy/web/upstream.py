@@ -33,6 +33,7 @@ from cliproxy.core.errors import (
 )
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
 from cliproxy.core.redact import SecretMasker, excerpt, mask_secrets
+from cliproxy.core.retry_after import RETRY_STATUSES, hint_headers
 from cliproxy.core.routing import Pair, Route
 from cliproxy.web.access import AccessInfo
 from cliproxy.web.overload import OverloadLog, local_resource_error
@@ -206,9 +207,11 @@ async def _open(
             error_body = _mask_body(await _read_limited(response, timeouts.stream_idle), pair.secrets)
             response.release()
             message = excerpt(error_body, pair.secrets)
+            # A 429/503 may say when to come back: those headers go to the tracker's rate-limit rule.
+            retry = hint_headers(response.headers.items()) if response.status in RETRY_STATUSES else ()
             return _Failed(
                 pair,
-                Outcome(verdict.kind, verdict.reason, ErrorInfo(response.status, message)),
+                Outcome(verdict.kind, verdict.reason, ErrorInfo(response.status, message), retry_headers=retry),
                 status=response.status,
                 body=error_body,
                 headers=CIMultiDict(response.headers),
@@ -433,6 +436,7 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
     models_off = sum(1 for p in route.switched_off_pairs if p.vendor.routable and not p.model.enabled)
     auto: list[float] = []
     manual: list[float | None] = []
+    limited: list[float] = []
     # The tiers as they are: `route.ordered()` would move the round robin for the next request.
     for pair in chain.from_iterable(route.tiers):
         reason = sink.disabled_by(pair.key)
@@ -441,5 +445,7 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
             manual.append(wait)
         elif reason == "auto":
             auto.append(wait or 0.0)
-    why = Unavailability(len(vendors_off), len(keyless), models_off, tuple(auto), tuple(manual))
+        elif reason == "rate-limited":
+            limited.append(wait or 0.0)
+    why = Unavailability(len(vendors_off), len(keyless), models_off, tuple(auto), tuple(manual), tuple(limited))
     return NoVendorAvailable.for_model(route.name, why)

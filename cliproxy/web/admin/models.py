@@ -25,11 +25,18 @@ from cliproxy.core.runtime import Runtime
 from cliproxy.services.config_manager import ConfigManager
 from cliproxy.web.admin.exchange import committed, json_body, json_reply, load, path_name, query
 from cliproxy.web.admin.registry import endpoint
-from cliproxy.web.admin.schemas import DisableBodySchema, DisabledListSchema, ModelStatusSchema, VendorQuerySchema
+from cliproxy.web.admin.schemas import (
+    DisableBodySchema,
+    DisabledListSchema,
+    EnableAllQuerySchema,
+    EnableAllSchema,
+    ModelStatusSchema,
+    VendorQuerySchema,
+)
 from cliproxy.web.admin.views import disabled_list, iso, pair_status, switched_off_by
 from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, STORE, TRACKER
 
-__all__ = ["disable_model", "enable_model", "list_disabled", "model_status"]
+__all__ = ["disable_model", "enable_all", "enable_model", "list_disabled", "model_status"]
 
 #: How far back in a pair's (or vendor's) history the event that switched it off in the config is looked for.
 _CONFIG_SWITCH_LOOKBACK = 50
@@ -45,6 +52,38 @@ async def list_disabled(request: web.Request) -> web.Response:
     entries = disabled_list(request.config_dict[RUNTIME].current, request.config_dict[TRACKER], request.config_dict[CLOCK]())
     await _config_switch_events(request.config_dict[STORE], entries)
     return json_reply(DisabledListSchema, {"disabled": entries})
+
+
+@endpoint(
+    "POST",
+    "/api/models/enable-all",
+    summary="Clear every disable the tracker holds, optionally of one vendor or reason",
+    response=EnableAllSchema,
+    query=EnableAllQuerySchema,
+    errors=(400, 503),
+    tags=("models",),
+)
+async def enable_all(request: web.Request) -> web.Response:
+    """Ends every automatic, timed manual and rate-limited disable in force (`?vendor=` and `?reason=`
+    narrow it), one `enabled` event (cause manual) per disable cleared, and answers with the list once
+    it is in SQLite. `enabled: false` in config.yaml is left alone: that is the operator's own switch,
+    cleared pair by pair with `POST /api/models/{model}/enable`."""
+    filters = query(request, EnableAllQuerySchema())
+    vendor, reason = filters.get("vendor"), filters.get("reason")
+    await committed(request)
+    tracker = request.config_dict[TRACKER]
+    rows = tracker.committed_disabled_pairs()
+    known = {v.name for v in request.config_dict[RUNTIME].current.config.vendors} | {r.vendor for r in rows}
+    if vendor is not None and vendor not in known:
+        raise NotFound(f"no vendor named '{vendor}'", param="vendor")
+    actor = request[ADMIN_ACTOR]
+    cleared: list[dict[str, str]] = []
+    for row in rows:  # sorted by vendor, model, reason
+        if (vendor is None or row.vendor == vendor) and (reason is None or row.reason == reason):
+            if await tracker.clear_disable((row.vendor, row.model), row.reason, actor):
+                cleared.append({"vendor": row.vendor, "model": row.model, "reason": row.reason})
+    await committed(request, after_change=True)
+    return json_reply(EnableAllSchema, {"enabled": cleared})
 
 
 @endpoint(

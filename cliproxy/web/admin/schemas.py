@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from cliproxy.core.events import EventKind
+from cliproxy.core.pair_state import PAIR_STATES
 from cliproxy.web.admin.config_view import ConfigViewSchema
 
 #: Longest timed manual disable (longer ones are what the permanent disable is for).
@@ -51,8 +52,8 @@ class LastErrorSchema(Schema):
     message = fields.String(required=True, metadata={"description": "a short, masked excerpt"})
 
 
-_REASONS = ("auto", "manual")
-_SOURCES = ("auto-disable", "timed", "model-config", "vendor-config")
+_REASONS = ("auto", "manual", "rate-limited")
+_SOURCES = ("auto-disable", "timed", "model-config", "vendor-config", "retry-after")
 _LEVELS = ("default", "global", "vendor", "model")
 
 
@@ -66,7 +67,8 @@ class DisabledPairSchema(Schema):
         validate=validate.OneOf(_SOURCES),
         metadata={
             "description": "auto-disable: the tracker tripped it; timed: POST .../disable with a duration; "
-            "model-config / vendor-config: `enabled: false` in config.yaml"
+            "model-config / vendor-config: `enabled: false` in config.yaml; retry-after: the upstream's "
+            "429/503 said when to come back (reason rate-limited)"
         },
     )
     disabled_at = _ts(
@@ -94,6 +96,8 @@ class EffectiveAutoDisableSchema(Schema):
     time_window_seconds = fields.Float(required=True)
     disable_duration_seconds = fields.Float(required=True)
     count_statuses = fields.List(fields.Integer(), required=True)
+    honor_retry_after = fields.Boolean(required=True)
+    max_retry_after_seconds = fields.Float(required=True)
     sources = fields.Dict(
         keys=fields.String(),
         values=fields.String(validate=validate.OneOf(_LEVELS)),
@@ -115,6 +119,15 @@ class PairStatusSchema(Schema):
     alias = fields.String(required=True, allow_none=True)
     names = fields.List(fields.String(), required=True, metadata={"description": "the client-facing names of the pair"})
     enabled = fields.Boolean(required=True, metadata={"description": "routable now: every axis allows it"})
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(PAIR_STATES),
+        metadata={
+            "description": "the pair's recovery state, first that holds: switched-off (config), disabled "
+            "(automatic or timed manual disable), rate-limited (the upstream's Retry-After), enabled"
+        },
+    )
+    rate_limited_until = _ts("end of the rate limit the upstream asked for (Retry-After); null when none")
     config_enabled = fields.Boolean(required=True, metadata={"description": "the model entry's `enabled` in config.yaml"})
     vendor_enabled = fields.Boolean(required=True, metadata={"description": "the vendor entry's `enabled` in config.yaml"})
     missing_key = fields.Boolean(
@@ -141,6 +154,20 @@ class ModelStatusSchema(Schema):
     pairs = fields.List(fields.Nested(PairStatusSchema), required=True)
 
 
+class EnabledPairSchema(Schema):
+    vendor = fields.String(required=True)
+    model = fields.String(required=True, metadata={"description": "the upstream model name"})
+    reason = fields.String(required=True, validate=validate.OneOf(_REASONS), metadata={"description": "the disable cleared"})
+
+
+class EnableAllSchema(Schema):
+    enabled = fields.List(
+        fields.Nested(EnabledPairSchema),
+        required=True,
+        metadata={"description": "each disable cleared (a pair under two disables appears twice), by vendor, model, reason"},
+    )
+
+
 class ApiKeyEntryViewSchema(Schema):
     api_key = fields.String(required=True, metadata={"description": "masked"})
     proxy_url = fields.String(required=True, allow_none=True, metadata={"description": "password masked"})
@@ -157,6 +184,8 @@ class AutoDisableOverridesViewSchema(Schema):
     time_window_seconds = fields.Float(required=True, allow_none=True)
     disable_duration_seconds = fields.Float(required=True, allow_none=True)
     count_statuses = fields.List(fields.Integer(), required=True, allow_none=True)
+    honor_retry_after = fields.Boolean(required=True, allow_none=True)
+    max_retry_after_seconds = fields.Float(required=True, allow_none=True)
 
 
 class VendorModelViewSchema(Schema):
@@ -218,7 +247,7 @@ class EventSchema(Schema):
     at = _ts("when it happened", nullable=False)
     vendor = fields.String(required=True, allow_none=True)
     model = fields.String(required=True, allow_none=True)
-    reason = fields.String(required=True, allow_none=True, metadata={"description": "auto | manual, for disables"})
+    reason = fields.String(required=True, allow_none=True, metadata={"description": "auto | manual | rate-limited, for disables"})
     cause = fields.String(
         required=True, allow_none=True, metadata={"description": "expired | manual | startup-expired, for enables"}
     )
@@ -325,6 +354,14 @@ class ModelPatchSchema(StrictBody):
 
 class VendorQuerySchema(StrictBody):
     vendor = fields.String(validate=validate.Length(min=1), metadata={"description": "only the pairs of this vendor"})
+
+
+class EnableAllQuerySchema(StrictBody):
+    vendor = fields.String(validate=validate.Length(min=1), metadata={"description": "only the pairs of this vendor"})
+    reason = fields.String(
+        validate=validate.OneOf(_REASONS),
+        metadata={"description": "only the disables of this reason: auto, manual (timed) or rate-limited"},
+    )
 
 
 _EVENT_KINDS = typing.get_args(EventKind)

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Timeouts, Vendor
+from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
 from cliproxy.core.routing import Pair
 from cliproxy.core.runtime import Runtime
@@ -82,6 +83,8 @@ def _overrides(o: AutoDisableOverrides) -> dict[str, Any]:
         "time_window_seconds": o.time_window_seconds,
         "disable_duration_seconds": o.disable_duration_seconds,
         "count_statuses": None if o.count_statuses is None else sorted(o.count_statuses),
+        "honor_retry_after": o.honor_retry_after,
+        "max_retry_after_seconds": o.max_retry_after_seconds,
     }
 
 
@@ -96,9 +99,15 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
         "time_window_seconds": settings.time_window_seconds,
         "disable_duration_seconds": settings.disable_duration_seconds,
         "count_statuses": sorted(settings.count_statuses),
+        "honor_retry_after": settings.honor_retry_after,
+        "max_retry_after_seconds": settings.max_retry_after_seconds,
+        # The spec's four settings always; later ones only when a level sets them (absent: default).
         "sources": {
-            name: settings.source_of(name)
-            for name in ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+            **{
+                name: settings.source_of(name)
+                for name in ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+            },
+            **dict(settings.sources),
         },
     }
 
@@ -110,12 +119,22 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
     state = tracker.state(key)
     auto = tracker.committed_record(key, "auto")
     manual = tracker.committed_record(key, "manual")
+    limited = tracker.committed_record(key, "rate-limited")
+    view = PairView(
+        switched_off=not pair.enabled_in_config,
+        auto_disabled_until=auto.disabled_until if auto else None,
+        manually_disabled=manual is not None,
+        manually_disabled_until=manual.disabled_until if manual else None,
+        rate_limited_until=limited.disabled_until if limited else None,
+    )
     return {
         "vendor": pair.vendor.name,
         "model": pair.model.name,
         "alias": pair.model.alias,
         "names": list(runtime.table.names_of.get(key, ())),
-        "enabled": pair.enabled_in_config and auto is None and manual is None,
+        "enabled": pair.enabled_in_config and auto is None and manual is None and limited is None,
+        "state": pair_state(view, now),
+        "rate_limited_until": iso(limited.disabled_until) if limited else None,
         "config_enabled": pair.model.enabled,
         "vendor_enabled": pair.vendor.enabled,
         "missing_key": pair.vendor.missing_key,
@@ -145,6 +164,10 @@ def _last_failure_at(state: Any, record: Any) -> float | None:
     return max(times) if times else None
 
 
+#: The `source` of a tracker-held disable, by its reason.
+_SOURCE_OF_REASON = {"auto": "auto-disable", "manual": "timed", "rate-limited": "retry-after"}
+
+
 def disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list[dict[str, Any]]:
     table = runtime.table
     out: list[dict[str, Any]] = []
@@ -156,7 +179,7 @@ def disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list
                 "model": record.model,
                 "alias": pair.model.alias if pair else None,
                 "reason": record.reason,
-                "source": "auto-disable" if record.reason == "auto" else "timed",
+                "source": _SOURCE_OF_REASON.get(record.reason, "timed"),
                 "disabled_at": iso(record.disabled_at),
                 "disabled_until": iso(record.disabled_until),
                 "remaining_seconds": remaining(record.disabled_until, now),
@@ -212,12 +235,13 @@ def vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: 
         key = (vendor.name, model.name)
         auto_disabled = tracker.committed_record(key, "auto") is not None  # committed view, as in pair_status
         manual_disabled = tracker.committed_record(key, "manual") is not None
+        rate_limited = tracker.committed_record(key, "rate-limited") is not None
         models.append(
             {
                 "name": model.name,
                 "alias": model.alias,
                 "names": list(runtime.table.names_of.get(key, ())),
-                "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled,
+                "enabled": vendor.routable and model.enabled and not auto_disabled and not manual_disabled and not rate_limited,
                 "config_enabled": model.enabled,
                 "auto_disabled": auto_disabled,
                 "manual_disabled": manual_disabled,

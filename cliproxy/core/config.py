@@ -26,6 +26,7 @@ __all__ = [
     "Timeouts",
     "Vendor",
     "nothing_routes",
+    "OnAllDisabled",
     "resolve_auto_disable",
 ]
 
@@ -33,6 +34,9 @@ __all__ = [
 PairKey = tuple[str, str]
 
 SettingLevel = Literal["default", "global", "vendor", "model"]
+
+#: What to do when every pair of a model is unavailable by the tracker: the spec's 503, or the pair back soonest.
+OnAllDisabled = Literal["fail", "best-effort"]
 
 #: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
 DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
@@ -46,6 +50,12 @@ class AutoDisableOverrides:
     time_window_seconds: float | None = None
     disable_duration_seconds: float | None = None
     count_statuses: frozenset[int] | None = None
+    # issue 13, part C: slow start and the policies
+    slow_start_seconds: float | None = None
+    on_all_disabled: OnAllDisabled | None = None
+    enforce: bool | None = None
+    #: Global only (the schema accepts it at the top level alone).
+    max_disabled_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,15 @@ class AutoDisableSettings:
     count_statuses: frozenset[int]
     #: Which level each field came from: {"failure_threshold": "model", ...}.
     sources: tuple[tuple[str, SettingLevel], ...] = ()
+    # issue 13, part C: slow start and the policies
+    #: Seconds over which a re-enabled pair's weight in its tier rises from 10% to 100% (0: off).
+    slow_start_seconds: float = 0.0
+    #: `best-effort`: when every pair of a model is unavailable by the tracker, use the one back soonest.
+    on_all_disabled: OnAllDisabled = "fail"
+    #: False: a dry run; trips are recorded as `would-disable` events and not enforced.
+    enforce: bool = True
+    #: A trip that would leave more than this fraction of a model's pairs unavailable is not enforced.
+    max_disabled_fraction: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -73,9 +92,26 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     time_window_seconds=60.0,
     disable_duration_seconds=300.0,
     count_statuses=DEFAULT_COUNT_STATUSES,
+    slow_start_seconds=0.0,
+    on_all_disabled="fail",
+    enforce=True,
+    max_disabled_fraction=1.0,
 )
 
-_AUTO_DISABLE_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+#: The spec's fields, whose sources are always listed (the later ones only when a level sets them).
+_SPEC_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+
+_AUTO_DISABLE_FIELDS = (
+    "failure_threshold",
+    "time_window_seconds",
+    "disable_duration_seconds",
+    "count_statuses",
+    # issue 13, part C
+    "slow_start_seconds",
+    "on_all_disabled",
+    "enforce",
+    "max_disabled_fraction",
+)
 
 
 def resolve_auto_disable(
@@ -95,7 +131,8 @@ def resolve_auto_disable(
             value = getattr(overrides, name)
             if value is not None:
                 values[name] = value
-                sources.append((name, level))
+                if level != "default" or name in _SPEC_FIELDS:  # `source_of` says "default" for the others
+                    sources.append((name, level))
                 break
     return AutoDisableSettings(**values, sources=tuple(sources))  # type: ignore[arg-type]
 

@@ -109,10 +109,21 @@ class AutoDisableSchema(StrictSchema):
     time_window_seconds = Seconds("time_window_seconds")
     disable_duration_seconds = Seconds("disable_duration_seconds")
     count_statuses = StatusSet(data_key="count-statuses")
+    # issue 13, part C: slow start and the policies
+    slow_start_seconds = fields.Float(data_key="slow-start-seconds", validate=validate.Range(min=0))
+    on_all_disabled = Str("on_all_disabled", validate=validate.OneOf(["fail", "best-effort"]))
+    enforce = Bool("enforce")
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:
         return AutoDisableOverrides(**data)
+
+
+class GlobalAutoDisableSchema(AutoDisableSchema):
+    """The top-level `auto-disable`: the per-scope keys, and those that only make sense for the whole gateway."""
+
+    # A fraction of a model's pairs: above 1.0 would mean no limit, which 1.0 already says.
+    max_disabled_fraction = fields.Float(data_key="max-disabled-fraction", validate=validate.Range(min=0, max=1))
 
 
 class TimeoutsSchema(StrictSchema):
@@ -269,7 +280,7 @@ class ConfigSchema(StrictSchema):
     metrics = fields.Nested(MetricsSchema, data_key="metrics")
     remote_management = fields.Nested(RemoteManagementSchema, data_key="remote-management")
     timeouts = fields.Nested(TimeoutsSchema, data_key="timeouts")
-    auto_disable = fields.Nested(AutoDisableSchema, data_key="auto-disable")
+    auto_disable = fields.Nested(GlobalAutoDisableSchema, data_key="auto-disable")
     vendors = fields.List(fields.Nested(VendorSchema), data_key="openai-compatibility")
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)

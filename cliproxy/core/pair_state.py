@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PairView", "pair_state"]
+__all__ = ["PAIR_STATES", "PairView", "pair_state"]
+
+#: Every state the issue names (the status API's enum), whichever part computes it.
+PAIR_STATES = ("enabled", "disabled", "rate-limited", "half-open", "probing", "slow-start", "switched-off")
 
 
 @dataclass(frozen=True, slots=True)

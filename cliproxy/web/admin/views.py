@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Timeouts, Vendor
+from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
 from cliproxy.core.routing import Pair
 from cliproxy.core.runtime import Runtime
@@ -96,6 +97,10 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
         "time_window_seconds": settings.time_window_seconds,
         "disable_duration_seconds": settings.disable_duration_seconds,
         "count_statuses": sorted(settings.count_statuses),
+        "slow_start_seconds": settings.slow_start_seconds,
+        "on_all_disabled": settings.on_all_disabled,
+        "enforce": settings.enforce,
+        "max_disabled_fraction": settings.max_disabled_fraction,
         "sources": {
             name: settings.source_of(name)
             for name in ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
@@ -110,6 +115,7 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
     state = tracker.state(key)
     auto = tracker.committed_record(key, "auto")
     manual = tracker.committed_record(key, "manual")
+    slow_start_until = tracker.slow_start_until(key)
     return {
         "vendor": pair.vendor.name,
         "model": pair.model.name,
@@ -136,6 +142,15 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
             "actor": manual.actor,
         },
         "auto_disable": _effective(pair.auto_disable),
+        "state": pair_state(
+            PairView(
+                switched_off=not pair.enabled_in_config,
+                disabled=auto is not None or manual is not None,
+                slow_start_until=slow_start_until,
+            ),
+            now,
+        ),
+        "slow_start_until": iso(slow_start_until),
     }
 
 

@@ -113,10 +113,16 @@ class AutoDisableSchema(StrictSchema):
     slow_start_seconds = fields.Float(data_key="slow-start-seconds", validate=validate.Range(min=0))
     on_all_disabled = Str("on_all_disabled", validate=validate.OneOf(["fail", "best-effort"]))
     enforce = Bool("enforce")
+    # Global only: named here so that a vendor or model setting it is told where it goes.
+    max_disabled_fraction = fields.Raw(data_key="max-disabled-fraction", validate=lambda _: _global_only())
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:
         return AutoDisableOverrides(**data)
+
+
+def _global_only() -> bool:
+    raise ValidationError("a global setting: set it in the top-level auto-disable, not for a vendor or model")
 
 
 class GlobalAutoDisableSchema(AutoDisableSchema):

@@ -202,14 +202,25 @@ class FailureTracker:
         return timed is None or not manual.in_force(timed, now)
 
     def weight(self, pair: PairKey) -> float:
-        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1)."""
+        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1).
+
+        With slow start on, an auto-disabled pair weighs 0 (it is skipped anyway: its turns go to its
+        peers), and one whose disable is over by the clock but not yet recorded by the sweep starts
+        from the disable's end.
+        """
+        settings = self._settings.get(pair)
+        if settings is None or settings.slow_start_seconds <= 0:
+            return 1.0
+        now = self._clock()
         reenabled_at = self._reenabled_at.get(pair)
+        state = self._states.get(pair)
+        if state is not None and state.disabled_until is not None:
+            if now < state.disabled_until:
+                return 0.0
+            reenabled_at = state.disabled_until
         if reenabled_at is None:
             return 1.0
-        settings = self._settings.get(pair)
-        if settings is None:
-            return 1.0
-        return slow_start_weight(reenabled_at, self._clock(), settings.slow_start_seconds)
+        return slow_start_weight(reenabled_at, now, settings.slow_start_seconds)
 
     def slow_start_until(self, pair: PairKey) -> float | None:
         """When the pair's slow start ends, as committed (what reports show); None when it is not slow-starting."""

@@ -407,3 +407,61 @@ class TestSettings:
             ("a", "m")
         ]
         assert (s.slow_start_seconds, s.on_all_disabled, s.enforce, s.max_disabled_fraction) == (0.0, "fail", True, 1.0)
+
+
+class TestKillDashNine:
+    """The slow start's start is the committed `enabled` event's time: a restart after kill -9 keeps it."""
+
+    async def test_slow_start_survives_kill_9_with_its_original_time(self, upstreams, tmp_path) -> None:  # noqa: ANN001
+        import aiohttp
+
+        from cliproxy.services.store import read_events
+        from tests.helpers import MGMT_KEY
+        from tests.processes import GatewayProcess
+
+        a, b = await upstreams(), await upstreams()
+        a.fail(None, Fault(status=500, times=1))
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "remote-management": {"secret-key": MGMT_KEY},
+                "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.2, "slow-start-seconds": 3600},
+                "openai-compatibility": [vendor("a", a.url, ["m"], priority=1), vendor("b", b.url, ["m"], priority=1)],
+            },
+        )
+
+        async def status_of_a(session: aiohttp.ClientSession) -> dict:
+            headers = {"Authorization": f"Bearer {MGMT_KEY}"}
+            async with session.get(f"{gw.url}/api/models/m/status", headers=headers) as resp:
+                assert resp.status == 200
+                return next(p for p in (await resp.json())["pairs"] if p["vendor"] == "a")
+
+        async def served(session: aiohttp.ClientSession, requests: int) -> Counter[str]:
+            count: Counter[str] = Counter()
+            for _ in range(requests):
+                async with session.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
+                    assert resp.status == 200
+                    count[resp.headers["x-cliproxy-vendor"]] += 1
+            return count
+
+        gw.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                await served(session, 1)  # a fails (disabled for 0.2 s), b answers
+                [enabled] = await eventually(lambda: read_events(tmp_path / "cliproxy.db", kind="enabled"), "the re-enable")
+
+                async def slow_starting() -> dict | None:
+                    status = await status_of_a(session)
+                    return status if status["state"] == "slow-start" else None
+
+                before = await eventually(slow_starting, "the committed slow start")
+                gw.kill9()
+                gw.start()
+                after = await status_of_a(session)
+                assert (after["state"], after["slow_start_until"]) == ("slow-start", before["slow_start_until"])
+                from cliproxy.core.times import format_timestamp
+
+                assert after["slow_start_until"] == format_timestamp(enabled.at + 3600)
+                assert 1 <= (await served(session, 22))["a"] <= 3  # about 10% of b's share, not half
+        finally:
+            gw.stop(timeout=10)

@@ -129,7 +129,9 @@ class GlobalAutoDisableSchema(AutoDisableSchema):
     """The top-level `auto-disable`: the per-scope keys, and those that only make sense for the whole gateway."""
 
     # A fraction of a model's pairs: above 1.0 would mean no limit, which 1.0 already says.
-    max_disabled_fraction = fields.Float(data_key="max-disabled-fraction", validate=validate.Range(min=0, max=1))
+    max_disabled_fraction = fields.Float(  # type: ignore[assignment]  # replaces the refusal of the other levels
+        data_key="max-disabled-fraction", validate=validate.Range(min=0, max=1)
+    )
 
 
 class TimeoutsSchema(StrictSchema):

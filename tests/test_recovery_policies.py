@@ -48,9 +48,10 @@ def table(priorities: dict[str, int] | None = None) -> RoutingTable:
     return RoutingTable(
         make_config(
             {
+                "auto-disable": {"slow-start-seconds": 100},
                 "openai-compatibility": [
                     vendor(n, f"http://127.0.0.1:9/{n}", ["m"], priority=(priorities or {}).get(n, 0)) for n in names
-                ]
+                ],
             }
         )
     )
@@ -104,6 +105,15 @@ class TestSlowStartShares:
         ratios = [q["a"] / q["b"] for q in per_quarter]
         assert ratios == sorted(ratios), ratios
         assert ratios[0] < 0.35 and ratios[-1] > 0.75, ratios
+
+    def test_tiers_without_slow_start_never_ask_for_weights(self) -> None:
+        route = RoutingTable(make_config({"openai-compatibility": [vendor(n, "http://x", ["m"]) for n in "ab"]})).route("m")
+        assert route is not None
+
+        def weight(key: tuple[str, str]) -> float:
+            raise AssertionError("asked for a weight")
+
+        assert [p.vendor.name for p in route.ordered(weight)] == ["a", "b"]
 
     def test_every_weight_one_is_the_plain_rotation(self) -> None:
         plain, weighted = table().route("m"), table().route("m")

@@ -136,6 +136,8 @@ class Route:
     switched_off_pairs: tuple[Pair, ...] = ()
     #: One smooth weighted round robin per tier, used while a pair of the tier slow-starts.
     smooth: tuple[SmoothWeights, ...] = ()
+    #: Per tier: does any of its pairs have slow start on? The others never ask for weights (no cost by default).
+    weighted: tuple[bool, ...] = ()
 
     def ordered(self, weight: Callable[[PairKey], float] | None = None) -> list[Pair]:
         """Highest tier first; each tier rotated one step further on every call (round robin).
@@ -148,7 +150,7 @@ class Route:
             if len(tier) == 1:
                 ordered.append(tier[0])
                 continue
-            start = self._weighted_start(index, tier, weight) if weight is not None and self.smooth else None
+            start = self._weighted_start(index, tier, weight) if weight is not None and self.weighted[index] else None
             if start is None:
                 start = next(counter) % len(tier)
             ordered.extend(tier[start:])
@@ -213,6 +215,7 @@ class RoutingTable:
                 counters=tuple(count() for _ in tiers),
                 switched_off_pairs=tuple(switched_off.get(name, ())),
                 smooth=tuple(SmoothWeights(len(tier)) for tier in tiers),
+                weighted=tuple(any(p.auto_disable.slow_start_seconds > 0 for p in tier) for tier in tiers),
             )
         #: For each pair, the pairs switched on with each of its names (one shared tuple per name):
         #: what `max-disabled-fraction` weighs a trip against, read only when a pair trips.

@@ -87,6 +87,7 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     store = await SQLiteStore.open(runtime.config.database)
     journal = Journal(store)
     tracker = FailureTracker(journal, runtime.table.auto_disable_settings(), clock=app[CLOCK])
+    tracker.update_peers(runtime.table.peers)  # for max-disabled-fraction
     app[METRICS].attach(tracker, journal)  # before start: re-enables of disables that expired while down count too
     try:
         await journal.start()

@@ -144,3 +144,49 @@ def _iso(t: float) -> str:
     from cliproxy.services.store import format_timestamp
 
     return format_timestamp(t)
+
+
+#: Issue 13 keys of the parts built on other branches (A: Retry-After and backoff; B: half-open and
+#: probe). Until they are merged this tree's schema does not know them, so the profile is loaded
+#: without them; once they are, this tuple must be emptied (the lead's merge step).
+PENDING_ISSUE_13_KEYS = (
+    "backoff-multiplier",
+    "max-disable-duration-seconds",
+    "recovery",
+    "half-open-requests",
+    "probe",
+    "probe-timeout-seconds",
+)
+
+
+class TestRecoveryProfile:
+    """The recommended production profile in "Choosing recovery settings" loads, and means what it says."""
+
+    @staticmethod
+    def profile() -> dict:
+        import yaml
+
+        section = README.split("## Choosing recovery settings", 1)[1].split("\n## ", 1)[0]
+        [block] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+        return yaml.safe_load(block)
+
+    def test_profile_loads(self):
+        from cliproxy.core.routing import RoutingTable
+        from tests.helpers import make_config
+
+        data = self.profile()
+        for scope in [data["auto-disable"], *(v.get("auto-disable", {}) for v in data["openai-compatibility"])]:
+            for key in PENDING_ISSUE_13_KEYS:
+                scope.pop(key, None)
+        settings = RoutingTable(make_config(data)).auto_disable_settings()
+        free = settings[("openrouter-free", "meta-llama/llama-3.1-8b-instruct:free")]
+        replica = settings[("vllm-a", "Qwen/Qwen2.5-7B-Instruct")]
+        paid = settings[("openai", "gpt-4o-mini")]
+        assert (free.failure_threshold, free.slow_start_seconds, free.on_all_disabled) == (3, 60, "best-effort")
+        assert (replica.slow_start_seconds, replica.max_disabled_fraction, replica.enforce) == (120, 0.5, True)
+        assert (paid.failure_threshold, paid.slow_start_seconds) == (10, 0)
+
+    def test_every_setting_of_issue_13_is_discussed(self):
+        section = README.split("## Choosing recovery settings", 1)[1].split("\n## ", 1)[0]
+        for key in (*PENDING_ISSUE_13_KEYS, "slow-start-seconds", "on-all-disabled", "max-disabled-fraction", "enforce"):
+            assert f"`{key}" in section, key

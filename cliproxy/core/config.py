@@ -26,6 +26,7 @@ __all__ = [
     "Timeouts",
     "Vendor",
     "nothing_routes",
+    "OnAllDisabled",
     "resolve_auto_disable",
 ]
 
@@ -33,6 +34,9 @@ __all__ = [
 PairKey = tuple[str, str]
 
 SettingLevel = Literal["default", "global", "vendor", "model"]
+
+#: What to do when every pair of a model is unavailable by the tracker: the spec's 503, or the pair back soonest.
+OnAllDisabled = Literal["fail", "best-effort"]
 
 #: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
 DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
@@ -49,6 +53,12 @@ class AutoDisableOverrides:
     # Signals (issue 13, part A): an upstream's Retry-After and rate-limit reset headers.
     honor_retry_after: bool | None = None
     max_retry_after_seconds: float | None = None
+    # issue 13, part C: slow start and the policies
+    slow_start_seconds: float | None = None
+    on_all_disabled: OnAllDisabled | None = None
+    enforce: bool | None = None
+    #: Global only (the schema accepts it at the top level alone).
+    max_disabled_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,15 @@ class AutoDisableSettings:
     # pair `rate-limited` until then at once, the hint clamped to `max_retry_after_seconds`.
     honor_retry_after: bool = True
     max_retry_after_seconds: float = 3600.0
+    # issue 13, part C: slow start and the policies
+    #: Seconds over which a re-enabled pair's weight in its tier rises from 10% to 100% (0: off).
+    slow_start_seconds: float = 0.0
+    #: `best-effort`: when every pair of a model is unavailable by the tracker, use the one back soonest.
+    on_all_disabled: OnAllDisabled = "fail"
+    #: False: a dry run; trips are recorded as `would-disable` events and not enforced.
+    enforce: bool = True
+    #: A trip that would leave more than this fraction of a model's pairs unavailable is not enforced.
+    max_disabled_fraction: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -82,9 +101,15 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     count_statuses=DEFAULT_COUNT_STATUSES,
     honor_retry_after=True,
     max_retry_after_seconds=3600.0,
+    slow_start_seconds=0.0,
+    on_all_disabled="fail",
+    enforce=True,
+    max_disabled_fraction=1.0,
 )
 
-_SPEC_FIELDS = frozenset({"failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses"})
+#: The spec's fields, whose sources are always listed (the later ones only when a level sets them).
+_SPEC_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+
 _AUTO_DISABLE_FIELDS = (
     "failure_threshold",
     "time_window_seconds",
@@ -92,6 +117,11 @@ _AUTO_DISABLE_FIELDS = (
     "count_statuses",
     "honor_retry_after",
     "max_retry_after_seconds",
+    # issue 13, part C
+    "slow_start_seconds",
+    "on_all_disabled",
+    "enforce",
+    "max_disabled_fraction",
 )
 
 
@@ -112,9 +142,7 @@ def resolve_auto_disable(
             value = getattr(overrides, name)
             if value is not None:
                 values[name] = value
-                if level != "default" or name in _SPEC_FIELDS:
-                    # `sources` has always listed the spec's four fields; the later ones only when set
-                    # (`source_of` answers "default" for the rest).
+                if level != "default" or name in _SPEC_FIELDS:  # `source_of` says "default" for the others
                     sources.append((name, level))
                 break
     return AutoDisableSettings(**values, sources=tuple(sources))  # type: ignore[arg-type]

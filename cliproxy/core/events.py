@@ -78,6 +78,10 @@ class OutcomeSink(Protocol):
         "rate-limited" (the upstream asked to be left alone), or None."""
         ...
 
+    def weight(self, pair: tuple[str, str]) -> float:
+        """The pair's weight in its priority tier: 1.0, less while it slow-starts; O(1)."""
+        ...
+
 
 class AlwaysAvailable:
     """The `OutcomeSink` of a gateway without a tracker (yet): outcomes are dropped, every pair is available."""
@@ -94,6 +98,9 @@ class AlwaysAvailable:
     def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
         return None
 
+    def weight(self, pair: tuple[str, str]) -> float:
+        return 1.0
+
 
 EventKind = Literal[
     "disabled",  # auto-disable tripped
@@ -105,6 +112,7 @@ EventKind = Literal[
     "model-changed",  # PATCH of a model entry
     "config-reloaded",
     "config-rejected",
+    "would-disable",  # a trip not enforced: `enforce: false` (dry run) or `max-disabled-fraction`
 ]
 
 

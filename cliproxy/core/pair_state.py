@@ -7,9 +7,10 @@ By precedence, the first that holds is the state:
                    only an operator brings it back
     disabled       an automatic disable or an operator's timed disable is in force
     rate-limited   the upstream said when to come back (Retry-After and friends) and that time has not come
+    slow-start     re-enabled less than `slow-start-seconds` ago: its share of the tier is still ramping up
     enabled        none of the above: routable
 
-Later parts of issue 13 add `half-open`, `probing` and `slow-start` here.
+`half-open` and `probing` (the `recovery` modes) are named in `PAIR_STATES` for the API's schema.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["PAIR_STATES", "RecoveryState", "PairView", "pair_state"]
+__all__ = ["PAIR_STATES", "PairView", "RecoveryState", "pair_state"]
 
-RecoveryState = Literal["enabled", "disabled", "rate-limited", "switched-off"]
+RecoveryState = Literal["enabled", "disabled", "rate-limited", "half-open", "probing", "slow-start", "switched-off"]
 
-#: Every value `pair_state` returns, in precedence order (for schemas and metrics).
-PAIR_STATES: tuple[RecoveryState, ...] = ("switched-off", "disabled", "rate-limited", "enabled")
+#: Every state the status API may show (its schema's enum), whichever rule computes it.
+PAIR_STATES: tuple[RecoveryState, ...] = (
+    "enabled",
+    "disabled",
+    "rate-limited",
+    "half-open",
+    "probing",
+    "slow-start",
+    "switched-off",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,8 @@ class PairView:
 
     #: The config switches the pair off (vendor or model `enabled: false`, or every key empty).
     switched_off: bool = False
+    #: A disable is in force, as the caller already judged it (set this or the three fields below).
+    disabled: bool = False
     #: End of the automatic disable held for the pair; None when there is none.
     auto_disabled_until: float | None = None
     #: An operator's timed disable is held for the pair.
@@ -39,16 +50,22 @@ class PairView:
     manually_disabled_until: float | None = None
     #: End of the rate limit held for the pair; None when there is none.
     rate_limited_until: float | None = None
+    #: When the slow start after the last re-enable ends; None when the pair is not slow-starting.
+    slow_start_until: float | None = None
 
 
 def pair_state(view: PairView, now: float) -> RecoveryState:
     """The pair's state at `now` (see the module docstring for the precedence)."""
     if view.switched_off:
         return "switched-off"
+    if view.disabled:
+        return "disabled"
     if view.auto_disabled_until is not None and now < view.auto_disabled_until:
         return "disabled"
     if view.manually_disabled and (view.manually_disabled_until is None or now < view.manually_disabled_until):
         return "disabled"
     if view.rate_limited_until is not None and now < view.rate_limited_until:
         return "rate-limited"
+    if view.slow_start_until is not None and now < view.slow_start_until:
+        return "slow-start"
     return "enabled"

@@ -4,10 +4,17 @@ The table maps every client-facing name (an alias, or the upstream name when the
 and `prefix/alias` for vendors with a prefix) to the enabled pairs serving it, grouped in priority
 tiers. A lookup rotates within each tier (round robin) and never looks at vendors that do not
 serve the name, so its cost does not grow with the size of the configuration.
+
+Slow start (issue 13): a pair re-enabled less than `slow-start-seconds` ago has a weight below a
+healthy peer's 1.0 (`slow_start_weight`, rising linearly from 0.1 to 1.0). While any pair of a tier
+weighs less than 1.0, that tier's first choice is made by smooth weighted round robin (nginx's:
+deterministic, spreads a small share evenly instead of in bursts); the cost stays O(tier size),
+what the plain rotation already costs. With every weight 1.0 the plain rotation is used, unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -23,7 +30,55 @@ from cliproxy.core.config import (
 )
 from cliproxy.core.redact import SecretMasker, config_secrets
 
-__all__ = ["Pair", "Route", "RoutingTable", "KeyRotation"]
+__all__ = ["Pair", "Route", "RoutingTable", "KeyRotation", "SLOW_START_FLOOR", "SmoothWeights", "slow_start_weight"]
+
+#: A pair just re-enabled gets this fraction of a healthy peer's traffic; it rises to 1.0 over `slow-start-seconds`.
+SLOW_START_FLOOR = 0.1
+
+
+def slow_start_weight(reenabled_at: float | None, now: float, seconds: float) -> float:
+    """A pair's weight in its tier, a healthy peer's being 1.0: from 0.1 at the re-enable to 1.0
+    `seconds` later, linearly. 1.0 when slow start is off (`seconds` 0) or the pair was not re-enabled."""
+    if reenabled_at is None or seconds <= 0:
+        return 1.0
+    elapsed = now - reenabled_at
+    if elapsed >= seconds:
+        return 1.0
+    if elapsed <= 0:
+        return SLOW_START_FLOOR
+    return SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * elapsed / seconds
+
+
+class SmoothWeights:
+    """Smooth weighted round robin over one tier (nginx's): each pick adds every pair's weight to its
+    running score, takes the highest (the first on a tie) and takes the total back off it.
+
+    Deterministic, and a pair of weight w among peers of 1.0 gets its share spread out, not in a
+    burst. The scores are kept only while the tier is weighted: `reset()` when it stops being so,
+    so a later slow start begins from zero and not from an old run's leftovers.
+    """
+
+    __slots__ = ("_scores", "active")
+
+    def __init__(self, size: int) -> None:
+        self._scores = [0.0] * size
+        self.active = False
+
+    def pick(self, weights: list[float]) -> int:
+        self.active = True
+        best = 0
+        scores = self._scores
+        for i, w in enumerate(weights):
+            scores[i] += w
+            if scores[i] > scores[best]:
+                best = i
+        scores[best] -= sum(weights)
+        return best
+
+    def reset(self) -> None:
+        if self.active:
+            self._scores = [0.0] * len(self._scores)
+            self.active = False
 
 
 class KeyRotation:
@@ -79,18 +134,37 @@ class Route:
     #: The pairs with this name that the config switches off (vendor, model or an unset key):
     #: read only to explain a 503.
     switched_off_pairs: tuple[Pair, ...] = ()
+    #: One smooth weighted round robin per tier, used while a pair of the tier slow-starts.
+    smooth: tuple[SmoothWeights, ...] = ()
+    #: Per tier: does any of its pairs have slow start on? The others never ask for weights (no cost by default).
+    weighted: tuple[bool, ...] = ()
 
-    def ordered(self) -> list[Pair]:
-        """Highest tier first; each tier rotated one step further on every call (round robin)."""
+    def ordered(self, weight: Callable[[PairKey], float] | None = None) -> list[Pair]:
+        """Highest tier first; each tier rotated one step further on every call (round robin).
+
+        With `weight` (a pair's weight in its tier, 1.0 for a healthy pair), a tier where some pair
+        weighs less starts at the smooth weighted round robin's pick; the rest follow in tier order.
+        """
         ordered: list[Pair] = []
-        for tier, counter in zip(self.tiers, self.counters):
+        for index, (tier, counter) in enumerate(zip(self.tiers, self.counters)):
             if len(tier) == 1:
                 ordered.append(tier[0])
                 continue
-            start = next(counter) % len(tier)
+            start = self._weighted_start(index, tier, weight) if weight is not None and self.weighted[index] else None
+            if start is None:
+                start = next(counter) % len(tier)
             ordered.extend(tier[start:])
             ordered.extend(tier[:start])
         return ordered
+
+    def _weighted_start(self, index: int, tier: tuple[Pair, ...], weight: Callable[[PairKey], float]) -> int | None:
+        """The smooth weighted pick of a tier with a slow-starting pair; None when every weight is 1.0."""
+        weights = [weight(pair.key) for pair in tier]
+        smooth = self.smooth[index]
+        if all(w >= 1.0 for w in weights):
+            smooth.reset()
+            return None
+        return smooth.pick(weights)
 
 
 class RoutingTable:
@@ -140,7 +214,17 @@ class RoutingTable:
                 switched_off=len(switched_off.get(name, ())),
                 counters=tuple(count() for _ in tiers),
                 switched_off_pairs=tuple(switched_off.get(name, ())),
+                smooth=tuple(SmoothWeights(len(tier)) for tier in tiers),
+                weighted=tuple(any(p.auto_disable.slow_start_seconds > 0 for p in tier) for tier in tiers),
             )
+        #: For each pair, the pairs switched on with each of its names (one shared tuple per name):
+        #: what `max-disabled-fraction` weighs a trip against, read only when a pair trips.
+        self.peers: dict[PairKey, tuple[tuple[PairKey, ...], ...]] = {}
+        for route in self.routes.values():
+            members = tuple(pair.key for tier in route.tiers for pair in tier)
+            for key in members:
+                self.peers.setdefault(key, ())
+                self.peers[key] = (*self.peers[key], members)
         #: What /v1/models lists: names with at least one pair switched on, sorted for stable output.
         self.public_models: tuple[str, ...] = tuple(sorted(n for n, r in self.routes.items() if r.tiers))
 

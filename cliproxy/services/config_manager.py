@@ -424,6 +424,7 @@ class ConfigManager:
         self._live.current = built.runtime  # new requests take it; requests in flight keep theirs
         if self._tracker is not None:
             self._tracker.update_settings(built.settings)
+            self._tracker.update_peers(built.runtime.table.peers)
         self._loaded_text = self._seen_text = built.text
         self.last_error = None
         self.last_loaded_at = self._clock()

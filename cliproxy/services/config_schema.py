@@ -112,10 +112,29 @@ class AutoDisableSchema(StrictSchema):
     # Signals (issue 13, part A)
     honor_retry_after = Bool("honor_retry_after")
     max_retry_after_seconds = Seconds("max_retry_after_seconds")
+    # issue 13, part C: slow start and the policies
+    slow_start_seconds = fields.Float(data_key="slow-start-seconds", validate=validate.Range(min=0))
+    on_all_disabled = Str("on_all_disabled", validate=validate.OneOf(["fail", "best-effort"]))
+    enforce = Bool("enforce")
+    # Global only: named here so that a vendor or model setting it is told where it goes.
+    max_disabled_fraction = fields.Raw(data_key="max-disabled-fraction", validate=lambda _: _global_only())
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:
         return AutoDisableOverrides(**data)
+
+
+def _global_only() -> bool:
+    raise ValidationError("a global setting: set it in the top-level auto-disable, not for a vendor or model")
+
+
+class GlobalAutoDisableSchema(AutoDisableSchema):
+    """The top-level `auto-disable`: the per-scope keys, and those that only make sense for the whole gateway."""
+
+    # A fraction of a model's pairs: above 1.0 would mean no limit, which 1.0 already says.
+    max_disabled_fraction = fields.Float(  # type: ignore[assignment]  # replaces the refusal of the other levels
+        data_key="max-disabled-fraction", validate=validate.Range(min=0, max=1)
+    )
 
 
 class TimeoutsSchema(StrictSchema):
@@ -272,7 +291,7 @@ class ConfigSchema(StrictSchema):
     metrics = fields.Nested(MetricsSchema, data_key="metrics")
     remote_management = fields.Nested(RemoteManagementSchema, data_key="remote-management")
     timeouts = fields.Nested(TimeoutsSchema, data_key="timeouts")
-    auto_disable = fields.Nested(AutoDisableSchema, data_key="auto-disable")
+    auto_disable = fields.Nested(GlobalAutoDisableSchema, data_key="auto-disable")
     vendors = fields.List(fields.Nested(VendorSchema), data_key="openai-compatibility")
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)

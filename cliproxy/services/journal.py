@@ -86,6 +86,17 @@ class Journal:
         """The committed current-state row of (vendor, model, reason), or None."""
         return self._committed_rows.get(key)
 
+    async def events_since(self, kind: str, since: float, page: int = 1000) -> list[Event]:
+        """Every committed event of `kind` at or after `since`, newest first (read at start-up)."""
+        out: list[Event] = []
+        before_id: int | None = None
+        while True:
+            batch = await self._store.events(kind=kind, since=since, before_id=before_id, limit=page)
+            out.extend(batch)
+            if len(batch) < page:
+                return out
+            before_id = min(e.id for e in batch if e.id is not None)
+
     # ------------------------------------------------------------------ appending (sync, O(1))
 
     def append(self, effect: Effect) -> None:

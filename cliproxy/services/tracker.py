@@ -38,13 +38,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from cliproxy.core import failures, manual, rate_limit
+from cliproxy.core import failures, manual, policies, rate_limit
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
-from cliproxy.core.events import Decision, DisabledRecord, Effect, Outcome
+from cliproxy.core.events import Decision, DisabledRecord, Effect, Event, Outcome
 from cliproxy.core.failures import AUTO, PairState
 from cliproxy.core.manual import MANUAL
 from cliproxy.core.rate_limit import RATE_LIMITED
+from cliproxy.core.routing import slow_start_weight
 from cliproxy.services.journal import Journal
 
 __all__ = ["FailureTracker"]
@@ -82,12 +83,23 @@ class FailureTracker:
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._last_cleanup: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Slow start: when each recently re-enabled pair came back (the `at` of its last `enabled`
+        # event), in memory (routing) and as committed (reports); only pairs with slow start on.
+        self._reenabled_at: dict[PairKey, float] = {}
+        self._committed_reenabled_at: dict[PairKey, float] = {}
+        journal.committed_listeners.append(self._on_committed)
+        #: For `max-disabled-fraction`: each pair's peers by name (`RoutingTable.peers`), set by `update_peers`.
+        self._peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]] = {}
 
     # ------------------------------------------------------------------ settings and views
 
     def update_settings(self, settings: Mapping[PairKey, AutoDisableSettings]) -> None:
         """Swap in the settings of a reloaded config; all state and counts are kept."""
         self._settings = dict(settings)
+
+    def update_peers(self, peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]]) -> None:
+        """Swap in which pairs serve each pair's names (`RoutingTable.peers`), read only when a pair trips."""
+        self._peers = peers
 
     def settings_for(self, pair: PairKey) -> AutoDisableSettings | None:
         """The effective rule of a configured pair, None for a pair not in the config."""
@@ -168,7 +180,29 @@ class FailureTracker:
             if outcome.kind == "success":
                 return  # nothing to reset; keep memory to pairs that have failed
             state = failures.EMPTY
-        self._apply_auto(pair, failures.apply_outcome(pair, state, outcome, settings, self._now()))
+        now = self._now()
+        decision = failures.apply_outcome(pair, state, outcome, settings, now)
+        self._apply_auto(pair, self._apply_policies(pair, decision, settings, now))
+
+    def _apply_policies(
+        self, pair: PairKey, decision: Decision[PairState], settings: AutoDisableSettings, now: float
+    ) -> Decision[PairState]:
+        """A trip held back by `enforce: false` or by `max-disabled-fraction` becomes a `would-disable`.
+
+        Runs only when the pair trips, and then costs O(pairs serving its names), never per request.
+        """
+        if not policies.trips(decision):
+            return decision
+        if not settings.enforce:
+            return policies.restrain(decision, policies.DRY_RUN)
+        if settings.max_disabled_fraction >= 1.0:
+            return decision
+        for members in self._peers.get(pair, ()):
+            others = sum(1 for key in members if key != pair and not self.is_available(key))
+            if policies.would_exceed(others, len(members), settings.max_disabled_fraction):
+                detail = {"unavailable": others, "pairs": len(members), "max_disabled_fraction": settings.max_disabled_fraction}
+                return policies.restrain(decision, policies.MAX_DISABLED_FRACTION, detail)
+        return decision
 
     def is_available(self, pair: PairKey) -> bool:
         """False while the pair is auto-disabled or under a timed manual disable.
@@ -187,6 +221,36 @@ class FailureTracker:
             return False
         limited = self._rate_limited.get(pair)
         return limited is None or not manual.in_force(limited, now)
+
+    def weight(self, pair: PairKey) -> float:
+        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1).
+
+        With slow start on, an auto-disabled pair weighs 0 (it is skipped anyway: its turns go to its
+        peers), and one whose disable is over by the clock but not yet recorded by the sweep starts
+        from the disable's end.
+        """
+        settings = self._settings.get(pair)
+        if settings is None or settings.slow_start_seconds <= 0:
+            return 1.0
+        now = self._clock()
+        reenabled_at = self._reenabled_at.get(pair)
+        state = self._states.get(pair)
+        if state is not None and state.disabled_until is not None:
+            if now < state.disabled_until:
+                return 0.0
+            reenabled_at = state.disabled_until
+        if reenabled_at is None:
+            return 1.0
+        return slow_start_weight(reenabled_at, now, settings.slow_start_seconds)
+
+    def slow_start_until(self, pair: PairKey) -> float | None:
+        """When the pair's slow start ends, as committed (what reports show); None when it is not slow-starting."""
+        reenabled_at = self._committed_reenabled_at.get(pair)
+        settings = self._settings.get(pair)
+        if reenabled_at is None or settings is None or settings.slow_start_seconds <= 0:
+            return None
+        until = failures.ms(reenabled_at + settings.slow_start_seconds)
+        return until if self._clock() < until else None
 
     def seconds_until_available(self, pair: PairKey) -> float | None:
         """Seconds until both axes have ended; 0.0 when available now, None when never or unknown."""
@@ -298,6 +362,7 @@ class FailureTracker:
         if self._sweeper is not None:
             raise RuntimeError("FailureTracker already started")
         now = self._now()
+        await self._restore_slow_starts(now)
         for record in self.journal.committed_rows():
             self._restore(record, now)
         self._last_cleanup = now
@@ -346,7 +411,14 @@ class FailureTracker:
         idle = [p for p, s in self._states.items() if failures.is_idle(s, now, self._idle_seconds)]
         for pair in idle:
             del self._states[pair]
+        for held in (self._reenabled_at, self._committed_reenabled_at):
+            for pair in [p for p, at in held.items() if self._slow_start_over(p, at, now)]:
+                del held[pair]
         return len(idle)
+
+    def _slow_start_over(self, pair: PairKey, reenabled_at: float, now: float) -> bool:
+        settings = self._settings.get(pair)
+        return settings is None or now >= reenabled_at + settings.slow_start_seconds
 
     # ------------------------------------------------------------------ applying decisions
 
@@ -387,8 +459,32 @@ class FailureTracker:
     def _carry_out(self, effects: tuple[Effect, ...]) -> None:
         """Log each effect's event and hand it to the journal. Memory has already been updated."""
         for effect in effects:
+            self._note_reenable(effect.event, self._reenabled_at)
             log_event(effect.event, self._log)
             self.journal.append(effect)
+
+    def _on_committed(self, event: Event) -> None:
+        self._note_reenable(event, self._committed_reenabled_at)
+
+    def _note_reenable(self, event: Event, held: dict[PairKey, float]) -> None:
+        """An `enabled` event starts the pair's slow start (when it has one): its `at` is the start,
+        persisted with the event, so a restart finds it there."""
+        if event.kind != "enabled" or event.vendor is None or event.model is None:
+            return
+        pair = (event.vendor, event.model)
+        settings = self._settings.get(pair)
+        if settings is not None and settings.slow_start_seconds > 0:
+            held[pair] = max(event.at, held.get(pair, event.at))
+
+    async def _restore_slow_starts(self, now: float) -> None:
+        """The slow starts still running: the last `enabled` event of each pair within its
+        `slow-start-seconds`, read back from the history with its original time."""
+        longest = max((s.slow_start_seconds for s in self._settings.values()), default=0.0)
+        if longest <= 0:
+            return
+        for event in await self.journal.events_since("enabled", now - longest):
+            self._note_reenable(event, self._reenabled_at)
+            self._note_reenable(event, self._committed_reenabled_at)
 
     def _restore(self, record: DisabledRecord, now: float) -> None:
         pair = (record.vendor, record.model)

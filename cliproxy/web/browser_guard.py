@@ -69,6 +69,7 @@ _EXPOSE_HEADERS = ", ".join(
         "x-cliproxy-vendor",
         "x-cliproxy-model",
         "x-cliproxy-attempts",
+        "x-cliproxy-degraded",
         "retry-after",
         "retry-after-ms",
         "request-id",

@@ -24,6 +24,7 @@ is not yet in SQLite (it would be lost by kill -9), even while the database is l
     cliproxy_pair_disables_total{vendor,model,reason}        disables (reason auto | manual | rate-limited)
     cliproxy_pair_enables_total{vendor,model,cause}          re-enables (expired | manual | startup-expired)
     cliproxy_config_reloads_total{result}                    reloaded | rejected
+    cliproxy_pair_would_disable_total{vendor,model}          trips not enforced (enforce: false, max-disabled-fraction)
     cliproxy_pairs_disabled{reason}                          pairs disabled now (at scrape)
     cliproxy_pair_disabled{vendor,model,reason}              1 for each pair disabled now (at scrape)
     cliproxy_store_pending_writes                            transitions not yet committed (at scrape)
@@ -154,6 +155,11 @@ class Metrics:
             ("vendor", "model", "cause"),
         )
         self._reloads = _Counter("cliproxy_config_reloads", "Configuration reloads by result.", ("result",))
+        self._would_disables = _Counter(
+            "cliproxy_pair_would_disable",
+            "Trips not enforced: a dry run (enforce: false) or held back by max-disabled-fraction.",
+            ("vendor", "model"),
+        )
         #: SSE answers being relayed now (`stream_started` / `stream_ended`).
         self.streams_in_flight = 0
         self._tracker: FailureTracker | None = None
@@ -223,6 +229,8 @@ class Metrics:
             self._reloads.inc(("reloaded",))
         elif event.kind == "config-rejected":
             self._reloads.inc(("rejected",))
+        elif event.kind == "would-disable":
+            self._would_disables.inc((vendor, model))
 
     # ------------------------------------------------------------------ the collector
 
@@ -256,7 +264,16 @@ class Metrics:
         yield from (streams, count, each, pending, healthy)
 
     def _counters(self) -> tuple[_Counter, ...]:
-        return (self._requests, self._attempts, self._failovers, self._failures, self._disables, self._enables, self._reloads)
+        return (
+            self._requests,
+            self._attempts,
+            self._failovers,
+            self._failures,
+            self._disables,
+            self._enables,
+            self._reloads,
+            self._would_disables,
+        )
 
     @staticmethod
     def _state_families() -> tuple[GaugeMetricFamily, ...]:

@@ -88,6 +88,8 @@ class _Opened:
     pair: Pair
     response: aiohttp.ClientResponse
     first_chunk: bytes
+    #: Sent to a pair the tracker holds unavailable, by `on-all-disabled: best-effort`.
+    degraded: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class _Failed:
     body: bytes = b""
     headers: CIMultiDict[str] | None = None
     timeout: bool = False
+    degraded: bool = False
 
 
 def _report(sink: OutcomeSink, info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
@@ -139,35 +142,77 @@ async def choose_upstream(
 ) -> _Opened:
     """Try candidates in routing order until one gives an answer for the client (fail over on countable failures)."""
     last_failure: _Failed | None = None
-    for pair in route.ordered():
+    for pair in route.ordered(sink.weight):
         if not sink.is_available(pair.key):
             continue
         if info.attempts >= proxied.max_attempts:
             break
-        info.attempts += 1
-        info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
-        body = (
-            proxied.body
-            if pair.model.name == proxied.model
-            else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
-        )
-        try:
-            result = await _open(pair, proxied, body, session, overload)
-        except asyncio.CancelledError:
-            # The client went away before the upstream answered: neutral for the pair, and its
-            # access line and metrics say why (499, outcome client_disconnect).
-            _report(sink, info, pair, CLIENT_DISCONNECT)
-            raise
+        result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload)
         if isinstance(result, _Opened):
             return result
-        _report(sink, info, pair, result.outcome)
         if result.outcome.kind != "failure":
             raise _final_error(result, proxied, info)  # the client's fault: no failover
         last_failure = result
 
     if last_failure is not None:
         raise _final_error(last_failure, proxied, info)
-    raise _nothing_available(route, sink)
+    fallback = _back_soonest(route, sink)
+    if fallback is None or proxied.max_attempts < 1:
+        raise _nothing_available(route, sink)
+    # `on-all-disabled: best-effort`: every pair is unavailable by the tracker; a degraded answer
+    # from the one back soonest beats the 503. Its outcome counts as usual (the rule ignores
+    # outcomes while a pair is disabled, so it neither extends nor ends the disable).
+    result = await _attempt(fallback, proxied, info, session=session, sink=sink, overload=overload)
+    result.degraded = True
+    if isinstance(result, _Opened):
+        return result
+    raise _final_error(result, proxied, info)
+
+
+async def _attempt(
+    pair: Pair,
+    proxied: ProxiedRequest,
+    info: AccessInfo,
+    *,
+    session: aiohttp.ClientSession,
+    sink: OutcomeSink,
+    overload: OverloadLog,
+) -> _Opened | _Failed:
+    """One attempt on `pair`, counted and reported (an answer for the client is reported when relayed)."""
+    info.attempts += 1
+    info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
+    body = proxied.body if pair.model.name == proxied.model else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+    try:
+        result = await _open(pair, proxied, body, session, overload)
+    except asyncio.CancelledError:
+        # The client went away before the upstream answered: neutral for the pair, and its
+        # access line and metrics say why (499, outcome client_disconnect).
+        _report(sink, info, pair, CLIENT_DISCONNECT)
+        raise
+    if isinstance(result, _Failed):
+        _report(sink, info, pair, result.outcome)
+    return result
+
+
+def _back_soonest(route: Route, sink: OutcomeSink) -> Pair | None:
+    """With `on-all-disabled: best-effort`, the pair the tracker will give back soonest; None when no
+    pair of the route may be used so (an operator's disable, `fail`, or no end in sight).
+
+    Called only when nothing was available: O(pairs of the route), never on a healthy request.
+    """
+    best: tuple[float, int, Pair] | None = None
+    for order, pair in enumerate(chain.from_iterable(route.tiers)):
+        if pair.auto_disable.on_all_disabled != "best-effort":
+            continue
+        reason = sink.disabled_by(pair.key)
+        if reason is None or reason == "manual":
+            continue  # available (tried above) or switched off by an operator: never used
+        wait = sink.seconds_until_available(pair.key)
+        if wait is None:
+            continue
+        if best is None or (wait, order) < best[:2]:
+            best = (wait, order, pair)
+    return best[2] if best is not None else None
 
 
 async def _open(
@@ -260,7 +305,7 @@ async def relay(
     """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
     upstream = opened.response
     pair = opened.pair
-    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info.attempts))
+    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info.attempts, opened.degraded))
     if not proxied.stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
         client.content_length = upstream.content_length
     is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
@@ -360,18 +405,20 @@ def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) 
             yield k, v
 
 
-def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, attempts: int) -> CIMultiDict[str]:
+def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, attempts: int, degraded: bool) -> CIMultiDict[str]:
     stream = upstream.headers.get("content-type", "").startswith(_SSE)
     headers = CIMultiDict(_relayable(upstream.headers, stream))
-    _stamp(headers, pair.vendor.name, pair.model.name, attempts)
+    _stamp(headers, pair.vendor.name, pair.model.name, attempts, degraded)
     return headers
 
 
-def _stamp(headers: CIMultiDict[str] | dict[str, str], vendor: str, model: str, attempts: int) -> None:
-    """The three headers that answer "why did my request go there" without logs."""
+def _stamp(headers: CIMultiDict[str] | dict[str, str], vendor: str, model: str, attempts: int, degraded: bool = False) -> None:
+    """The three headers that answer "why did my request go there" without logs (four on a best-effort answer)."""
     headers["x-cliproxy-vendor"] = vendor
     headers["x-cliproxy-model"] = model
     headers["x-cliproxy-attempts"] = str(attempts)
+    if degraded:
+        headers["x-cliproxy-degraded"] = "true"
 
 
 async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) -> bytes:
@@ -410,7 +457,7 @@ class _RelayedUpstreamError(ProxyError):
 
 def _final_error(failure: _Failed, proxied: ProxiedRequest, info: AccessInfo) -> ProxyError:
     headers: dict[str, str] = {}
-    _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts)
+    _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts, failure.degraded)
     if failure.outcome.reason == GATEWAY_OVERLOADED:
         return GatewayOverloaded(
             "cliproxy is out of local resources (connections or file descriptors); retry shortly", headers=headers

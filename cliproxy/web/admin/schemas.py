@@ -98,6 +98,10 @@ class EffectiveAutoDisableSchema(Schema):
     count_statuses = fields.List(fields.Integer(), required=True)
     honor_retry_after = fields.Boolean(required=True)
     max_retry_after_seconds = fields.Float(required=True)
+    slow_start_seconds = fields.Float(required=True)
+    on_all_disabled = fields.String(required=True, validate=validate.OneOf(["fail", "best-effort"]))
+    enforce = fields.Boolean(required=True, metadata={"description": "false: a dry run (trips are only recorded)"})
+    max_disabled_fraction = fields.Float(required=True)
     sources = fields.Dict(
         keys=fields.String(),
         values=fields.String(validate=validate.OneOf(_LEVELS)),
@@ -147,6 +151,12 @@ class PairStatusSchema(Schema):
         ManualDisableSchema, required=True, allow_none=True, metadata={"description": "a timed manual disable in force"}
     )
     auto_disable = fields.Nested(EffectiveAutoDisableSchema, required=True)
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(PAIR_STATES),
+        metadata={"description": "one word: enabled, disabled, rate-limited, half-open, probing, slow-start or switched-off"},
+    )
+    slow_start_until = _ts("when the slow start after the last re-enable ends; null when the pair is not slow-starting")
 
 
 class ModelStatusSchema(Schema):

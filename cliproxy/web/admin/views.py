@@ -101,6 +101,10 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
         "count_statuses": sorted(settings.count_statuses),
         "honor_retry_after": settings.honor_retry_after,
         "max_retry_after_seconds": settings.max_retry_after_seconds,
+        "slow_start_seconds": settings.slow_start_seconds,
+        "on_all_disabled": settings.on_all_disabled,
+        "enforce": settings.enforce,
+        "max_disabled_fraction": settings.max_disabled_fraction,
         # The spec's four settings always; later ones only when a level sets them (absent: default).
         "sources": {
             **{
@@ -120,12 +124,14 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
     auto = tracker.committed_record(key, "auto")
     manual = tracker.committed_record(key, "manual")
     limited = tracker.committed_record(key, "rate-limited")
+    slow_start_until = tracker.slow_start_until(key)
     view = PairView(
         switched_off=not pair.enabled_in_config,
         auto_disabled_until=auto.disabled_until if auto else None,
         manually_disabled=manual is not None,
         manually_disabled_until=manual.disabled_until if manual else None,
         rate_limited_until=limited.disabled_until if limited else None,
+        slow_start_until=slow_start_until,
     )
     return {
         "vendor": pair.vendor.name,
@@ -155,6 +161,7 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
             "actor": manual.actor,
         },
         "auto_disable": _effective(pair.auto_disable),
+        "slow_start_until": iso(slow_start_until),
     }
 
 

@@ -286,7 +286,11 @@ class TestFaultMatrix:
 
         await eventually(lambda: state_count() == counted, "the attempts counted towards auto-disable", timeout=SETTLE_SECONDS)
         assert tracker.state(("ok", "m")) is None  # the fallback only ever succeeded
-        assert not tracker.disabled_pairs()
+        rows = [(r.vendor, r.model, r.reason, round(r.disabled_until - r.disabled_at)) for r in tracker.disabled_pairs()]
+        if name == "429_retry_after":  # the upstream said when to come back: rate-limited until then at once
+            assert rows == [(*PAIR, "rate-limited", 7)]
+        else:
+            assert rows == []
 
         # No upstream connection held and no task left behind (idle keep-alive connections aside).
         await eventually(

@@ -305,7 +305,10 @@ class TestMigrate:
         assert "0001_initial.sql" in capsys.readouterr().out
         assert not db.exists(), "--dry-run creates nothing"
         assert main(["migrate", "--config", str(config)]) == 0
-        assert capsys.readouterr().out.strip() == f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql"
+        assert (
+            capsys.readouterr().out.strip()
+            == f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql\n{db}: applied 0004_recovery.sql"
+        )
         with closing(sqlite3.connect(db)) as conn:
             assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
         assert main(["migrate", "--config", str(config)]) == 0

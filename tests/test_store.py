@@ -124,9 +124,9 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        assert pending_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
+        assert pending_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql", "0004_recovery.sql"]
         assert not db.exists(), "pending_migrations must not create the database"
-        assert apply_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql"]
+        assert apply_migrations(db) == ["0001_initial.sql", "0002_last_failure_at.sql", "0004_recovery.sql"]
         with closing(sqlite3.connect(db)) as conn:
             assert columns(conn, "schema_migrations") == ["version", "name", "applied_at"]
             assert columns(conn, "events") == [
@@ -136,8 +136,9 @@ class TestMigrations:
             ]  # fmt: skip
             assert columns(conn, "disabled_pairs") == [
                 "vendor", "model", "reason", "disabled_at", "disabled_until", "failure_count",
-                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at",
+                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at", "disable_level",
             ]  # fmt: skip
+            assert columns(conn, "backoff_levels") == ["vendor", "model", "disable_level", "level_since", "event_id"]
             pk = {row[1]: row[5] for row in conn.execute("PRAGMA table_info(disabled_pairs)") if row[5]}
             assert pk == {"vendor": 1, "model": 2, "reason": 3}
             indexes = {row[1]: [c[2] for c in conn.execute(f"PRAGMA index_info({row[1]})")]
@@ -146,7 +147,11 @@ class TestMigrations:
             assert indexes["events_kind_at"] == ["kind", "at"]
             assert indexes["events_at"] == ["at"]
             versions = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
-        assert [(v, n) for v, n, _ in versions] == [(1, "0001_initial.sql"), (2, "0002_last_failure_at.sql")]
+        assert [(v, n) for v, n, _ in versions] == [
+            (1, "0001_initial.sql"),
+            (2, "0002_last_failure_at.sql"),
+            (4, "0004_recovery.sql"),
+        ]
         parse_timestamp(versions[0][2])
         assert pending_migrations(db) == []
 

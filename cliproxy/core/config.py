@@ -11,6 +11,8 @@ from typing import Literal
 
 __all__ = [
     "AutoDisableOverrides",
+    "ProbeSpec",
+    "RecoveryMode",
     "AutoDisableSettings",
     "DEFAULT_AUTO_DISABLE",
     "DEFAULT_COUNT_STATUSES",
@@ -34,8 +36,19 @@ PairKey = tuple[str, str]
 
 SettingLevel = Literal["default", "global", "vendor", "model"]
 
+#: How an auto-disabled pair comes back when its disable ends (see `cliproxy.core.failures`).
+RecoveryMode = Literal["timer", "half-open", "probe"]
+
 #: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
 DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """The request of `recovery: probe`: `POST {path}` with `body` (JSON text); None: the default chat probe."""
+
+    path: str = "/chat/completions"
+    body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +59,13 @@ class AutoDisableOverrides:
     time_window_seconds: float | None = None
     disable_duration_seconds: float | None = None
     count_statuses: frozenset[int] | None = None
+    # recovery: backoff and how a pair comes back (issue 13, part B)
+    backoff_multiplier: float | None = None
+    max_disable_duration_seconds: float | None = None
+    recovery: RecoveryMode | None = None
+    half_open_requests: int | None = None
+    probe: ProbeSpec | None = None
+    probe_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +76,13 @@ class AutoDisableSettings:
     time_window_seconds: float
     disable_duration_seconds: float
     count_statuses: frozenset[int]
+    # recovery: backoff and how a pair comes back (issue 13, part B); the defaults are the spec's timer
+    backoff_multiplier: float = 1.0
+    max_disable_duration_seconds: float = 86400.0
+    recovery: RecoveryMode = "timer"
+    half_open_requests: int = 1
+    probe: ProbeSpec = ProbeSpec()
+    probe_timeout_seconds: float = 10.0
     #: Which level each field came from: {"failure_threshold": "model", ...}.
     sources: tuple[tuple[str, SettingLevel], ...] = ()
 
@@ -73,9 +100,29 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     time_window_seconds=60.0,
     disable_duration_seconds=300.0,
     count_statuses=DEFAULT_COUNT_STATUSES,
+    backoff_multiplier=1.0,
+    max_disable_duration_seconds=86400.0,
+    recovery="timer",
+    half_open_requests=1,
+    probe=ProbeSpec(),
+    probe_timeout_seconds=10.0,
 )
 
-_AUTO_DISABLE_FIELDS = ("failure_threshold", "time_window_seconds", "disable_duration_seconds", "count_statuses")
+_AUTO_DISABLE_FIELDS = (
+    "failure_threshold",
+    "time_window_seconds",
+    "disable_duration_seconds",
+    "count_statuses",
+    "backoff_multiplier",
+    "max_disable_duration_seconds",
+    "recovery",
+    "half_open_requests",
+    "probe",
+    "probe_timeout_seconds",
+)
+
+#: The recovery fields (issue 13, part B): listed in `sources` only when a level sets them.
+_RECOVERY_FIELDS = frozenset(_AUTO_DISABLE_FIELDS[4:10])
 
 
 def resolve_auto_disable(
@@ -95,7 +142,8 @@ def resolve_auto_disable(
             value = getattr(overrides, name)
             if value is not None:
                 values[name] = value
-                sources.append((name, level))
+                if level != "default" or name not in _RECOVERY_FIELDS:  # `source_of` says "default" for those left out
+                    sources.append((name, level))
                 break
     return AutoDisableSettings(**values, sources=tuple(sources))  # type: ignore[arg-type]
 

@@ -174,7 +174,11 @@ def expire(pair: PairKey, state: PairState, now: float, settings: AutoDisableSet
         return Decision(state)
     if settings is not None and settings.recovery != "timer":
         return Decision(state)
-    return Decision(_back_in_service(state, now), (_ended(pair, state, now, cause="expired"),))
+    # back in service since its end, not since the sweep noticed: the decay runs from there
+    return Decision(
+        _back_in_service(state, state.disabled_until),
+        (_ended(pair, state, now, cause="expired", back_since=state.disabled_until),),
+    )
 
 
 def probe_succeeded(pair: PairKey, state: PairState, settings: AutoDisableSettings, now: float) -> Decision[PairState]:
@@ -239,8 +243,8 @@ def apply_outcome(
         return _recovery_outcome(pair, state, outcome, settings, now)
     ended: tuple[Effect, ...] = ()
     if state.disabled_until is not None:  # over (not disabled at `now`), though the sweep has not said so yet
-        ended = (_ended(pair, state, now, cause="expired"),)
-        state = _back_in_service(state, now)
+        ended = (_ended(pair, state, now, cause="expired", back_since=state.disabled_until),)
+        state = _back_in_service(state, state.disabled_until)
     if outcome.kind == "success":
         return Decision(reset(state), ended)
     state = _count_failure(state, outcome, settings, now)
@@ -328,11 +332,15 @@ def _recovery_configured(settings: AutoDisableSettings) -> bool:
     return settings.backoff_multiplier != 1 or settings.recovery != "timer"
 
 
-def _ended(pair: PairKey, state: PairState, now: float, *, cause: str, actor: str | None = None) -> Effect:
-    """The `enabled` event ending the disable `state` holds, clearing its row (and keeping its backoff level)."""
+def _ended(
+    pair: PairKey, state: PairState, now: float, *, cause: str, actor: str | None = None, back_since: float | None = None
+) -> Effect:
+    """The `enabled` event ending the disable `state` holds, clearing its row, and keeping its backoff
+    level as of `back_since` (default `now`): when the pair went back into service."""
     effect = ended_effect(pair, AUTO, state.disabled_at, state.disabled_until, now, cause=cause, actor=actor)
     if state.disable_level > 0:
-        effect = replace(effect, set_backoff=BackoffRecord(pair[0], pair[1], state.disable_level, now))
+        since = now if back_since is None else back_since
+        effect = replace(effect, set_backoff=BackoffRecord(pair[0], pair[1], state.disable_level, since))
     return effect
 
 

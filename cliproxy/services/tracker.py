@@ -391,6 +391,12 @@ class FailureTracker:
         """The prober sends a probe to `pair` now: it is not due again until `probe_result`."""
         self._probe_in_flight.add(pair)
 
+    def probe_abandoned(self, pair: PairKey) -> None:
+        """The probe of `pair` ended without a verdict (cancelled): it is due again."""
+        self._probe_in_flight.discard(pair)
+        if pair in self._probing:
+            self.probes_due.set()
+
     def probe_result(self, pair: PairKey, error: ErrorInfo | None) -> None:
         """The probe of `pair` answered 2xx (`error` None), or failed with `error`."""
         self._probe_in_flight.discard(pair)

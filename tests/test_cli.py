@@ -310,7 +310,7 @@ class TestMigrate:
             == f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql\n{db}: applied 0004_recovery.sql"
         )
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (4,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0

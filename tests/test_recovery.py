@@ -371,3 +371,42 @@ class TestProbeEndToEnd:
 
 def test_probe_spec_default() -> None:
     assert rule().probe == ProbeSpec("/chat/completions", None)
+
+
+class TestStatus:
+    async def test_status_shows_state_and_disable_level_from_what_is_committed(self, admin, upstreams):
+        up = await upstreams()
+        up.fail(None, Fault(status=500, times=1))
+        clock = FakeClock()
+        a = await admin(one_vendor_config(up.url, recovery="half-open", **{"backoff-multiplier": 2}), clock=clock)
+
+        async def status() -> tuple[str, int]:
+            await a.app[TRACKER].flush(timeout=5)
+            [pair] = (await a.get("/api/models/m/status")).json["pairs"]
+            return pair["state"], pair["disable_level"]
+
+        assert await status() == ("enabled", 0)
+        await a.chat()
+        assert await status() == ("disabled", 1)
+        clock.advance(30)
+        assert await status() == ("half-open", 1)
+        await a.chat()
+        assert await status() == ("enabled", 1)
+        clock.advance(30)  # one base duration served: decayed
+        assert await status() == ("enabled", 0)
+
+
+def test_pair_state_table() -> None:
+    from cliproxy.core.pair_state import PairView, pair_state
+
+    cases = [
+        (PairView(), 0.0, "enabled"),
+        (PairView(switched_off=True, auto_disabled_until=10.0), 0.0, "switched-off"),
+        (PairView(manually_disabled=True), 0.0, "disabled"),
+        (PairView(auto_disabled_until=10.0), 9.9, "disabled"),
+        (PairView(auto_disabled_until=10.0), 10.0, "enabled"),
+        (PairView(auto_disabled_until=10.0, recovery="half-open"), 10.0, "half-open"),
+        (PairView(auto_disabled_until=10.0, recovery="probe"), 10.0, "probing"),
+        (PairView(auto_disabled_until=10.0, recovery="probe"), 5.0, "disabled"),
+    ]
+    assert [pair_state(view, now) for view, now, _ in cases] == [state for _, _, state in cases]

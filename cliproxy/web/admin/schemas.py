@@ -134,6 +134,17 @@ class PairStatusSchema(Schema):
         ManualDisableSchema, required=True, allow_none=True, metadata={"description": "a timed manual disable in force"}
     )
     auto_disable = fields.Nested(EffectiveAutoDisableSchema, required=True)
+    state = fields.String(
+        required=True,
+        metadata={
+            "description": "enabled | disabled | half-open (a few requests test it) | probing (cliproxy tests it) | "
+            "switched-off (by the config); from what the database holds"
+        },
+    )
+    disable_level = fields.Integer(
+        required=True,
+        metadata={"description": "backoff level: the disables in a row (decayed while it serves); 0 without backoff settings"},
+    )
 
 
 class ModelStatusSchema(Schema):

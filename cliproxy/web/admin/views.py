@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Timeouts, Vendor
+from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
 from cliproxy.core.routing import Pair
 from cliproxy.core.runtime import Runtime
@@ -136,7 +137,20 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
             "actor": manual.actor,
         },
         "auto_disable": _effective(pair.auto_disable),
+        "state": pair_state(_pair_view(pair, tracker, manual is not None), now),
+        "disable_level": tracker.committed_level(key),
     }
+
+
+def _pair_view(pair: Pair, tracker: FailureTracker, manually_disabled: bool) -> PairView:
+    """The committed facts `pair_state` needs (the auto row even once its time has passed: half-open, probing)."""
+    auto_row = tracker.journal.committed_row((pair.vendor.name, pair.model.name, "auto"))
+    return PairView(
+        switched_off=not pair.enabled_in_config,
+        manually_disabled=manually_disabled,
+        auto_disabled_until=auto_row.disabled_until if auto_row is not None else None,
+        recovery=pair.auto_disable.recovery,
+    )
 
 
 def _last_failure_at(state: Any, record: Any) -> float | None:

@@ -40,6 +40,7 @@ from cliproxy.web.keys import (
 from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
 from cliproxy.web.overload import OverloadLog
+from cliproxy.web.prober import prober_context
 
 __all__ = ["create_app", "error_middleware"]
 
@@ -153,6 +154,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
+    app.cleanup_ctx.append(prober_context)  # recovery: probe; after the tracker and the client session
     app.on_response_prepare.append(stamp_response)  # x-request-id on every answer, streams counted
     app.on_response_prepare.append(cors_response_headers)  # an allowed browser origin's /v1 answers say so
     app.add_routes(proxy_api.routes)

@@ -77,3 +77,84 @@ class TestKillDashNine:
         assert enabled.cause == "startup-expired"
         assert (enabled.disabled_at, enabled.disabled_until) == (record.disabled_at, record.disabled_until)
         assert read_disabled(tmp_path / "cliproxy.db") == []
+
+
+class TestRecoveryStatesSurviveKillDashNine:
+    """Issue 13 part B: half-open, probing and a backoff level are where they were after `kill -9`."""
+
+    async def test_half_open_survives_kill_9(self, upstreams, tmp_path, processes):
+        up = await upstreams()
+        up.fail(None, Fault(status=500, times=1))
+        db = tmp_path / "cliproxy.db"
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.5, "recovery": "half-open"},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
+        processes.append(gw.start())
+        assert (await post_chat(gw.url))[0] == 500
+        [record] = await eventually(lambda: read_disabled(db))
+        await eventually(lambda: time.time() > record.disabled_until + 0.6)  # half-open, and the sweep has run
+        assert read_disabled(db) == [record]  # half-open keeps the row until a request decides
+        gw.kill9()
+        gw.start()
+        assert read_disabled(db) == [record]  # not ended at start-up: still half-open
+        assert read_events(db, kind="enabled") == []
+        status, headers = await post_chat(gw.url)
+        assert (status, headers["x-cliproxy-vendor"]) == (200, "a")
+        [enabled] = await eventually(lambda: read_events(db, kind="enabled"))
+        assert enabled.cause == "half-open-success"
+        assert (enabled.disabled_at, enabled.disabled_until) == (record.disabled_at, record.disabled_until)
+        assert read_disabled(db) == []
+
+    async def test_probing_survives_kill_9_and_is_probed_again(self, upstreams, tmp_path, processes):
+        up = await upstreams()
+        up.fail(None, Fault(status=500, times=1))
+        db = tmp_path / "cliproxy.db"
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 0.5, "recovery": "probe"},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
+        processes.append(gw.start())
+        assert (await post_chat(gw.url))[0] == 500
+        [record] = await eventually(lambda: read_disabled(db))
+        up.fail(None, Fault(stall_before_headers=60, times=1))  # the first probe hangs: killed while probing
+        await eventually(lambda: up.probe_count == 1, "the first probe")
+        gw.kill9()
+        gw.start()
+        await eventually(lambda: read_events(db, kind="enabled"), "the probe after the restart to enable the pair")
+        [enabled] = read_events(db, kind="enabled")
+        assert enabled.cause == "probe-success"
+        assert (enabled.disabled_at, enabled.disabled_until) == (record.disabled_at, record.disabled_until)
+        assert up.probe_count == 2
+        assert [r for r in up.requests if not r.is_probe] == up.requests[:1]  # no client request went there meanwhile
+
+    async def test_backoff_level_survives_kill_9(self, upstreams, tmp_path, processes):
+        up = await upstreams()
+        up.fail(None, Fault(status=500))
+        db = tmp_path / "cliproxy.db"
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 1, "backoff-multiplier": 30},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            },
+        )
+        processes.append(gw.start())
+        assert (await post_chat(gw.url))[0] == 500
+        [first] = await eventually(lambda: read_disabled(db))
+        assert first.disable_level == 1
+        await eventually(lambda: time.time() > first.disabled_until)
+        assert (await post_chat(gw.url))[0] == 500  # straight after the first: the second in a row
+        [second] = await eventually(lambda: [r for r in read_disabled(db) if r.disable_level == 2])
+        assert second.disabled_until - second.disabled_at == 30.0
+        gw.kill9()
+        gw.start()
+        status, headers = await post_chat(gw.url)
+        assert status == 503 and 0 < int(headers["Retry-After"]) <= 30
+        assert read_disabled(db) == [second]

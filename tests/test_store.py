@@ -124,7 +124,7 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        names = ["0001_initial.sql", "0002_last_failure_at.sql", "0003_rate_limited.sql"]
+        names = ["0001_initial.sql", "0002_last_failure_at.sql", "0003_rate_limited.sql", "0004_recovery.sql"]
         assert pending_migrations(db) == names
         assert not db.exists(), "pending_migrations must not create the database"
         assert apply_migrations(db) == names
@@ -137,8 +137,9 @@ class TestMigrations:
             ]  # fmt: skip
             assert columns(conn, "disabled_pairs") == [
                 "vendor", "model", "reason", "disabled_at", "disabled_until", "failure_count",
-                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at",
+                "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at", "disable_level",
             ]  # fmt: skip
+            assert columns(conn, "backoff_levels") == ["vendor", "model", "disable_level", "level_since", "event_id"]
             pk = {row[1]: row[5] for row in conn.execute("PRAGMA table_info(disabled_pairs)") if row[5]}
             assert pk == {"vendor": 1, "model": 2, "reason": 3}
             indexes = {row[1]: [c[2] for c in conn.execute(f"PRAGMA index_info({row[1]})")]

@@ -11,6 +11,8 @@ from typing import Literal
 
 __all__ = [
     "AutoDisableOverrides",
+    "ProbeSpec",
+    "RecoveryMode",
     "AutoDisableSettings",
     "DEFAULT_AUTO_DISABLE",
     "DEFAULT_COUNT_STATUSES",
@@ -37,9 +39,19 @@ SettingLevel = Literal["default", "global", "vendor", "model"]
 
 #: What to do when every pair of a model is unavailable by the tracker: the spec's 503, or the pair back soonest.
 OnAllDisabled = Literal["fail", "best-effort"]
+#: How an auto-disabled pair comes back when its disable ends (see `cliproxy.core.failures`).
+RecoveryMode = Literal["timer", "half-open", "probe"]
 
 #: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
 DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """The request of `recovery: probe`: `POST {path}` with `body` (JSON text); None: the default chat probe."""
+
+    path: str = "/chat/completions"
+    body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,13 @@ class AutoDisableOverrides:
     enforce: bool | None = None
     #: Global only (the schema accepts it at the top level alone).
     max_disabled_fraction: float | None = None
+    # recovery: backoff and how a pair comes back (issue 13, part B)
+    backoff_multiplier: float | None = None
+    max_disable_duration_seconds: float | None = None
+    recovery: RecoveryMode | None = None
+    half_open_requests: int | None = None
+    probe: ProbeSpec | None = None
+    probe_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,13 @@ class AutoDisableSettings:
     time_window_seconds: float
     disable_duration_seconds: float
     count_statuses: frozenset[int]
+    # recovery: backoff and how a pair comes back (issue 13, part B); the defaults are the spec's timer
+    backoff_multiplier: float = 1.0
+    max_disable_duration_seconds: float = 86400.0
+    recovery: RecoveryMode = "timer"
+    half_open_requests: int = 1
+    probe: ProbeSpec = ProbeSpec()
+    probe_timeout_seconds: float = 10.0
     #: Which level each field came from: {"failure_threshold": "model", ...}.
     sources: tuple[tuple[str, SettingLevel], ...] = ()
     # Signals (issue 13, part A). A 429/503 with a Retry-After (or rate-limit reset) hint makes the
@@ -105,6 +131,12 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     on_all_disabled="fail",
     enforce=True,
     max_disabled_fraction=1.0,
+    backoff_multiplier=1.0,
+    max_disable_duration_seconds=86400.0,
+    recovery="timer",
+    half_open_requests=1,
+    probe=ProbeSpec(),
+    probe_timeout_seconds=10.0,
 )
 
 #: The spec's fields, whose sources are always listed (the later ones only when a level sets them).
@@ -122,6 +154,13 @@ _AUTO_DISABLE_FIELDS = (
     "on_all_disabled",
     "enforce",
     "max_disabled_fraction",
+    # issue 13, part B
+    "backoff_multiplier",
+    "max_disable_duration_seconds",
+    "recovery",
+    "half_open_requests",
+    "probe",
+    "probe_timeout_seconds",
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 __all__ = [
     "AlwaysAvailable",
+    "BackoffRecord",
     "Decision",
     "DisabledRecord",
     "Effect",
@@ -73,6 +74,18 @@ class OutcomeSink(Protocol):
         """For Retry-After: seconds until the pair comes back, None when unknown or never."""
         ...
 
+    def admit(self, pair: tuple[str, str]) -> bool:
+        """`is_available`, and for a half-open pair one of its slots taken; the caller gives it back with `release`."""
+        ...
+
+    def release(self, pair: tuple[str, str]) -> None:
+        """Give back the slot `admit` took; called exactly once per admitted attempt, whatever its end."""
+        ...
+
+    def half_open_waiting(self, pair: tuple[str, str]) -> bool:
+        """True for a half-open pair with every slot taken: tried (without a slot) only when nothing else can serve."""
+        ...
+
     def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
         """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto",
         "rate-limited" (the upstream asked to be left alone), or None."""
@@ -95,6 +108,15 @@ class AlwaysAvailable:
     def seconds_until_available(self, pair: tuple[str, str]) -> float | None:
         return None
 
+    def admit(self, pair: tuple[str, str]) -> bool:
+        return True
+
+    def release(self, pair: tuple[str, str]) -> None:
+        return None
+
+    def half_open_waiting(self, pair: tuple[str, str]) -> bool:
+        return False
+
     def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
         return None
 
@@ -113,6 +135,7 @@ EventKind = Literal[
     "config-reloaded",
     "config-rejected",
     "would-disable",  # a trip not enforced: `enforce: false` (dry run) or `max-disabled-fraction`
+    "probe-failed",  # the probe of a pair under `recovery: probe` failed (the `disabled` that follows re-disables it)
 ]
 
 
@@ -125,7 +148,7 @@ class Event:
     vendor: str | None = None
     model: str | None = None
     reason: str | None = None  # auto | manual | rate-limited (for disables)
-    cause: str | None = None  # expired | manual | startup-expired (for enables)
+    cause: str | None = None  # expired | manual | startup-expired | half-open-success | probe-success (for enables)
     disabled_at: float | None = None
     disabled_until: float | None = None
     failure_count: int | None = None
@@ -152,6 +175,18 @@ class DisabledRecord:
     last_error: ErrorInfo | None = None
     actor: str | None = None
     last_failure_at: float | None = None  # the last counted failure when an auto-disable tripped
+    disable_level: int = 0  # an auto-disable's backoff level: its place in a run of disables (0 when unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffRecord:
+    """The backoff level of a pair back in service, as held by the `backoff_levels` table: the level of
+    the disable that ended and when it ended (the level decays from then)."""
+
+    vendor: str
+    model: str
+    disable_level: int
+    level_since: float
 
 
 #: The key of a current-state row: (vendor, model, reason).
@@ -162,11 +197,13 @@ RowKey = tuple[str, str, str]
 class Effect:
     """What one transition leaves behind for the shell to carry out: the audit `event` to append and,
     in the same transaction, the current-state row to clear (`clear_disabled`) and/or write
-    (`set_disabled`)."""
+    (`set_disabled`), and the backoff level to keep (`set_backoff`)."""
 
     event: Event
     set_disabled: DisabledRecord | None = None
     clear_disabled: RowKey | None = None
+    #: The backoff level a pair goes back into service with (written with an `enabled` event).
+    set_backoff: BackoffRecord | None = None
 
 
 _S = TypeVar("_S")

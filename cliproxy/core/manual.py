@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cliproxy.core import failures
-from cliproxy.core.config import PairKey
+from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.events import Decision, DisabledRecord, Effect, Event
 from cliproxy.core.failures import PairState
 
@@ -76,15 +76,24 @@ def expire(pair: PairKey, timed: DisabledRecord | None, now: float) -> Decision[
     return Decision(None, (_ended(pair, timed, now, cause="expired"),))
 
 
-def enable(pair: PairKey, axes: Axes, actor: str, now: float, *, record_if_nothing_cleared: bool = True) -> Decision[Axes]:
+def enable(
+    pair: PairKey,
+    axes: Axes,
+    actor: str,
+    now: float,
+    *,
+    record_if_nothing_cleared: bool = True,
+    settings: AutoDisableSettings | None = None,
+) -> Decision[Axes]:
     """An operator's enable at `now`: clear the auto-disable and the timed manual disable, reset the count.
 
     A disable whose time had already passed is recorded as expired first (both axes, auto first);
     then one `enabled` event (cause manual) per disable still in force; or one `manual-enable` event
     when nothing was cleared (not with `record_if_nothing_cleared=False`: the caller records the
-    action itself, e.g. as the config write-back that switches the pair back on).
+    action itself, e.g. as the config write-back that switches the pair back on). With the pair's
+    `settings`, a pair that is half-open or probing is still in force: the operator ends it.
     """
-    auto_expired = failures.expire(pair, axes.auto, now) if axes.auto is not None else Decision(None)
+    auto_expired = failures.expire(pair, axes.auto, now, settings) if axes.auto is not None else Decision(None)
     timed_expired = expire(pair, axes.timed, now)
     auto_ended = failures.end_by_operator(pair, auto_expired.state, now, actor)
     timed = timed_expired.state

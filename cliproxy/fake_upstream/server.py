@@ -65,6 +65,18 @@ class RecordedRequest:
     json: Any | None
     model: str | None
 
+    @property
+    def is_probe(self) -> bool:
+        """The shape of cliproxy's default recovery probe: one user message `ping` and `max_tokens: 1`."""
+        return is_probe_body(self.json)
+
+
+def is_probe_body(body: Any) -> bool:
+    """True for the body of cliproxy's default recovery probe (`recovery: probe`)."""
+    return (
+        isinstance(body, dict) and body.get("messages") == [{"role": "user", "content": "ping"}] and body.get("max_tokens") == 1
+    )
+
 
 def _int_header(request: web.Request, name: str, default: int) -> int:
     raw = request.headers.get(name)
@@ -111,6 +123,8 @@ class FakeUpstream:
         self.port = 0
         self.requests: list[RecordedRequest] = []
         self.request_count = 0
+        #: Requests shaped like cliproxy's default recovery probe (see `is_probe_body`).
+        self.probe_count = 0
         self.streams_in_flight = 0
         self.disconnects = 0
         self.completed_streams = 0
@@ -136,6 +150,7 @@ class FakeUpstream:
         """Forget recorded requests and zero the counters (not streams_in_flight)."""
         self.requests.clear()
         self.request_count = 0
+        self.probe_count = 0
         self.disconnects = 0
         self.completed_streams = 0
         self.faults_applied = 0
@@ -234,6 +249,8 @@ class FakeUpstream:
         if error is None and not isinstance(body, dict):
             error = "The request body must be a JSON object."
         model = body.get("model") if isinstance(body, dict) else None
+        if is_probe_body(body):
+            self.probe_count += 1
         if self.record:
             self.requests.append(
                 RecordedRequest(

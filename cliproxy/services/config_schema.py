@@ -8,6 +8,7 @@ Strict: an unknown key is an error with a "did you mean" hint; every key is keba
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from cliproxy.core.config import (
     LoggingSettings,
     MetricsSettings,
     ModelEntry,
+    ProbeSpec,
     RemoteManagement,
     Timeouts,
     Vendor,
@@ -118,6 +120,13 @@ class AutoDisableSchema(StrictSchema):
     enforce = Bool("enforce")
     # Global only: named here so that a vendor or model setting it is told where it goes.
     max_disabled_fraction = fields.Raw(data_key="max-disabled-fraction", validate=lambda _: _global_only())
+    # recovery: backoff and how a pair comes back (issue 13, part B)
+    backoff_multiplier = fields.Float(data_key="backoff-multiplier", validate=validate.Range(min=1))
+    max_disable_duration_seconds = Seconds("max_disable_duration_seconds")
+    recovery = fields.String(data_key="recovery", validate=validate.OneOf(["timer", "half-open", "probe"]))
+    half_open_requests = Int("half_open_requests", minimum=1)
+    probe = fields.Nested(lambda: ProbeSchema(), data_key="probe")
+    probe_timeout_seconds = Seconds("probe_timeout_seconds")
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:
@@ -135,6 +144,21 @@ class GlobalAutoDisableSchema(AutoDisableSchema):
     max_disabled_fraction = fields.Float(  # type: ignore[assignment]  # replaces the refusal of the other levels
         data_key="max-disabled-fraction", validate=validate.Range(min=0, max=1)
     )
+
+
+class ProbeSchema(StrictSchema):
+    """`probe: {path, body}`: the request `recovery: probe` sends; the body is sent as JSON, as written."""
+
+    path = fields.String(data_key="path", validate=validate.Regexp(r"^/", error="must start with '/', e.g. /embeddings"))
+    body = fields.Dict(data_key="body", keys=fields.String())
+
+    @post_load
+    def make(self, data: dict[str, Any], **kwargs: Any) -> ProbeSpec:
+        body = data.get("body")
+        return ProbeSpec(
+            path=data.get("path", "/chat/completions"),
+            body=None if body is None else json.dumps(body, separators=(",", ":"), sort_keys=True),
+        )
 
 
 class TimeoutsSchema(StrictSchema):

@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from cliproxy.core.events import DisabledRecord, Effect, Event, RowKey
+from cliproxy.core.events import BackoffRecord, DisabledRecord, Effect, Event, RowKey
 from cliproxy.services.store import Store
 
 __all__ = ["Journal"]
@@ -58,6 +58,8 @@ class Journal:
 
         # (vendor, model, reason) -> the row as committed to the store; what reports show.
         self._committed_rows: dict[RowKey, DisabledRecord] = {}
+        # (vendor, model) -> the backoff level of a pair back in service, as committed.
+        self._committed_backoff: dict[tuple[str, str], BackoffRecord] = {}
         self._pending: deque[Effect] = deque()
         self._enqueued = 0
         self._committed = 0
@@ -97,6 +99,14 @@ class Journal:
                 return out
             before_id = min(e.id for e in batch if e.id is not None)
 
+    def committed_backoff(self) -> list[BackoffRecord]:
+        """Every backoff level of a pair back in service, as committed to the store."""
+        return list(self._committed_backoff.values())
+
+    def committed_level(self, pair: tuple[str, str]) -> BackoffRecord | None:
+        """The committed backoff level of `pair` back in service, or None."""
+        return self._committed_backoff.get(pair)
+
     # ------------------------------------------------------------------ appending (sync, O(1))
 
     def append(self, effect: Effect) -> None:
@@ -122,6 +132,9 @@ class Journal:
             raise RuntimeError("Journal already started")
         records = await self._store.load_disabled()
         self._committed_rows = {(r.vendor, r.model, r.reason): r for r in records}
+        load_backoff = getattr(self._store, "load_backoff", None)  # a store that keeps no levels has none
+        if load_backoff is not None:
+            self._committed_backoff = {(r.vendor, r.model): r for r in await load_backoff()}
         self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
 
     async def close(self) -> None:
@@ -178,7 +191,11 @@ class Journal:
         while True:
             attempt += 1
             try:
-                await self._store.record(effect.event, set_disabled=effect.set_disabled, clear_disabled=effect.clear_disabled)
+                # `set_backoff` only when there is one: a store that keeps no levels never sees it
+                extra = {"set_backoff": effect.set_backoff} if effect.set_backoff is not None else {}
+                await self._store.record(
+                    effect.event, set_disabled=effect.set_disabled, clear_disabled=effect.clear_disabled, **extra
+                )
                 return attempt
             except asyncio.CancelledError:
                 raise
@@ -204,6 +221,9 @@ class Journal:
         record = effect.set_disabled
         if record is not None:
             self._committed_rows[(record.vendor, record.model, record.reason)] = record
+        level = effect.set_backoff
+        if level is not None:
+            self._committed_backoff[(level.vendor, level.model)] = level
         for listener in list(self.committed_listeners):
             try:
                 listener(effect.event)

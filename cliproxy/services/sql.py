@@ -24,12 +24,16 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
+from cliproxy.core.events import BackoffRecord, DisabledRecord, ErrorInfo, Event
 from cliproxy.core.times import format_timestamp, parse_iso
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "DELETE_DISABLED",
+    "SELECT_BACKOFF",
+    "UPSERT_BACKOFF",
+    "backoff_to_row",
+    "row_to_backoff",
     "FIND_EVENT",
     "INSERT_EVENT",
     "PING",
@@ -120,6 +124,7 @@ _DISABLED_COLUMNS = (
     "last_error",
     "actor",
     "last_failure_at",
+    "disable_level",
 )
 
 #: Event.settings key -> events column holding a copy of it for queries.
@@ -218,6 +223,7 @@ def disabled_to_row(record: DisabledRecord) -> dict[str, Any]:
         "last_error": record.last_error.message if record.last_error else None,
         "actor": record.actor,
         "last_failure_at": _ts_out(record.last_failure_at),
+        "disable_level": record.disable_level,
     }
 
 
@@ -234,6 +240,28 @@ def row_to_disabled(row: Mapping[str, Any]) -> DisabledRecord:
         last_error=_error_in(row),
         actor=row["actor"],
         last_failure_at=_ts_in(row["last_failure_at"]),
+        disable_level=row["disable_level"],
+    )
+
+
+def backoff_to_row(record: BackoffRecord, event_id: int | None) -> dict[str, Any]:
+    """A BackoffRecord as the named parameters of a `backoff_levels` row."""
+    return {
+        "vendor": record.vendor,
+        "model": record.model,
+        "disable_level": record.disable_level,
+        "level_since": format_timestamp(record.level_since),
+        "event_id": event_id,
+    }
+
+
+def row_to_backoff(row: Mapping[str, Any]) -> BackoffRecord:
+    """A `backoff_levels` row back into a BackoffRecord."""
+    return BackoffRecord(
+        vendor=row["vendor"],
+        model=row["model"],
+        disable_level=row["disable_level"],
+        level_since=parse_timestamp(row["level_since"]),
     )
 
 
@@ -251,6 +279,15 @@ UPSERT_DISABLED = (
 )
 
 DELETE_DISABLED = "DELETE FROM disabled_pairs WHERE vendor = ? AND model = ? AND reason = ?"
+
+UPSERT_BACKOFF = (
+    "INSERT INTO backoff_levels (vendor, model, disable_level, level_since, event_id) "
+    "VALUES (:vendor, :model, :disable_level, :level_since, :event_id) "
+    "ON CONFLICT (vendor, model) DO UPDATE SET disable_level = excluded.disable_level, "
+    "level_since = excluded.level_since, event_id = excluded.event_id"
+)
+
+SELECT_BACKOFF = "SELECT vendor, model, disable_level, level_since FROM backoff_levels ORDER BY vendor, model"
 
 # An event already in the file (a restored copy may hold some of the events being written back).
 FIND_EVENT = (

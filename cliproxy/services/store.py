@@ -47,7 +47,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiosqlite
 
-from cliproxy.core.events import DisabledRecord, Event
+from cliproxy.core.events import BackoffRecord, DisabledRecord, Event
 from cliproxy.core.times import format_timestamp
 from cliproxy.services.backup import BackupResult, backup
 from cliproxy.services.database_file import DatabaseFile, DatabaseFileProblem, file_identity, park, sidecars
@@ -60,14 +60,18 @@ from cliproxy.services.sql import (
     PING,
     PRAGMAS_ALL,
     PRAGMAS_RW,
+    SELECT_BACKOFF,
     SELECT_DISABLED,
+    UPSERT_BACKOFF,
     UPSERT_DISABLED,
+    backoff_to_row,
     event_to_row,
     events_query,
     parse_timestamp,
     read_disabled,
     read_events,
     round_timestamp,
+    row_to_backoff,
     row_to_disabled,
     row_to_event,
     upsert_disabled_params,
@@ -114,7 +118,8 @@ class Store(Protocol):
     ) -> int:
         """Append `event` and, in the same transaction, delete the current-state row
         `clear_disabled` = (vendor, model, reason) and/or insert-or-replace `set_disabled`
-        (the delete runs first). Returns the new event's id."""
+        (the delete runs first). Returns the new event's id. A store that keeps backoff levels
+        also takes `set_backoff` (a `BackoffRecord` to insert-or-replace), only passed when set."""
         ...
 
     async def load_disabled(self) -> list[DisabledRecord]:
@@ -191,6 +196,7 @@ class SQLiteStore:
         self._dropped = 0
         self._disabled: dict[tuple[str, str, str], tuple[DisabledRecord, Event | None]] = {}
         self._mirror_loaded = False
+        self._backoff: dict[tuple[str, str], BackoffRecord] = {}
 
     @classmethod
     async def open(cls, path: str | os.PathLike, *, migrations_dir: Path | None = None) -> SQLiteStore:
@@ -258,6 +264,8 @@ class SQLiteStore:
         for record, disabling in self._disabled.values():
             event_id = ids.get(id(disabling)) if disabling is not None else None
             await conn.execute(UPSERT_DISABLED, upsert_disabled_params(record, event_id))  # type: ignore[arg-type]
+        for level in self._backoff.values():
+            await conn.execute(UPSERT_BACKOFF, backoff_to_row(level, None))
         return written, len(self._disabled)
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -304,6 +312,7 @@ class SQLiteStore:
         *,
         set_disabled: DisabledRecord | None = None,
         clear_disabled: tuple[str, str, str] | None = None,
+        set_backoff: BackoffRecord | None = None,
     ) -> int:
         async def body(conn: aiosqlite.Connection) -> int:
             event_id = (await conn.execute(INSERT_EVENT, event_to_row(event))).lastrowid
@@ -312,6 +321,8 @@ class SQLiteStore:
                 await conn.execute(DELETE_DISABLED, tuple(clear_disabled))
             if set_disabled is not None:
                 await conn.execute(UPSERT_DISABLED, upsert_disabled_params(set_disabled, event_id))
+            if set_backoff is not None:
+                await conn.execute(UPSERT_BACKOFF, backoff_to_row(set_backoff, event_id))
             return event_id
 
         async def transaction(conn: aiosqlite.Connection) -> int:
@@ -324,6 +335,8 @@ class SQLiteStore:
                 self._disabled.pop(tuple(clear_disabled), None)  # type: ignore[arg-type]
             if set_disabled is not None:
                 self._disabled[(set_disabled.vendor, set_disabled.model, set_disabled.reason)] = (set_disabled, event)
+            if set_backoff is not None:
+                self._backoff[(set_backoff.vendor, set_backoff.model)] = set_backoff
             return event_id
 
         if not self._mirror_loaded:
@@ -338,6 +351,17 @@ class SQLiteStore:
         if not self._mirror_loaded:  # the rows of the file as opened, to refill a recreated file
             self._disabled = {(r.vendor, r.model, r.reason): (r, None) for r in records}
             self._mirror_loaded = True
+        return records
+
+    async def load_backoff(self) -> list[BackoffRecord]:
+        """Every `backoff_levels` row (decayed ones included: the caller has the clock and the settings)."""
+
+        async def body(conn: aiosqlite.Connection) -> list[BackoffRecord]:
+            return [row_to_backoff(row) for row in await conn.execute_fetchall(SELECT_BACKOFF)]  # type: ignore[arg-type]  # sqlite3.Row is a mapping
+
+        records = await self._run(body)
+        for record in records:  # to refill a recreated file
+            self._backoff.setdefault((record.vendor, record.model), record)
         return records
 
     async def events(

@@ -26,6 +26,13 @@ SQLite (see `cliproxy.services.journal`).
 
 Because asyncio runs one callback at a time and `record_outcome` never awaits, any number of
 concurrent failing requests trip exactly one disable.
+
+Recovery (`cliproxy.core.failures`): a pair under `recovery: half-open` whose disable's time has
+come admits at most `half-open-requests` requests at a time: `admit(pair)` takes a slot and the
+request's owner gives it back with `release(pair)` whatever happens to it (memory only: after a
+restart no request holds one). A pair under `recovery: probe` whose time has come is probing: no
+request is admitted, and `pairs_due_for_probe()` lists it for the prober (`cliproxy.web.prober`,
+which does the HTTP), which reports back through `probe_result`.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Literal
 from cliproxy.core import failures, manual, policies, rate_limit
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
-from cliproxy.core.events import Decision, DisabledRecord, Effect, Event, Outcome
+from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, Event, Outcome
 from cliproxy.core.failures import AUTO, PairState
 from cliproxy.core.manual import MANUAL
 from cliproxy.core.rate_limit import RATE_LIMITED
@@ -90,12 +97,25 @@ class FailureTracker:
         journal.committed_listeners.append(self._on_committed)
         #: For `max-disabled-fraction`: each pair's peers by name (`RoutingTable.peers`), set by `update_peers`.
         self._peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]] = {}
+        # recovery: half-open slots taken, pairs waiting for a probe and those whose probe is under way
+        self._half_open_taken: dict[PairKey, int] = {}
+        self._probing: set[PairKey] = set()
+        self._probe_in_flight: set[PairKey] = set()
+        #: Set when a pair starts waiting for a probe; the prober waits on it.
+        self.probes_due = asyncio.Event()
 
     # ------------------------------------------------------------------ settings and views
 
     def update_settings(self, settings: Mapping[PairKey, AutoDisableSettings]) -> None:
-        """Swap in the settings of a reloaded config; all state and counts are kept."""
+        """Swap in the settings of a reloaded config; all state and counts are kept.
+
+        A pair left half-open or probing by a reload to `recovery: timer` is re-enabled now (expired).
+        """
         self._settings = dict(settings)
+        now = self._now()
+        for pair in [p for p, s in self._states.items() if s.disabled_until is not None and s.disabled_until <= now]:
+            self._expire_pair(pair, now)
+            self._note_probe_due(pair)
 
     def update_peers(self, peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]]) -> None:
         """Swap in which pairs serve each pair's names (`RoutingTable.peers`), read only when a pair trips."""
@@ -110,7 +130,39 @@ class FailureTracker:
         state = self._states.get(pair)
         if state is None:
             return None
-        return failures.as_of(state, self._clock())
+        return failures.as_of(state, self._clock(), self._settings.get(pair))
+
+    def recovery_phase(self, pair: PairKey) -> str | None:
+        """`half-open` or `probing` while the pair waits for its recovery verdict, else None."""
+        state, settings = self._states.get(pair), self._settings.get(pair)
+        if state is None or settings is None:
+            return None
+        return failures.recovery_phase(state, settings, self._clock())
+
+    def disable_level(self, pair: PairKey) -> int:
+        """The pair's backoff level now (0: none), as held in memory."""
+        state, settings = self._states.get(pair), self._settings.get(pair)
+        if state is None or settings is None:
+            return 0
+        return failures.current_level(state, settings, self._clock())
+
+    def committed_level(self, pair: PairKey) -> int:
+        """The pair's backoff level now as committed to the store: the auto row's while it is held,
+        else the decayed level of the pair back in service (0: none)."""
+        row = self.journal.committed_row((pair[0], pair[1], AUTO))
+        if row is not None:
+            return row.disable_level
+        level, settings = self.journal.committed_level(pair), self._settings.get(pair)
+        if level is None or settings is None:
+            return 0
+        return failures.current_level(_level_state(level), settings, self._clock())
+
+    def committed_recovery_phase(self, pair: PairKey) -> str | None:
+        """`half-open` or `probing` from the committed auto row (its time passed, the recovery mode not timer)."""
+        row, settings = self.journal.committed_row((pair[0], pair[1], AUTO)), self._settings.get(pair)
+        if row is None or settings is None or row.disabled_until is None:
+            return None
+        return failures.recovery_phase(PairState(disabled_until=row.disabled_until), settings, self._clock())
 
     def manual_record(self, pair: PairKey) -> DisabledRecord | None:
         """The pair's timed manual disable while it is in force, or None."""
@@ -210,7 +262,8 @@ class FailureTracker:
         Computed from the clock, so a pair whose time has passed is routable at once, before the
         sweep records the re-enable. Pairs not in the config are not judged here (always True).
         """
-        if pair not in self._settings:
+        settings = self._settings.get(pair)
+        if settings is None:
             return True
         now = self._clock()
         state = self._states.get(pair)
@@ -220,7 +273,11 @@ class FailureTracker:
         if timed is not None and manual.in_force(timed, now):
             return False
         limited = self._rate_limited.get(pair)
-        return limited is None or not manual.in_force(limited, now)
+        if limited is not None and manual.in_force(limited, now):
+            return False
+        if state is not None and failures.awaiting_recovery(state, settings, now):
+            return settings.recovery == "half-open" and self._half_open_taken.get(pair, 0) < settings.half_open_requests
+        return True
 
     def weight(self, pair: PairKey) -> float:
         """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1).
@@ -252,6 +309,30 @@ class FailureTracker:
         until = failures.ms(reenabled_at + settings.slow_start_seconds)
         return until if self._clock() < until else None
 
+    def admit(self, pair: PairKey) -> bool:
+        """`is_available`, and a half-open pair's slot taken for the caller (give it back with `release`)."""
+        if not self.is_available(pair):
+            return False
+        if self.recovery_phase(pair) == "half-open":
+            self._half_open_taken[pair] = self._half_open_taken.get(pair, 0) + 1
+        return True
+
+    def half_open_waiting(self, pair: PairKey) -> bool:
+        """True when the pair is half-open with every slot taken: a request may still go there when
+        nothing else can serve it (without a slot)."""
+        settings = self._settings.get(pair)
+        if settings is None or self.recovery_phase(pair) != "half-open" or self.disabled_by(pair) == "manual":
+            return False
+        return self._half_open_taken.get(pair, 0) >= settings.half_open_requests
+
+    def release(self, pair: PairKey) -> None:
+        """Give back a half-open slot `admit` took (a no-op once the pair has left half-open)."""
+        taken = self._half_open_taken.get(pair, 0)
+        if taken <= 1:
+            self._half_open_taken.pop(pair, None)
+        else:
+            self._half_open_taken[pair] = taken - 1
+
     def seconds_until_available(self, pair: PairKey) -> float | None:
         """Seconds until both axes have ended; 0.0 when available now, None when never or unknown."""
         if pair not in self._settings:
@@ -269,6 +350,9 @@ class FailureTracker:
         limited = self._rate_limited.get(pair)
         if limited is not None and limited.disabled_until is not None and manual.in_force(limited, now):
             wait = max(wait, limited.disabled_until - now)
+        settings = self._settings[pair]
+        if wait == 0.0 and state is not None and failures.recovery_phase(state, settings, now) == "probing":
+            return settings.probe_timeout_seconds  # the probe's verdict comes within its timeout
         return wait
 
     def disabled_by(self, pair: PairKey) -> Literal["auto", "manual", "rate-limited"] | None:
@@ -284,7 +368,11 @@ class FailureTracker:
         if state is not None and failures.is_disabled(state, now):
             return "auto"
         limited = self._rate_limited.get(pair)
-        return "rate-limited" if limited is not None and manual.in_force(limited, now) else None
+        if limited is not None and manual.in_force(limited, now):
+            return "rate-limited"
+        if state is not None and not self.is_available(pair):
+            return "auto"  # probing, or half-open with every slot taken
+        return None
 
     # ------------------------------------------------------------------ operator actions
 
@@ -310,7 +398,12 @@ class FailureTracker:
         limit_cleared = manual.cleared(limited.effects)
         axes = manual.Axes(self._states.get(pair), self._manual.get(pair))
         decision = manual.enable(
-            pair, axes, actor, now, record_if_nothing_cleared=record_if_nothing_cleared and not limit_cleared
+            pair,
+            axes,
+            actor,
+            now,
+            record_if_nothing_cleared=record_if_nothing_cleared and not limit_cleared,
+            settings=self._settings.get(pair),
         )
         if decision.state.auto is not None:
             self._states[pair] = decision.state.auto
@@ -363,6 +456,8 @@ class FailureTracker:
             raise RuntimeError("FailureTracker already started")
         now = self._now()
         await self._restore_slow_starts(now)
+        for level in self.journal.committed_backoff():
+            self._restore_level(level, now)
         for record in self.journal.committed_rows():
             self._restore(record, now)
         self._last_cleanup = now
@@ -395,6 +490,7 @@ class FailureTracker:
                 state = self._states.get(pair)
                 if state is not None and state.disabled_until == until:
                     count += self._expire_pair(pair, now)
+                    self._note_probe_due(pair)
             elif reason == RATE_LIMITED:
                 limited = self._rate_limited.get(pair)
                 if limited is not None and limited.disabled_until == until:
@@ -408,7 +504,7 @@ class FailureTracker:
     def drop_idle(self) -> int:
         """Forget pairs that are not disabled and have had no failure for `idle_seconds`."""
         now = self._clock()
-        idle = [p for p, s in self._states.items() if failures.is_idle(s, now, self._idle_seconds)]
+        idle = [p for p, s in self._states.items() if failures.is_idle(s, now, self._idle_seconds, self._settings.get(p))]
         for pair in idle:
             del self._states[pair]
         for held in (self._reenabled_at, self._committed_reenabled_at):
@@ -419,6 +515,50 @@ class FailureTracker:
     def _slow_start_over(self, pair: PairKey, reenabled_at: float, now: float) -> bool:
         settings = self._settings.get(pair)
         return settings is None or now >= reenabled_at + settings.slow_start_seconds
+
+    # ------------------------------------------------------------------ probes (recovery: probe)
+
+    def pairs_due_for_probe(self) -> list[PairKey]:
+        """Pairs probing now with no probe under way (the prober sends one to each)."""
+        now = self._clock()
+        due: list[PairKey] = []
+        for pair in list(self._probing):
+            state, settings = self._states.get(pair), self._settings.get(pair)
+            if state is None or settings is None or failures.recovery_phase(state, settings, now) != "probing":
+                self._probing.discard(pair)  # resolved meanwhile (an operator, a reload)
+            elif pair not in self._probe_in_flight:
+                due.append(pair)
+        self.probes_due.clear()
+        return sorted(due)
+
+    def probe_started(self, pair: PairKey) -> None:
+        """The prober sends a probe to `pair` now: it is not due again until `probe_result`."""
+        self._probe_in_flight.add(pair)
+
+    def probe_abandoned(self, pair: PairKey) -> None:
+        """The probe of `pair` ended without a verdict (cancelled): it is due again."""
+        self._probe_in_flight.discard(pair)
+        if pair in self._probing:
+            self.probes_due.set()
+
+    def probe_result(self, pair: PairKey, error: ErrorInfo | None) -> None:
+        """The probe of `pair` answered 2xx (`error` None), or failed with `error`."""
+        self._probe_in_flight.discard(pair)
+        self._probing.discard(pair)
+        state, settings = self._states.get(pair), self._settings.get(pair)
+        if state is None or settings is None:
+            return
+        now = self._now()
+        if error is None:
+            self._apply_auto(pair, failures.probe_succeeded(pair, state, settings, now))
+        else:
+            self._apply_auto(pair, failures.probe_failed(pair, state, settings, error, now))
+
+    def _note_probe_due(self, pair: PairKey) -> None:
+        state, settings = self._states.get(pair), self._settings.get(pair)
+        if state is not None and settings is not None and failures.recovery_phase(state, settings, self._clock()) == "probing":
+            self._probing.add(pair)
+            self.probes_due.set()
 
     # ------------------------------------------------------------------ applying decisions
 
@@ -492,7 +632,8 @@ class FailureTracker:
             if record.disabled_until is None:
                 self._log.warning("ignoring auto-disable row without an end vendor=%s model=%s", *pair)
                 return
-            self._apply_auto(pair, failures.restore(record, now))
+            self._apply_auto(pair, failures.restore(record, now, self._settings.get(pair)))
+            self._note_probe_due(pair)
         elif record.reason == MANUAL:
             self._apply_manual(pair, manual.restore(record, now))
         elif record.reason == RATE_LIMITED:
@@ -500,12 +641,20 @@ class FailureTracker:
         else:
             self._log.warning("ignoring disabled row with unknown reason vendor=%s model=%s reason=%s", *pair, record.reason)
 
+    def _restore_level(self, level: BackoffRecord, now: float) -> None:
+        """A backoff level of a pair back in service, read back at start-up (the auto rows come after)."""
+        pair = (level.vendor, level.model)
+        settings = self._settings.get(pair)
+        if settings is None or failures.current_level(_level_state(level), settings, now) == 0:
+            return  # decayed (or no longer configured): nothing to hold
+        self._states[pair] = failures.restore_level(level.disable_level, level.level_since, self._states.get(pair))
+
     def _expire_pair(self, pair: PairKey, now: float) -> int:
         """End whichever of the pair's disables are over; returns how many ended."""
         count = 0
         state = self._states.get(pair)
         if state is not None:
-            decision = failures.expire(pair, state, now)
+            decision = failures.expire(pair, state, now, self._settings.get(pair))
             count += len(decision.effects)
             self._apply_auto(pair, decision)
         decision_manual = manual.expire(pair, self._manual.get(pair), now)
@@ -529,3 +678,8 @@ class FailureTracker:
             except Exception:
                 self._log.exception("failure-tracker sweep failed")
             await asyncio.sleep(self._sweep_interval)
+
+
+def _level_state(level: BackoffRecord) -> PairState:
+    """A pair back in service at a committed backoff level, to compute its decay."""
+    return PairState(disable_level=level.disable_level, level_since=level.level_since)

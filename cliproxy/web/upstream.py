@@ -127,8 +127,14 @@ async def forward(
     `session` is the upstream connection pool, `sink` the failure tracker every outcome goes to,
     `overload` the log of the gateway's own resource exhaustion.
     """
-    opened = await choose_upstream(proxied, route, info, session=session, sink=sink, overload=overload)
-    return await relay(request, opened, proxied, info, sink)
+    admitted: list[Pair] = []  # every pair `sink.admit` let this request try: each released once, at the end
+    try:
+        opened = await choose_upstream(proxied, route, info, session=session, sink=sink, overload=overload, admitted=admitted)
+        return await relay(request, opened, proxied, info, sink)
+    finally:
+        # A half-open slot goes back whatever happened: success, failure, neutral, disconnect, cancellation.
+        for pair in admitted:
+            sink.release(pair.key)
 
 
 async def choose_upstream(
@@ -139,14 +145,21 @@ async def choose_upstream(
     session: aiohttp.ClientSession,
     sink: OutcomeSink,
     overload: OverloadLog,
+    admitted: list[Pair] | None = None,
 ) -> _Opened:
-    """Try candidates in routing order until one gives an answer for the client (fail over on countable failures)."""
+    """Try candidates in routing order until one gives an answer for the client (fail over on countable failures).
+
+    Each pair tried was admitted by `sink.admit` and is appended to `admitted`: the caller releases them.
+    """
     last_failure: _Failed | None = None
-    for pair in route.ordered(sink.weight):
-        if not sink.is_available(pair.key):
-            continue
+    admitted = admitted if admitted is not None else []
+    for pair, overflow in _candidates(route, sink):
         if info.attempts >= proxied.max_attempts:
             break
+        if not overflow:
+            if not sink.admit(pair.key):
+                continue
+            admitted.append(pair)
         result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload)
         if isinstance(result, _Opened):
             return result
@@ -213,6 +226,23 @@ def _back_soonest(route: Route, sink: OutcomeSink) -> Pair | None:
         if best is None or (wait, order) < best[:2]:
             best = (wait, order, pair)
     return best[2] if best is not None else None
+
+
+def _candidates(route: Route, sink: OutcomeSink) -> Iterator[tuple[Pair, bool]]:
+    """The pairs of `route` in routing order that may be tried now (overflow False); then, only if
+    there were none, the half-open pairs whose slots were all taken (overflow True: tried without a
+    slot, because nothing else can serve the request)."""
+    waiting: list[Pair] = []
+    tried = False
+    for pair in route.ordered(sink.weight):
+        if sink.is_available(pair.key):
+            tried = True
+            yield pair, False
+        elif sink.half_open_waiting(pair.key):
+            waiting.append(pair)
+    if not tried:
+        for pair in waiting:
+            yield pair, True
 
 
 async def _open(

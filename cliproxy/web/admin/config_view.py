@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,7 +50,26 @@ def _dumpable(config: Config) -> dict[str, Any]:
     data["log_level"], data["log_format"] = config.logging.level, config.logging.format
     for vendor, typed in zip(data["vendors"], config.vendors, strict=True):
         vendor["headers"] = dict(typed.headers)
+    for auto_disable in _auto_disable_levels(data):
+        auto_disable["probe"] = _probe_shown(auto_disable.get("probe"))
     return data
+
+
+def _auto_disable_levels(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `auto-disable` of every level: global, each vendor, each model entry."""
+    levels = [data["auto_disable"]]
+    for vendor in data["vendors"]:
+        levels.append(vendor["auto_disable"])
+        levels.extend(model["auto_disable"] for model in vendor["models"])
+    return levels
+
+
+def _probe_shown(probe: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`probe` as the file writes it (`body` a mapping, held as JSON text); not set: both keys null."""
+    if probe is None:
+        return {"path": None, "body": None}
+    body = probe.get("body")
+    return {"path": probe.get("path"), "body": None if body is None else json.loads(body)}
 
 
 def _plain(value: Any) -> Any:

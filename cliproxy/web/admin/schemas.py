@@ -157,6 +157,10 @@ class PairStatusSchema(Schema):
         metadata={"description": "one word: enabled, disabled, rate-limited, half-open, probing, slow-start or switched-off"},
     )
     slow_start_until = _ts("when the slow start after the last re-enable ends; null when the pair is not slow-starting")
+    disable_level = fields.Integer(
+        required=True,
+        metadata={"description": "backoff level: the disables in a row (decayed while it serves); 0 without backoff settings"},
+    )
 
 
 class ModelStatusSchema(Schema):

@@ -125,9 +125,12 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
     manual = tracker.committed_record(key, "manual")
     limited = tracker.committed_record(key, "rate-limited")
     slow_start_until = tracker.slow_start_until(key)
+    # The auto row as committed even once its time has passed: half-open and probing keep it until their verdict.
+    auto_row = tracker.journal.committed_row((pair.vendor.name, pair.model.name, "auto"))
     view = PairView(
         switched_off=not pair.enabled_in_config,
-        auto_disabled_until=auto.disabled_until if auto else None,
+        auto_disabled_until=auto_row.disabled_until if auto_row is not None else None,
+        recovery=pair.auto_disable.recovery,
         manually_disabled=manual is not None,
         manually_disabled_until=manual.disabled_until if manual else None,
         rate_limited_until=limited.disabled_until if limited else None,
@@ -162,6 +165,7 @@ def pair_status(pair: Pair, runtime: Runtime, tracker: FailureTracker, now: floa
         },
         "auto_disable": _effective(pair.auto_disable),
         "slow_start_until": iso(slow_start_until),
+        "disable_level": tracker.committed_level(key),
     }
 
 

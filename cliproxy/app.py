@@ -15,6 +15,7 @@ from cliproxy.core.config import Config
 from cliproxy.core.errors import ProxyError, error_body
 from cliproxy.core.events import AlwaysAvailable
 from cliproxy.core.runtime import LiveRuntime, Runtime
+from cliproxy.core.traffic import PairTraffic
 from cliproxy.services.config_manager import ConfigManager
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import SQLiteStore
@@ -22,6 +23,7 @@ from cliproxy.services.tracker import FailureTracker
 from cliproxy.web import health, proxy_api
 from cliproxy.web.admin import API_PREFIX, management_app
 from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
+from cliproxy.web.admin.event_stream import EVENT_FEED, EventFeed, event_feed
 from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.keys import (
@@ -33,6 +35,7 @@ from cliproxy.web.keys import (
     METRICS,
     OUTCOMES,
     OVERLOAD_LOG,
+    PAIR_TRAFFIC,
     RUNTIME,
     STORE,
     TRACKER,
@@ -41,6 +44,7 @@ from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
 from cliproxy.web.overload import OverloadLog
 from cliproxy.web.prober import prober_context
+from cliproxy.web.ui import dashboard_routes
 
 __all__ = ["create_app", "error_middleware"]
 
@@ -155,9 +159,13 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses
     app.cleanup_ctx.append(prober_context)  # recovery: probe; after the tracker and the client session
+    app[PAIR_TRAFFIC] = PairTraffic(clock)  # per-minute traffic per pair for the dashboard (GET /api/pairs/stats)
+    app[EVENT_FEED] = EventFeed()  # the open GET /api/events/stream streams
+    app.cleanup_ctx.append(event_feed)  # after the journal it listens to; ends the streams at shutdown
     app.on_response_prepare.append(stamp_response)  # x-request-id on every answer, streams counted
     app.on_response_prepare.append(cors_response_headers)  # an allowed browser origin's /v1 answers say so
     app.add_routes(proxy_api.routes)
     app.add_routes(health.routes)
+    app.add_routes(dashboard_routes())  # /ui/: the dashboard, under the management API's address rules
     app.add_subapp(API_PREFIX + "/", management_app())  # every path under /api, known or not, behind its access rule
     return app

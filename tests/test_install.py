@@ -253,6 +253,8 @@ class TestArchives:
             f"cliproxy/services/migrations/{p.name}" for p in (ROOT / "cliproxy" / "services" / "migrations").glob("*.sql")
         }
         assert migrations and migrations <= names
+        dashboard = {f"cliproxy/web/ui/static/{p.name}" for p in (ROOT / "cliproxy" / "web" / "ui" / "static").iterdir()}
+        assert dashboard and dashboard <= names  # /ui/ reads them at start-up
         assert {
             "cliproxy/__main__.py",
             "cliproxy/cli/__main__.py",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from cliproxy.core.traffic import PairTraffic
+
 __all__ = ["AccessInfo"]
 
 
@@ -26,3 +28,5 @@ class AccessInfo:
     bytes_out: int = 0
     #: The reason of every outcome reported for the request, in order (the last one is logged).
     outcomes: list[str] = field(default_factory=list)
+    #: Where each attempt is also counted for the dashboard's per-minute traffic (`GET /api/pairs/stats`).
+    traffic: PairTraffic | None = None

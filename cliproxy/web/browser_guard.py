@@ -38,6 +38,8 @@ __all__ = ["browser_guard_middleware", "cors_response_headers", "is_loopback_hos
 
 #: Where a foreign `Origin` is refused. /healthz and /readyz say nothing a page could use.
 _GUARDED = ("/v1/", "/api/")
+#: The management API: the dashboard (served from this gateway, /ui/) calls it from its own origin.
+_MANAGEMENT = "/api/"
 _GUARDED_EXACT = frozenset({"/v1", "/api", "/metrics"})
 _CLIENT_API = "/v1/"
 
@@ -145,6 +147,8 @@ async def browser_guard_middleware(request: web.Request, handler: Handler) -> we
     origin = request.headers.get("Origin")
     if origin is None or not _guarded(request.path):
         return await handler(request)
+    if request.path.startswith(_MANAGEMENT) and origin == f"{request.scheme}://{request.host}":
+        return await handler(request)  # the dashboard at /ui/, same origin (its calls still need the key)
     if not origin_allowed(origin, request.app[RUNTIME].current.cors_origins):
         raise Forbidden(
             f"requests from the web origin {origin[:_ORIGIN_LIMIT]!r} are not allowed (see cors-allow-origins)",

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from cliproxy.core.events import OutcomeSink
 from cliproxy.core.runtime import LiveRuntime
+from cliproxy.core.traffic import PairTraffic
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import Store
 from cliproxy.services.tracker import FailureTracker
@@ -41,6 +42,7 @@ __all__ = [
     "IN_FLIGHT",
     "RELAYED_STATUS",
     "PROXIED_REQUEST",
+    "PAIR_TRAFFIC",
 ]
 
 #: The live cell holding the current config and routing table (`.current`); a reload swaps it.
@@ -82,3 +84,5 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 #: The status of a response once its headers have gone out (what the client was told).
 RELAYED_STATUS = web.RequestKey("relayed_status", int)
+#: Requests and countable failures per pair per minute over the last hour, in memory (the dashboard's sparklines).
+PAIR_TRAFFIC = web.AppKey("pair_traffic", PairTraffic)

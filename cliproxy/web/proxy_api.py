@@ -11,7 +11,7 @@ from cliproxy.core.body import parse_client_body
 from cliproxy.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout, Unauthorized, error_body
 from cliproxy.core.runtime import Runtime
 from cliproxy.web.access import AccessInfo
-from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PROXIED_REQUEST, RUNTIME
+from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PAIR_TRAFFIC, PROXIED_REQUEST, RUNTIME
 from cliproxy.web.proxied_request import ProxiedRequest
 from cliproxy.web.upstream import forward
 
@@ -62,7 +62,7 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME].current  # taken once: the request finishes on the config it started with
-    info = AccessInfo()
+    info = AccessInfo(traffic=request.app[PAIR_TRAFFIC])
     request[ACCESS_INFO] = info
     check_client_key(request, runtime)
     body = await read_body(request, runtime.config.max_body_bytes, runtime.config.body_timeout)

@@ -110,6 +110,8 @@ def _report(sink: OutcomeSink, info: AccessInfo, pair: Pair, outcome: Outcome) -
     """The one way an attempt's outcome is told: to the failure tracker, and to the access line and metrics."""
     sink.record_outcome(pair.key, outcome)
     info.outcomes.append(outcome.reason)
+    if info.traffic is not None:
+        info.traffic.record(pair.key, failed=outcome.kind == "failure")
 
 
 async def forward(

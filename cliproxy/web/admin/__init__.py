@@ -6,7 +6,7 @@
   derived from the loader's schema rather than written twice.
 - `views`: pure builders from config and tracker state to the dicts the schemas dump.
 - `exchange`: validated input, dumped output and the wait for the tracker's writes to be committed.
-- one module of handlers per resource: `models`, `vendors`, `config`, `events`.
+- one module of handlers per resource: `models`, `pairs`, `vendors`, `config`, `events`, `event_stream`.
 - `auth`: who may call it (the key, the loopback rule, the lock-out), shared with `/metrics`.
 
 The sub-application's one middleware applies `auth` to every path under `/api` (known or not: when
@@ -20,7 +20,7 @@ from __future__ import annotations
 from aiohttp import web
 
 # Each handler module declares its endpoints in the registry when imported, in this order (the document's).
-from cliproxy.web.admin import config, events, models, openapi, vendors  # noqa: F401, I001
+from cliproxy.web.admin import config, event_stream, events, models, openapi, pairs, vendors  # noqa: F401, I001
 from cliproxy.web.admin.auth import management_auth_middleware
 from cliproxy.web.admin.registry import API_PREFIX, ENDPOINTS, Endpoint
 

@@ -352,3 +352,25 @@ class TestThroughTheGateway:
             assert resp.status == 200 and resp.headers["x-cliproxy-attempts"] == "1"
         assert slowest < 1.0, slowest  # the POST would hold a request for its 60 s timeout
         assert len(receiver.received) == 1  # still the one, still hanging
+
+
+class TestAlertPremises:
+    """What the README's alert rules read is there when their case happens."""
+
+    async def test_a_model_with_every_pair_down_shows_as_5xx_with_no_vendor_tried(self, upstreams, gateway):
+        bad = await upstreams()
+        bad.fail(None, Fault(status=500))
+        gw = await gateway(
+            {"auto-disable": {"failure-threshold": 1}, "openai-compatibility": [vendor("bad", bad.url, ["m"])]}, clock=FakeClock()
+        )
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 500  # relayed as it came; trips the pair
+        refused = await gw.client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status == 503 and len(bad.requests) == 1
+
+        async def metrics() -> str:
+            return await (await gw.client.get("/metrics")).text()
+
+        text = await eventually(
+            lambda: metrics_with(metrics, 'cliproxy_pair_disabled{model="m",reason="auto",vendor="bad"} 1.0'), "the pair disabled"
+        )
+        assert 'cliproxy_requests_total{model="m",status_class="5xx",vendor="none"} 1.0' in text  # CliproxyModelDown

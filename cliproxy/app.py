@@ -42,6 +42,7 @@ from cliproxy.web.keys import (
 )
 from cliproxy.web.logs import access_middleware, stamp_response
 from cliproxy.web.metrics import Metrics
+from cliproxy.web.notifier import NOTIFIER, Notifier, NotifyTiming
 from cliproxy.web.overload import OverloadLog
 from cliproxy.web.prober import prober_context
 from cliproxy.web.ui import dashboard_routes
@@ -94,6 +95,7 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     tracker = FailureTracker(journal, runtime.table.auto_disable_settings(), clock=app[CLOCK])
     tracker.update_peers(runtime.table.peers)  # for max-disabled-fraction
     app[METRICS].attach(tracker, journal)  # before start: re-enables of disables that expired while down count too
+    journal.committed_listeners.append(app[NOTIFIER].on_event)  # receivers hear only what SQLite holds
     try:
         await journal.start()
         await tracker.start()
@@ -110,6 +112,15 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     await tracker.close()
     await journal.close()
     await store.close()
+
+
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Webhook senders: started before the journal (which feeds them), closed after it, so that the
+    transitions the journal flushes at shutdown still get their `close_seconds` to go out."""
+    notifier = app[NOTIFIER]
+    await notifier.start()
+    yield
+    await notifier.close()
 
 
 async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
@@ -139,8 +150,11 @@ async def _close_overload_log(app: web.Application) -> None:
     app[OVERLOAD_LOG].close()
 
 
-def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable; tests pass a fake one."""
+def create_app(
+    config: Config, *, clock: Callable[[], float] = time.time, notify_timing: NotifyTiming | None = None
+) -> web.Application:
+    """The gateway for `config`. `clock` (wall-clock seconds) drives auto-disable and the notifications'
+    one-a-minute rule; tests pass a fake one, and shorter `notify_timing`."""
     # The browser guard before the management key check (the management sub-application's own
     # middleware, which runs after these): a web page's request is refused for what it is, and does
     # not count towards (or get caught by) the key lock-out.
@@ -155,6 +169,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[OVERLOAD_LOG] = OverloadLog()  # out of descriptors: one log line per interval, not one per request
     app.on_cleanup.append(_close_overload_log)
     app[IN_FLIGHT] = InFlight()  # what a shutdown waits for, then cuts (cliproxy.server)
+    app[NOTIFIER] = Notifier(
+        app[RUNTIME], count=app[METRICS].count_notification, clock=clock, timing=notify_timing or NotifyTiming()
+    )
+    app.cleanup_ctx.append(_notifications)  # before the journal that feeds it
     app.cleanup_ctx.append(_persistence)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_config_watcher)  # after the store and tracker, which a reload uses

@@ -743,7 +743,7 @@ class TestConfigEndpoints:
         """Every key of the loader's schema, nested ones included, is in `GET /api/config`: the view is not a
         second copy of the config's shape that can fall behind (it once lacked `body-timeout`)."""
         up = await upstreams()
-        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])], "notify": [{"url": "http://127.0.0.1:9/hook"}]})
         shown = (await a.get("/api/config")).json["config"]
         # Read but shown under another key: CLIProxyAPI's `disabled` is the inverse of `enabled`.
         shown_as_another = {("openai-compatibility", "disabled")}

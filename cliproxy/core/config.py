@@ -20,6 +20,8 @@ __all__ = [
     "DEFAULT_TIMEOUTS",
     "LoggingSettings",
     "MetricsSettings",
+    "NOTIFY_EVENTS",
+    "NotifyTarget",
     "Config",
     "ModelEntry",
     "PairKey",
@@ -277,6 +279,26 @@ class LoggingSettings:
     format: Literal["text", "json"] = "text"
 
 
+#: The transitions a `notify` receiver can be sent (its `events` filter; all of them by default).
+NOTIFY_EVENTS: tuple[str, ...] = ("disabled", "enabled", "rate-limited", "would-disable", "key-disabled", "config-rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """One `notify` receiver: where transitions are POSTed, which ones, and the HMAC key that signs them."""
+
+    url: str
+    events: frozenset[str] = frozenset(NOTIFY_EVENTS)
+    #: Signs each body (HMAC-SHA256) when set; a secret like the management key: masked, never logged.
+    secret: str | None = None
+
+    def wants(self, kind: str) -> bool:
+        return kind in self.events
+
+    def __repr__(self) -> str:  # the secret, and a webhook URL's token (its path), never reach a log line
+        return f"NotifyTarget(events={sorted(self.events)}, secret={'***' if self.secret else None})"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -305,6 +327,8 @@ class Config:
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     auto_disable: AutoDisableOverrides = AutoDisableOverrides()
     vendors: tuple[Vendor, ...] = ()
+    #: Webhook receivers of state transitions (`cliproxy.web.notifier`).
+    notify: tuple[NotifyTarget, ...] = ()
     #: Where this config was read from (None when built in code); write-back and reload use it.
     path: str | None = field(default=None, compare=False)
 

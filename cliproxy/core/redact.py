@@ -53,7 +53,8 @@ def config_secrets(config: Config) -> list[str]:
     secrets = list(config.api_keys)
     if config.remote_management.secret_key:
         secrets.append(config.remote_management.secret_key)
-    proxy_urls = [config.proxy_url]
+    secrets += [target.secret for target in config.notify if target.secret]
+    proxy_urls = [config.proxy_url, *(target.url for target in config.notify)]
     for vendor in config.vendors:
         secrets += [e.api_key for e in vendor.api_key_entries]
         secrets += [value for name, value in vendor.headers if is_secret_header(name, value)]

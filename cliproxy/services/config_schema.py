@@ -25,12 +25,14 @@ from marshmallow import (
 
 from cliproxy.core.config import (
     DEFAULT_TIMEOUTS,
+    NOTIFY_EVENTS,
     ApiKeyEntry,
     AutoDisableOverrides,
     Config,
     LoggingSettings,
     MetricsSettings,
     ModelEntry,
+    NotifyTarget,
     ProbeSpec,
     RemoteManagement,
     Timeouts,
@@ -293,6 +295,24 @@ class MetricsSchema(StrictSchema):
         return MetricsSettings(**data)
 
 
+class NotifySchema(StrictSchema):
+    url = Str("url", required=True, validate=_url)
+    events = fields.List(
+        fields.String(validate=validate.OneOf(NOTIFY_EVENTS)),
+        data_key="events",
+        validate=validate.Length(min=1, error="list at least one event, or leave `events` out for all of them"),
+    )
+    secret = Str("secret", allow_none=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **kwargs: Any) -> NotifyTarget:
+        if "events" in data:
+            data["events"] = frozenset(data["events"])
+        if not data.get("secret"):
+            data["secret"] = None  # `${VAR:-}` unset: unsigned, like no secret
+        return NotifyTarget(**data)
+
+
 class ConfigSchema(StrictSchema):
     host = Str("host", validate=validate.Length(min=1))
     port = Int("port", minimum=1, maximum=65535)
@@ -317,6 +337,7 @@ class ConfigSchema(StrictSchema):
     timeouts = fields.Nested(TimeoutsSchema, data_key="timeouts")
     auto_disable = fields.Nested(GlobalAutoDisableSchema, data_key="auto-disable")
     vendors = fields.List(fields.Nested(VendorSchema), data_key="openai-compatibility")
+    notify = fields.List(fields.Nested(NotifySchema), data_key="notify")
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _unique_vendors(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
@@ -330,6 +351,7 @@ class ConfigSchema(StrictSchema):
     def make(self, data: dict[str, Any], **kwargs: Any) -> Config:
         data["api_keys"] = tuple(data.get("api_keys") or ())
         data["vendors"] = tuple(data.get("vendors") or ())
+        data["notify"] = tuple(data.get("notify") or ())
         data["cors_allow_origins"] = tuple(dict.fromkeys(data.get("cors_allow_origins") or ()))
         if "timeouts" in data:
             data["timeouts"] = data["timeouts"].over(DEFAULT_TIMEOUTS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -53,7 +54,7 @@ class Journal:
 
         #: Called synchronously with each event when it is appended (not yet committed). Exceptions are logged.
         self.listeners: list[Callable[[Event], None]] = []
-        #: Called with each event once its write has been committed to the store (metrics).
+        #: Called with each event once its write has been committed to the store, with its id there (metrics, notifications).
         self.committed_listeners: list[Callable[[Event], None]] = []
 
         # (vendor, model, reason) -> the row as committed to the store; what reports show.
@@ -175,17 +176,17 @@ class Journal:
                 await self._wakeup.wait()
                 continue
             effect = self._pending[0]
-            attempts = await self._write(effect)
+            attempts, event_id = await self._write(effect)
             self._pending.popleft()
-            self._apply_committed(effect)
+            self._apply_committed(effect, event_id)
             self._committed += 1
             if not self._healthy:
                 self._log.info("store writes recovered after %d attempts", attempts)
             self._healthy = True
             self._wake_waiters()
 
-    async def _write(self, effect: Effect) -> int:
-        """Write one effect, retrying with backoff until the store takes it; returns the attempts made."""
+    async def _write(self, effect: Effect) -> tuple[int, int]:
+        """Write one effect, retrying with backoff until the store takes it; returns the attempts made and the event's id."""
         delay = self._retry_initial
         attempt = 0
         while True:
@@ -193,10 +194,10 @@ class Journal:
             try:
                 # `set_backoff` only when there is one: a store that keeps no levels never sees it
                 extra = {"set_backoff": effect.set_backoff} if effect.set_backoff is not None else {}
-                await self._store.record(
+                event_id = await self._store.record(
                     effect.event, set_disabled=effect.set_disabled, clear_disabled=effect.clear_disabled, **extra
                 )
-                return attempt
+                return attempt, event_id
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -214,8 +215,9 @@ class Journal:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
 
-    def _apply_committed(self, effect: Effect) -> None:
-        """The write is in the store: update the committed view the same way, tell the committed listeners."""
+    def _apply_committed(self, effect: Effect, event_id: int) -> None:
+        """The write is in the store: update the committed view the same way, tell the committed listeners
+        (the event with its id in the store, as `GET /api/events` shows it)."""
         if effect.clear_disabled is not None:
             self._committed_rows.pop(effect.clear_disabled, None)
         record = effect.set_disabled
@@ -224,9 +226,10 @@ class Journal:
         level = effect.set_backoff
         if level is not None:
             self._committed_backoff[(level.vendor, level.model)] = level
+        event = dataclasses.replace(effect.event, id=event_id)
         for listener in list(self.committed_listeners):
             try:
-                listener(effect.event)
+                listener(event)
             except Exception:
                 self._log.exception("journal committed listener %r failed on %s", listener, effect.event.kind)
 

@@ -17,6 +17,7 @@ is not yet in SQLite (it would be lost by kill -9), even while the database is l
     cliproxy_requests_total{model,vendor,status_class}      proxied requests by final status (2xx..5xx)
     cliproxy_upstream_attempts_total{model}                  upstream attempts, failovers included
     cliproxy_failovers_total{model}                          attempts after the first of a request
+    cliproxy_notifications_total{result}                     webhook notifications: sent|failed|dropped|coalesced
     cliproxy_upstream_failures_total{model,reason}           countable failures by reason
     cliproxy_upstream_latency_seconds{model,vendor}          arrival to the end of the relayed answer
     cliproxy_upstream_ttfb_seconds{model,vendor}             arrival to the first byte relayed
@@ -160,6 +161,13 @@ class Metrics:
             "Trips not enforced: a dry run (enforce: false) or held back by max-disabled-fraction.",
             ("vendor", "model"),
         )
+        self._notifications = _Counter(
+            "cliproxy_notifications",
+            "Webhook notifications by result (sent | failed | dropped | coalesced).",
+            ("result",),
+        )
+        for result in ("sent", "failed", "dropped", "coalesced"):
+            self._notifications.inc((result,), 0)  # every series from the start: alerts on rate() need them
         #: SSE answers being relayed now (`stream_started` / `stream_ended`).
         self.streams_in_flight = 0
         self._tracker: FailureTracker | None = None
@@ -211,6 +219,10 @@ class Metrics:
 
     def stream_ended(self) -> None:
         self.streams_in_flight -= 1
+
+    def count_notification(self, result: str) -> None:
+        """One webhook notification's fate (`cliproxy.web.notifier`)."""
+        self._notifications.inc((result,))
 
     # ------------------------------------------------------------------ tracker listener
 
@@ -273,6 +285,7 @@ class Metrics:
             self._enables,
             self._reloads,
             self._would_disables,
+            self._notifications,
         )
 
     @staticmethod

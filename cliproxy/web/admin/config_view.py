@@ -18,7 +18,7 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
-from cliproxy.core.config import ApiKeyEntry, Config, ModelEntry, Vendor
+from cliproxy.core.config import ApiKeyEntry, Config, ModelEntry, NotifyTarget, Vendor
 from cliproxy.core.redact import mask_key
 from cliproxy.services.config_loader import ConfigSchema
 from cliproxy.web.admin.views import mask_url
@@ -37,6 +37,8 @@ SECRETS: tuple[tuple[tuple[str, ...], _Mask], ...] = (
     (("openai-compatibility", "*", "api-key-entries", "*", "api-key"), mask_key),
     (("openai-compatibility", "*", "api-key-entries", "*", "proxy-url"), mask_url),
     (("openai-compatibility", "*", "headers", "*"), mask_key),
+    (("notify", "*", "secret"), mask_key),
+    (("notify", "*", "url"), mask_url),
 )
 
 #: Keys whose dumped form is not what the loader reads: `count-statuses` is read as `[429, "5xx"]`
@@ -109,7 +111,10 @@ def config_view(config: Config) -> dict[str, Any]:
 
 #: One of everything the view can hold, so that every key of the dump (nested ones too) is seen.
 _SAMPLE = config_view(
-    Config(vendors=(Vendor(name="v", base_url="http://v", api_key_entries=(ApiKeyEntry("k"),), models=(ModelEntry("m"),)),))
+    Config(
+        vendors=(Vendor(name="v", base_url="http://v", api_key_entries=(ApiKeyEntry("k"),), models=(ModelEntry("m"),)),),
+        notify=(NotifyTarget("http://n"),),  # no secret: the view shows null, so the schema says nullable
+    )
 )
 _MASKED = {tuple(p for p in path if p != "*") for path, _ in SECRETS}
 

@@ -20,9 +20,9 @@ from cliproxy.core.errors import InvalidRequest, ServiceUnavailable
 from cliproxy.core.events import Event
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import Store
-from cliproxy.web.admin.events import event_view
 from cliproxy.web.admin.registry import endpoint
 from cliproxy.web.admin.schemas import EventSchema
+from cliproxy.web.admin.views import event_view
 from cliproxy.web.keys import JOURNAL, RUNTIME, STORE
 
 __all__ = ["EVENT_FEED", "MAX_SUBSCRIBERS", "EventFeed", "event_feed", "stream_events"]

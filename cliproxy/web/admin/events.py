@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from aiohttp import web
 
 from cliproxy.core.errors import InvalidRequest
-from cliproxy.core.events import Event
-from cliproxy.core.redact import SecretMasker
 from cliproxy.core.times import parse_since
 from cliproxy.web.admin.exchange import committed, json_reply, query
 from cliproxy.web.admin.registry import endpoint
 from cliproxy.web.admin.schemas import EventPageSchema, EventsQuerySchema
-from cliproxy.web.admin.views import iso, last_error, mask_headers, masked
+from cliproxy.web.admin.views import event_view
 from cliproxy.web.keys import CLOCK, RUNTIME, STORE
 
 __all__ = ["event_view", "list_events"]
@@ -53,29 +48,3 @@ async def list_events(request: web.Request) -> web.Response:
     out = [event_view(event, secrets) for event in events]
     next_before = events[-1].id if len(events) == limit and events else None
     return json_reply(EventPageSchema, {"events": out, "next_before_id": next_before})
-
-
-def event_view(event: Event, secrets: SecretMasker) -> dict[str, Any]:
-    """One audit event as `EventSchema` dumps it, every detail masked (the history and the live stream)."""
-    detail = None if event.detail is None else masked(event.detail, secrets)
-    if isinstance(detail, dict) and isinstance(detail.get("headers"), Mapping):
-        # rows written before header values were masked at the source
-        detail["headers"] = mask_headers(list(detail["headers"].items()))
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "at": iso(event.at),
-        "vendor": event.vendor,
-        "model": event.model,
-        "reason": event.reason,
-        "cause": event.cause,
-        "disabled_at": iso(event.disabled_at),
-        "disabled_until": iso(event.disabled_until),
-        "failure_count": event.failure_count,
-        "window_started_at": iso(event.window_started_at),
-        "last_failure_at": iso(event.last_failure_at),
-        "settings": event.settings,
-        "last_error": last_error(event.last_error),
-        "actor": event.actor,
-        "detail": detail,
-    }

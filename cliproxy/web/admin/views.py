@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Timeouts, Vendor
+from cliproxy.core.events import Event
 from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
 from cliproxy.core.routing import Pair
@@ -21,6 +22,7 @@ from cliproxy.services.tracker import FailureTracker
 
 __all__ = [
     "disabled_list",
+    "event_view",
     "iso",
     "last_error",
     "mask_headers",
@@ -75,6 +77,32 @@ def masked(value: Any, secrets: Sequence[str] | SecretMasker) -> Any:
     if isinstance(value, (list, tuple)):
         return [masked(v, secrets) for v in value]
     return value
+
+
+def event_view(event: Event, secrets: Sequence[str] | SecretMasker) -> dict[str, Any]:
+    """One event as `GET /api/events` lists it (and a `notify` receiver is sent it): times as ISO text, detail masked."""
+    detail = None if event.detail is None else masked(event.detail, secrets)
+    if isinstance(detail, dict) and isinstance(detail.get("headers"), Mapping):
+        # rows written before header values were masked at the source
+        detail["headers"] = mask_headers(list(detail["headers"].items()))
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "at": iso(event.at),
+        "vendor": event.vendor,
+        "model": event.model,
+        "reason": event.reason,
+        "cause": event.cause,
+        "disabled_at": iso(event.disabled_at),
+        "disabled_until": iso(event.disabled_until),
+        "failure_count": event.failure_count,
+        "window_started_at": iso(event.window_started_at),
+        "last_failure_at": iso(event.last_failure_at),
+        "settings": event.settings,
+        "last_error": last_error(event.last_error),
+        "actor": event.actor,
+        "detail": detail,
+    }
 
 
 def _overrides(o: AutoDisableOverrides) -> dict[str, Any]:

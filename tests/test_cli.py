@@ -306,10 +306,10 @@ class TestMigrate:
         assert not db.exists(), "--dry-run creates nothing"
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == (
-            f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql\n{db}: applied 0003_rate_limited.sql"
+            f"{db}: applied 0001_initial.sql\n{db}: applied 0002_last_failure_at.sql\n{db}: applied 0003_rate_limited.sql\n{db}: applied 0006_last_error_kind.sql"
         )
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,), (6,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0

@@ -229,7 +229,8 @@ class TestMigration0003:
             )
             conn.commit()
             before = conn.execute("SELECT * FROM disabled_pairs").fetchall()
-        assert apply_migrations(db) == ["0003_rate_limited.sql"]
+        (old / "0003_rate_limited.sql").write_text((default_migrations_dir() / "0003_rate_limited.sql").read_text())
+        assert apply_migrations(db, old) == ["0003_rate_limited.sql"]
         with closing(sqlite3.connect(db)) as conn:
             assert conn.execute("SELECT * FROM disabled_pairs").fetchall() == before
             conn.execute(

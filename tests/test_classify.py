@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
 
@@ -17,6 +19,12 @@ from cliproxy.core.classify import (
     failure,
 )
 from cliproxy.core.config import DEFAULT_COUNT_STATUSES
+from cliproxy.fake_upstream import Fault
+from cliproxy.fake_upstream.server import IN_200_MESSAGE
+from cliproxy.web.keys import STORE, TRACKER
+from tests.helpers import vendor
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _error(code: str | None = None, message: str = "boom") -> bytes:
@@ -198,3 +206,85 @@ def test_failure_carries_its_kind():
         "empty_stream",
         "model_not_found",
     }
+
+
+# ------------------------------------------------------------------ through the real gateway
+
+
+class TestKindEverywhere:
+    """A failure the status hides counts with its kind: tracker, events (read back from SQLite), the
+    management API, the metrics `reason` label and the access line."""
+
+    async def test_error_in_200_trips_with_its_kind(self, admin, upstreams):
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(error_in_200=True))
+        a = await admin(
+            {
+                "auto-disable": {"failure-threshold": 2},
+                "openai-compatibility": [vendor("bad", bad.url, ["m"], priority=1), vendor("good", good.url, ["m"])],
+            }
+        )
+        for _ in range(2):
+            resp = await a.chat()
+            assert (resp.status, resp.headers["x-cliproxy-vendor"], resp.headers["x-cliproxy-attempts"]) == (200, "good", "2")
+        [event] = await a.events(kind="disabled")
+        assert event.last_error.kind == "error_in_200"
+        assert event.last_error.status == 200
+        assert IN_200_MESSAGE in event.last_error.message
+        [row] = (await a.get("/api/models/disabled")).json["disabled"]
+        assert row["last_error"]["kind"] == "error_in_200"
+        [api_event] = [e for e in (await a.get("/api/events")).json["events"] if e["kind"] == "disabled"]
+        assert api_event["last_error"]["kind"] == "error_in_200"
+        metrics = await (await a.gw.client.get("/metrics")).text()
+        assert 'cliproxy_upstream_failures_total{model="m",reason="error_in_200"} 2.0' in metrics
+
+    async def test_kind_is_stored_with_the_event_and_the_row(self, admin, upstreams, caplog):
+        bad = await upstreams()
+        bad.fail(None, Fault(status=404))
+        a = await admin({"auto-disable": {"failure-threshold": 1}, "openai-compatibility": [vendor("bad", bad.url, ["m"])]})
+        caplog.set_level(logging.INFO, logger="cliproxy.access")
+        resp = await a.chat()
+        assert resp.status == 404  # the upstream's own answer, relayed: no vendor was left
+        [access] = [r.cliproxy_access for r in caplog.records if r.name == "cliproxy.access"]
+        assert access["outcome"] == "model_not_found"
+        [event] = await a.events(kind="disabled")
+        assert (event.last_error.status, event.last_error.kind) == (404, "model_not_found")
+        [record] = await a.app[STORE].load_disabled()  # as a restart reads it back
+        assert record.last_error.kind == "model_not_found"
+
+
+class TestFirstToken:
+    """The first-token timeout runs from the attempt's start, not from the last chunk."""
+
+    async def test_pings_do_not_reset_the_first_token_clock(self, upstreams, gateway):
+        # A role-only chunk every 0.1 s keeps `stream-idle` (0.5 s) from firing; `first-token` (0.4 s) still does.
+        bad, good = await upstreams(chunks=3), await upstreams()
+        bad.fail(None, Fault(role_chunk_first=True, stall_after_chunks=1, stall_seconds=5))
+        gw = await gateway(
+            {
+                "openai-compatibility": [
+                    {**vendor("bad", bad.url, ["m"], priority=1), "timeouts": {"first-token": 0.4, "stream-idle": 5}},
+                    vendor("good", good.url, ["m"]),
+                ]
+            }
+        )
+        resp = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        body = await resp.read()
+        assert (resp.status, resp.headers["x-cliproxy-vendor"]) == (200, "good")
+        assert body.rstrip().endswith(b"data: [DONE]")
+        state = gw.app[TRACKER].state(("bad", "m"))
+        assert state is not None and state.last_error is not None and state.last_error.kind == "first_token_timeout"
+
+    async def test_content_is_relayed_before_the_stream_ends(self, upstreams, gateway):
+        # Held back only until the first content: the client has the first token while the upstream still streams.
+        up = await upstreams(chunks=3)
+        up.fail(None, Fault(role_chunk_first=True, stall_after_chunks=2, stall_seconds=5))
+        gw = await gateway({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        resp = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert resp.status == 200
+        first = b""
+        async with asyncio.timeout(3):
+            while b'"content"' not in first:
+                first += await resp.content.readany()
+        assert b'"role"' in first  # the held role-only chunk went out with it, in order
+        resp.close()

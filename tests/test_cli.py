@@ -305,10 +305,16 @@ class TestMigrate:
         assert "0001_initial.sql" in capsys.readouterr().out
         assert not db.exists(), "--dry-run creates nothing"
         assert main(["migrate", "--config", str(config)]) == 0
-        shipped = ["0001_initial.sql", "0002_last_failure_at.sql", "0003_rate_limited.sql", "0004_recovery.sql"]
+        shipped = [
+            "0001_initial.sql",
+            "0002_last_failure_at.sql",
+            "0003_rate_limited.sql",
+            "0004_recovery.sql",
+            "0006_last_error_kind.sql",
+        ]
         assert capsys.readouterr().out.strip() == "\n".join(f"{db}: applied {name}" for name in shipped)
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,), (4,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,), (4,), (6,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0

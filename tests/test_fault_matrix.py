@@ -9,13 +9,15 @@ connection and has no task left over.
 What the gateway can and cannot see:
 
 - Failures before any byte reached the client (refused, reset, first-byte timeout, countable
-  statuses, a stream that ends before its first chunk) fail over, and alone come back as an
-  OpenAI-shaped error: cliproxy's own (502/504) or the upstream's as it came (429/5xx).
+  statuses, a 404 or a 400 `model_not_found`, an error object in a 200 or as a stream's first event,
+  a stream that ends without content or stalls before its first token, a plain body of at most
+  64 KiB that breaks before its end) fail over, and alone come back as an OpenAI-shaped error:
+  cliproxy's own (502/504) or the upstream's as it came (404/429/5xx).
 - Failures after the answer started cannot fail over: a stream ends with a final
-  `data: {"error": ...}` event, a plain body is cut short and the connection closed, so the client
-  gets a payload error rather than a truncated JSON it could take for whole.
-- A 200 with a malformed JSON or HTML body, or a stream without `[DONE]`, is not detectable
-  without parsing the body: it is relayed as the upstream's answer and counts as a success.
+  `data: {"error": ...}` event (a plain body over 64 KiB is cut short and the connection closed, so
+  the client gets a payload error rather than a truncated JSON it could take for whole).
+- A 200 with a malformed JSON or HTML body, or a stream without `[DONE]`, is relayed as the
+  upstream's answer and counts as a success: it is no error object, and it carried content.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FailsOver:
     status: int
     code: str | None  # cliproxy's own error code; None: the upstream's error relayed as it came
     retry_after: str | None = None
+    kind: str | None = None  # the failure's `last_error.kind` (checked where given)
 
 
 @dataclass(frozen=True)
@@ -109,16 +112,64 @@ CASES: dict[str, Case] = {
     "connection_refused": Case(None, **_same(FailsOver(502, "upstream_unreachable"))),
     "reset_before_headers": Case(Fault(reset_before_headers=True), **_same(FailsOver(502, "upstream_unreachable"))),
     # Headers, then a FIN: before the first SSE frame (streams can still fail over), or half a plain body.
-    "reset_mid_body": Case(Fault(reset_after_chunks=0), stream=FailsOver(502, "upstream_unreachable"), plain=Truncated()),
-    "reset_mid_stream": Case(Fault(reset_after_chunks=2), stream=EndsWithErrorEvent("stream_error", 2), plain=Truncated()),
+    # A plain body of at most 64 KiB is read whole before the client sees it, so a break still fails over.
+    "reset_mid_body": Case(
+        Fault(reset_after_chunks=0),
+        stream=FailsOver(502, "upstream_unreachable", kind="stream_error"),
+        plain=FailsOver(502, "upstream_unreachable", kind="stream_error"),
+    ),
+    "reset_mid_stream": Case(
+        Fault(reset_after_chunks=2),
+        stream=EndsWithErrorEvent("stream_error", 2),
+        plain=FailsOver(502, "upstream_unreachable", kind="stream_error"),
+    ),
     "first_byte_timeout": Case(
         Fault(stall_before_headers=5), **_same(FailsOver(504, "upstream_timeout")), timeouts={"first-byte": 0.2}
     ),
     "stall_past_stream_idle": Case(
         Fault(stall_after_chunks=1, stall_seconds=5),
         stream=EndsWithErrorEvent("stream_idle_timeout", 1),
-        plain=Truncated(),
+        plain=FailsOver(504, "upstream_timeout", kind="stream_idle"),
         timeouts={"stream-idle": 0.2},
+    ),
+    # issue 14: failures the status hides.
+    "error_in_200": Case(Fault(error_in_200=True), **_same(FailsOver(502, "upstream_unreachable", kind="error_in_200"))),
+    "model_not_found_in_200": Case(
+        Fault(error_in_200=True, body={"error": {"message": "no such model", "type": "x", "code": "model_not_found"}}),
+        **_same(FailsOver(502, "upstream_unreachable", kind="model_not_found")),
+    ),
+    # A plain request has no stream to be empty: the fault does not apply, the answer is whole.
+    "empty_stream": Case(
+        Fault(empty_stream=True),
+        stream=FailsOver(502, "upstream_unreachable", kind="empty_stream"),
+        plain=RelayedAsSuccess("application/json", _whole_chat_json),
+    ),
+    "empty_stream_without_done": Case(
+        Fault(empty_stream=True, no_done=True),
+        stream=FailsOver(502, "upstream_unreachable", kind="empty_stream"),
+        plain=RelayedAsSuccess("application/json", _whole_chat_json),
+    ),
+    # A role-only chunk, then a stall before the first token: held back, so it still fails over.
+    "role_chunk_then_stall": Case(
+        Fault(role_chunk_first=True, stall_after_chunks=1, stall_seconds=5),
+        stream=FailsOver(504, "upstream_timeout", kind="first_token_timeout"),
+        plain=FailsOver(504, "upstream_timeout", kind="stream_idle"),
+        timeouts={"first-token": 0.3, "stream-idle": 0.3},
+    ),
+    "404": Case(Fault(status=404), **_same(FailsOver(404, None, kind="model_not_found"))),
+    "400_model_not_found": Case(
+        Fault(
+            status=400,
+            body={
+                "error": {
+                    "message": "fake upstream injected: no such model",
+                    "type": "x",
+                    "param": None,
+                    "code": "model_not_found",
+                }
+            },
+        ),
+        **_same(FailsOver(400, None, kind="model_not_found")),
     ),
     "429_retry_after": _status(429, headers={"Retry-After": "7"}),
     "500": _status(500),
@@ -285,6 +336,10 @@ class TestFaultMatrix:
             return 0 if state is None else state.failure_count
 
         await eventually(lambda: state_count() == counted, "the attempts counted towards auto-disable", timeout=SETTLE_SECONDS)
+        if isinstance(expect, FailsOver) and expect.kind is not None:
+            state = tracker.state(PAIR)
+            assert state is not None and state.last_error is not None
+            assert state.last_error.kind == expect.kind, state.last_error
         assert tracker.state(("ok", "m")) is None  # the fallback only ever succeeded
         rows = [(r.vendor, r.model, r.reason, round(r.disabled_until - r.disabled_at)) for r in tracker.disabled_pairs()]
         if name == "429_retry_after":  # the upstream said when to come back: rate-limited until then at once

@@ -124,7 +124,13 @@ class TestMigrations:
     """Migrations create the schema once, record their versions, and fail atomically."""
 
     def test_from_empty_creates_the_schema(self, db: Path):
-        names = ["0001_initial.sql", "0002_last_failure_at.sql", "0003_rate_limited.sql", "0004_recovery.sql"]
+        names = [
+            "0001_initial.sql",
+            "0002_last_failure_at.sql",
+            "0003_rate_limited.sql",
+            "0004_recovery.sql",
+            "0006_last_error_kind.sql",
+        ]
         assert pending_migrations(db) == names
         assert not db.exists(), "pending_migrations must not create the database"
         assert apply_migrations(db) == names
@@ -133,11 +139,12 @@ class TestMigrations:
             assert columns(conn, "events") == [
                 "id", "at", "kind", "vendor", "model", "reason", "cause", "disabled_at", "disabled_until",
                 "failure_count", "window_started_at", "threshold", "window_seconds", "duration_seconds",
-                "settings", "last_status", "last_error", "actor", "detail", "last_failure_at",
+                "settings", "last_status", "last_error", "actor", "detail", "last_failure_at", "last_error_kind",
             ]  # fmt: skip
             assert columns(conn, "disabled_pairs") == [
                 "vendor", "model", "reason", "disabled_at", "disabled_until", "failure_count",
                 "window_started_at", "last_status", "last_error", "actor", "event_id", "last_failure_at", "disable_level",
+                "last_error_kind",
             ]  # fmt: skip
             assert columns(conn, "backoff_levels") == ["vendor", "model", "disable_level", "level_since", "event_id"]
             pk = {row[1]: row[5] for row in conn.execute("PRAGMA table_info(disabled_pairs)") if row[5]}
@@ -148,7 +155,7 @@ class TestMigrations:
             assert indexes["events_kind_at"] == ["kind", "at"]
             assert indexes["events_at"] == ["at"]
             versions = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
-        assert [(v, n) for v, n, _ in versions] == [(i + 1, name) for i, name in enumerate(names)]
+        assert [(v, n) for v, n, _ in versions] == [(int(name[:4]), name) for name in names]
         parse_timestamp(versions[0][2])
         assert pending_migrations(db) == []
 

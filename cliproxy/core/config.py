@@ -44,8 +44,10 @@ OnAllDisabled = Literal["fail", "best-effort"]
 #: How an auto-disabled pair comes back when its disable ends (see `cliproxy.core.failures`).
 RecoveryMode = Literal["timer", "half-open", "probe"]
 
-#: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 408, 429 and 5xx.
-DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 408, 429, *range(500, 600)})
+#: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 404, 408, 429 and 5xx.
+#: 404 counts because cliproxy forwards only models it was configured with: a 404 means the pair is
+#: misconfigured (a wrong base URL) or the vendor dropped the model, not that the client erred.
+DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 404, 408, 429, *range(500, 600)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +193,13 @@ def resolve_auto_disable(
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds. `connect`: TCP+TLS; `first_byte`: until the response headers; `stream_idle`: between chunks."""
+    """Seconds. `connect`: TCP+TLS; `first_byte`: until the response headers; `stream_idle`: between chunks;
+    `first_token`: from the start of a streaming attempt until its first chunk with content (None: `stream_idle`)."""
 
     connect: float | None = None
     first_byte: float | None = None
     stream_idle: float | None = None
+    first_token: float | None = None
 
     def over(self, base: Timeouts) -> Timeouts:
         """These values where set, `base` elsewhere."""
@@ -203,7 +207,13 @@ class Timeouts:
             connect=self.connect if self.connect is not None else base.connect,
             first_byte=self.first_byte if self.first_byte is not None else base.first_byte,
             stream_idle=self.stream_idle if self.stream_idle is not None else base.stream_idle,
+            first_token=self.first_token if self.first_token is not None else base.first_token,
         )
+
+    @property
+    def first_token_seconds(self) -> float | None:
+        """The first-token timeout in force: `first-token` where set, else the `stream-idle` value."""
+        return self.first_token if self.first_token is not None else self.stream_idle
 
 
 DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=120.0, stream_idle=120.0)

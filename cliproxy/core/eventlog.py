@@ -41,6 +41,8 @@ def event_fields(event: Event) -> dict[str, Any]:
     if event.last_error is not None:
         fields["last_error_status"] = event.last_error.status
         fields["last_error"] = event.last_error.message
+        if event.last_error.kind:
+            fields["last_error_kind"] = event.last_error.kind
     if event.detail:
         fields["detail"] = event.detail
     return fields

@@ -36,6 +36,9 @@ class ErrorInfo:
 
     status: int | None
     message: str
+    #: What kind of failure it was (`cliproxy.core.classify.ErrorKind`: `http_status`, `connect`,
+    #: `error_in_200`, ...); empty when unknown (errors recorded before kinds, or not an attempt's).
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class Outcome:
     `kind` says how auto-disable sees it: `failure` counts, `neutral` does not, `success` resets.
     `reason` is a stable label for metrics and logs: `ok`, `http_status`, `connect_error`,
     `connect_timeout`, `first_byte_timeout`, `stream_idle_timeout`, `stream_error`,
+    `first_token_timeout`, `error_in_200`, `empty_stream`, `model_not_found` (see `cliproxy.core.classify`),
     `client_error`, `client_disconnect`, `client_write_timeout` (the client stopped reading),
     `gateway_overloaded` (cliproxy ran out of descriptors, buffers or memory), `rejected`.
     """

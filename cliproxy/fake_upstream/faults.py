@@ -38,7 +38,8 @@ class Fault:
 
     Applied in this order: ``stall_before_headers`` (then continue), then the
     first set of ``reset_before_headers``, ``status``, ``malformed_json``,
-    ``html_200``, ``big_body_bytes``; otherwise a normal response shaped by
+    ``html_200``, ``error_in_200``, ``big_body_bytes``, ``empty_stream`` (streams
+    only); otherwise a normal response shaped by ``role_chunk_first`` (streams)
     ``reset_after_chunks`` / ``stall_after_chunks`` / ``no_done``. "Chunks" are
     SSE frames; for non-stream bodies those two act at half the body.
     ``times`` counts requests the fault actually fired on. ``headers`` go out
@@ -57,6 +58,12 @@ class Fault:
     malformed_json: bool = False
     html_200: bool = False
     no_done: bool = False
+    #: A 200 whose body (or, streaming, first data event) is an error object: ``body``, or an OpenAI-shaped one.
+    error_in_200: bool = False
+    #: A stream of a comment and a role-only chunk and nothing else (then ``[DONE]`` unless ``no_done``).
+    empty_stream: bool = False
+    #: A stream opens with a role-only chunk (no content) before its content frames; "chunks" count it.
+    role_chunk_first: bool = False
     big_body_bytes: int | None = None
     times: int | None = None
     probability: float = 1.0

@@ -32,7 +32,7 @@ from cliproxy.fake_upstream.faults import (
     add_fault_headers,
     close_gracefully,
 )
-from cliproxy.fake_upstream.payloads import BadInput, dumps, full_body, stream_frames
+from cliproxy.fake_upstream.payloads import SSE_DONE, BadInput, dumps, full_body, stream_frames
 
 __all__ = ["DEFAULT_MODELS", "FakeUpstream", "RecordedRequest"]
 
@@ -45,6 +45,16 @@ _BIG_BLOCK = b"x" * 65536
 
 def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+#: The message of the error object `Fault(error_in_200=True)` answers with.
+IN_200_MESSAGE = "fake upstream injected an error inside a 200"
+
+
+def _role_frame(model: str) -> bytes:
+    """A chat chunk that carries no content: the role-only delta many upstreams open a stream with."""
+    chunk = {"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+    return f"data: {dumps(chunk)}\n\n".encode()
 
 
 def _json_response(data: Any, status: int = 200) -> web.Response:
@@ -327,8 +337,15 @@ class FakeUpstream:
                 return web.Response(body=MALFORMED_BODY, content_type=_JSON)
             if fault.html_200:
                 return web.Response(body=HTML_PAGE, content_type="text/html")
+            if fault.error_in_200:
+                error = fault.body if fault.body is not None else _error_body(IN_200_MESSAGE, "server_error", "upstream_error")
+                if not stream:
+                    return _json_response(error)
+                return await self._stream(request, [f"data: {dumps(error)}\n\n".encode()], SSE_DONE, 0.0, None, state)
             if fault.big_body_bytes is not None:
                 return await self._big_body(request, model, fault.big_body_bytes, state)
+            if fault.empty_stream and stream:
+                return await self._stream(request, [b": ping\n\n", _role_frame(model)], SSE_DONE, 0.0, fault, state)
 
         chunks = _int_header(request, "x-fake-chunks", self.chunks)
         if not stream:
@@ -345,6 +362,8 @@ class FakeUpstream:
 
         delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
         frames, terminator = stream_frames(kind, body, model, chunks, name=self.name, next_id=self._next_id)
+        if fault is not None and fault.role_chunk_first:
+            frames = [_role_frame(model), *frames]
         return await self._stream(request, frames, terminator, delay, fault, state)
 
     def _fault_status_response(self, fault: Fault) -> web.Response:

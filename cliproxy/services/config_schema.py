@@ -167,6 +167,7 @@ class TimeoutsSchema(StrictSchema):
     connect = Seconds("connect")
     first_byte = Seconds("first_byte")
     stream_idle = Seconds("stream_idle")
+    first_token = Seconds("first_token")
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> Timeouts:

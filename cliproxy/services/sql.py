@@ -110,6 +110,7 @@ _EVENT_COLUMNS = (
     "actor",
     "detail",
     "last_failure_at",
+    "last_error_kind",
 )
 
 _DISABLED_COLUMNS = (
@@ -125,6 +126,7 @@ _DISABLED_COLUMNS = (
     "actor",
     "last_failure_at",
     "disable_level",
+    "last_error_kind",
 )
 
 #: Event.settings key -> events column holding a copy of it for queries.
@@ -154,7 +156,7 @@ def _json_in(text: str | None) -> dict | None:
 def _error_in(row: Mapping[str, Any]) -> ErrorInfo | None:
     if row["last_status"] is None and row["last_error"] is None:
         return None
-    return ErrorInfo(status=row["last_status"], message=row["last_error"] or "")
+    return ErrorInfo(status=row["last_status"], message=row["last_error"] or "", kind=row["last_error_kind"] or "")
 
 
 def event_to_row(event: Event) -> dict[str, Any]:
@@ -181,6 +183,7 @@ def event_to_row(event: Event) -> dict[str, Any]:
         "actor": event.actor,
         "detail": _json_out(event.detail),
         "last_failure_at": _ts_out(event.last_failure_at),
+        "last_error_kind": (event.last_error.kind or None) if event.last_error else None,
     }
     for key, column in _SETTINGS_COLUMNS.items():
         row[column] = settings.get(key)
@@ -224,6 +227,7 @@ def disabled_to_row(record: DisabledRecord) -> dict[str, Any]:
         "actor": record.actor,
         "last_failure_at": _ts_out(record.last_failure_at),
         "disable_level": record.disable_level,
+        "last_error_kind": (record.last_error.kind or None) if record.last_error else None,
     }
 
 

@@ -3,7 +3,8 @@
 `choose_upstream` walks the candidates in routing order and opens the request (a `ProxiedRequest`,
 built once by the handler) on each until one answers with something the client should see: a
 success, or an error that is the client's own fault. Every attempt reports exactly one `Outcome`,
-classified in `classify_status` and at the exception handlers below, and always through `_report`,
+classified in `cliproxy.core.classify` (what the answer says) and at the exception handlers below
+(what the transport did), and always through `_report`,
 which tells both the failure tracker (the `OutcomeSink` seam) and the request's access record.
 Once a pair is chosen, `relay` copies the answer to the client chunk by chunk; a failure from then
 on can no longer fail over and ends the client's stream with an error event.
@@ -22,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import rewrite_model
+from cliproxy.core.classify import SMALL_BODY_LIMIT, StreamStart, classify_body, classify_status, error_message, failure
 from cliproxy.core.errors import (
     GatewayOverloaded,
     NoVendorAvailable,
@@ -39,7 +41,7 @@ from cliproxy.web.access import AccessInfo
 from cliproxy.web.overload import OverloadLog, local_resource_error
 from cliproxy.web.proxied_request import ProxiedRequest, connection_options
 
-__all__ = ["classify_status", "forward"]
+__all__ = ["forward"]
 
 # The only upstream response headers a client gets: what it needs to read the answer and to pace
 # itself. An allow-list, not a deny-list: an upstream (or a CDN in front of it) also sends cookies,
@@ -70,15 +72,6 @@ CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
 CLIENT_WRITE_TIMEOUT = Outcome("neutral", "client_write_timeout")
 #: Reason of the neutral outcome when cliproxy itself ran out of descriptors, buffers or memory.
 GATEWAY_OVERLOADED = "gateway_overloaded"
-
-
-def classify_status(status: int, count_statuses: frozenset[int]) -> Outcome | None:
-    """The outcome of an upstream HTTP status: None for 2xx/3xx (decided by the body), else failure or neutral."""
-    if status < 400:
-        return None
-    if status in count_statuses:
-        return Outcome("failure", "http_status", ErrorInfo(status, ""))
-    return Outcome("neutral", "client_error", ErrorInfo(status, ""))
 
 
 @dataclass(slots=True)
@@ -267,6 +260,10 @@ async def _open(
     if proxied.query:
         url = f"{url}?{proxied.query}"
     response: aiohttp.ClientResponse | None = None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first_token = timeouts.first_token_seconds
+    first_token_due = None if first_token is None else started + first_token
     try:
         async with asyncio.timeout(timeouts.first_byte):
             response = await session.request(
@@ -278,39 +275,42 @@ async def _open(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
                 allow_redirects=False,
             )
-        verdict = classify_status(response.status, pair.auto_disable.count_statuses)
-        if verdict is not None:
-            # An upstream error: read it whole (bounded) so it can be masked, excerpted and relayed.
+        if response.status >= 400:
+            # An upstream error: read it whole (bounded) so it can be classified, masked, excerpted and relayed.
             error_body = _mask_body(await _read_limited(response, timeouts.stream_idle), pair.secrets)
             response.release()
+            verdict = classify_status(response.status, pair.auto_disable.count_statuses, error_body)
+            assert verdict is not None
             message = excerpt(error_body, pair.secrets)
             # A 429/503 may say when to come back: those headers go to the tracker's rate-limit rule.
             retry = hint_headers(response.headers.items()) if response.status in RETRY_STATUSES else ()
             return _Failed(
                 pair,
-                Outcome(verdict.kind, verdict.reason, ErrorInfo(response.status, message), retry_headers=retry),
+                Outcome(
+                    verdict.kind,
+                    verdict.reason,
+                    ErrorInfo(response.status, message, verdict.error.kind if verdict.error else ""),
+                    retry_headers=retry,
+                ),
                 status=response.status,
                 body=error_body,
                 headers=CIMultiDict(response.headers),
             )
-        first_chunk = b""
-        if proxied.stream:
-            # Headers go to the client only with the first chunk, so a failure up to here can still fail over.
-            async with asyncio.timeout(timeouts.stream_idle):
-                first_chunk = await response.content.readany()
-            if not first_chunk:
-                response.release()
-                return _Failed(
-                    pair, Outcome("failure", "stream_error", ErrorInfo(200, "upstream closed the stream before any data"))
-                )
-        return _Opened(pair, response, first_chunk)
+        if proxied.stream and response.headers.get("content-type", "").startswith(_SSE):
+            return await _open_stream(pair, response, started)
+        return await _open_body(pair, response)  # also a stream request answered with one JSON body
     except TimeoutError:
         if response is not None:
             response.close()
-        reason = "first_byte_timeout" if response is None else "stream_idle_timeout"
-        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, f"upstream {reason.replace('_', ' ')}")), timeout=True)
+        if response is None:
+            reason = "first_byte_timeout"
+        elif proxied.stream and first_token_due is not None and loop.time() >= first_token_due:
+            reason = "first_token_timeout"
+        else:
+            reason = "stream_idle_timeout"
+        return _Failed(pair, failure(reason, None, f"upstream {reason.replace('_', ' ')}"), timeout=True)
     except aiohttp.ConnectionTimeoutError:
-        return _Failed(pair, Outcome("failure", "connect_timeout", ErrorInfo(None, "connect timeout")), timeout=True)
+        return _Failed(pair, failure("connect_timeout", None, "connect timeout"), timeout=True)
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
@@ -319,12 +319,66 @@ async def _open(
             overload.note("upstream connect", local)
             return _Failed(pair, Outcome("neutral", GATEWAY_OVERLOADED, ErrorInfo(None, local.strerror or str(local))))
         reason = "connect_error" if response is None else "stream_error"
-        return _Failed(pair, Outcome("failure", reason, ErrorInfo(None, excerpt(_describe(exc), pair.secrets))))
+        return _Failed(pair, failure(reason, None, excerpt(_describe(exc), pair.secrets)))
     except asyncio.CancelledError:
         # The client went away while we waited (reported by the caller): nothing may stay open.
         if response is not None:
             response.close()
         raise
+
+
+async def _open_stream(pair: Pair, response: aiohttp.ClientResponse, started: float) -> _Opened | _Failed:
+    """Read a stream up to its first chunk with content, holding back the ones without (role-only
+    deltas, empty `choices`, comments and pings: bounded by `StreamStart`), so that a stall before
+    the first token, an error as the first event, or a stream with no content still fails over.
+
+    Each read waits at most `stream-idle`, and all of them together until `first-token` seconds
+    after the attempt started (a TimeoutError, told apart by the caller).
+    """
+    loop = asyncio.get_running_loop()
+    timeouts = pair.timeouts
+    first_token = timeouts.first_token_seconds
+    due = None if first_token is None else started + first_token
+    watch = StreamStart()
+    held = bytearray()
+    while True:
+        idle_due = None if timeouts.stream_idle is None else loop.time() + timeouts.stream_idle
+        deadline = idle_due if due is None else due if idle_due is None else min(due, idle_due)
+        async with asyncio.timeout_at(deadline):
+            chunk = await response.content.readany()
+        verdict = watch.feed(chunk) if chunk else watch.end()
+        held += chunk
+        if verdict in ("content", "overflow"):
+            return _Opened(pair, response, bytes(held))
+        if verdict is None:
+            continue
+        response.release()
+        if verdict == "error":
+            message = excerpt(error_message(watch.error), pair.secrets)
+            return _Failed(pair, failure(watch.error_reason(), 200, f"error as the stream's first event: {message}"))
+        what = "before any data" if not held else "without any content"
+        return _Failed(pair, failure("empty_stream", 200, f"upstream ended the stream {what}"))
+
+
+async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | _Failed:
+    """Read the first `SMALL_BODY_LIMIT` bytes of a non-stream answer; when that is the whole body,
+    it may be an error object in a 200 (`error_in_200`, which fails over). A larger body is relayed
+    from what was read on, never parsed."""
+    idle = pair.timeouts.stream_idle
+    head = bytearray()
+    content = response.content
+    while len(head) <= SMALL_BODY_LIMIT:
+        async with asyncio.timeout(idle):
+            chunk = await content.readany()
+        if not chunk:
+            reason = classify_body(bytes(head))
+            if reason is None:
+                break
+            response.release()
+            message = excerpt(_mask_body(bytes(head), pair.secrets), pair.secrets)
+            return _Failed(pair, failure(reason, response.status, message))
+        head += chunk
+    return _Opened(pair, response, bytes(head))
 
 
 async def relay(

@@ -50,6 +50,14 @@ class LastErrorSchema(Schema):
         required=True, allow_none=True, metadata={"description": "upstream HTTP status; null for transport errors"}
     )
     message = fields.String(required=True, metadata={"description": "a short, masked excerpt"})
+    kind = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "http_status | connect | timeout | first_token_timeout | stream_idle | stream_error | "
+            "error_in_200 | empty_stream | model_not_found; null when not recorded (older rows)"
+        },
+    )
 
 
 _REASONS = ("auto", "manual", "rate-limited")

@@ -43,7 +43,7 @@ def remaining(until: float | None, now: float) -> float | None:
 
 
 def last_error(info: Any) -> dict[str, Any] | None:
-    return None if info is None else {"status": info.status, "message": info.message}
+    return None if info is None else {"status": info.status, "message": info.message, "kind": info.kind or None}
 
 
 def mask_url(url: str | None) -> str | None:

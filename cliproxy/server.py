@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -212,6 +213,7 @@ async def serve(config: Config) -> int:
     for vendor in config.vendors:
         if vendor.enabled and vendor.missing_key:
             log.warning("vendor %s is off: every api-key of it is empty (is its environment variable set?)", vendor.name)
+    _warn_if_descriptors_short(config.max_connections)
     if (why := nothing_routes(config)) is not None:
         log.warning("%s", why)
     log.info("cliproxy listening on http://%s:%s", config.host, config.port)
@@ -224,6 +226,31 @@ async def serve(config: Config) -> int:
     await runner.cleanup()
     log.info("cliproxy stopped")
     return 0
+
+
+#: Descriptors a proxied request holds: its client connection and its upstream socket.
+_DESCRIPTORS_PER_CONNECTION = 2
+#: Descriptors the process holds besides connections: the database and its WAL, logs, the listener...
+_DESCRIPTORS_RESERVED = 64
+
+
+def _warn_if_descriptors_short(max_connections: int) -> None:
+    """`max-connections` above what the descriptor limit can serve turns a busy hour into 503
+    gateway_overloaded answers long before the configured cap: say so at start-up."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    needed = max_connections * _DESCRIPTORS_PER_CONNECTION + _DESCRIPTORS_RESERVED
+    if needed > soft:
+        log.warning(
+            "max-connections is %d but the descriptor limit (ulimit -n) is %d: %d connections with their upstream "
+            "sockets need about %d; raise LimitNOFILE (systemd) or lower max-connections to %d",
+            max_connections,
+            soft,
+            max_connections,
+            needed,
+            max(1, (soft - _DESCRIPTORS_RESERVED) // _DESCRIPTORS_PER_CONNECTION),
+        )
 
 
 #: How long requests cancelled at the end of the grace get to unwind (close their upstream, log).

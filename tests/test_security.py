@@ -674,6 +674,19 @@ class TestDescriptorExhaustion:
 class TestSlowAndIdleClients:
     """Slow headers are cut off after client-header-timeout; connections past max-connections get 503 and are closed."""
 
+    @pytest.mark.parametrize(("nofile", "warned"), [(256, True), (4096, False)])
+    async def test_a_descriptor_limit_below_max_connections_is_warned_at_start(self, tmp_path, processes, nofile, warned):
+        gw = GatewayProcess(tmp_path, {**_management(), "max-connections": 1024}, nofile=nofile)
+        processes.append(gw.start())
+        await eventually(lambda: "listening on" in gw.log(), "the start-up lines")
+        lines = [line for line in gw.log().splitlines() if "ulimit -n" in line]
+        if warned:
+            [line] = lines
+            assert "WARNING" in line and "max-connections is 1024" in line and "is 256" in line, line
+            assert "lower max-connections to 96" in line, line
+        else:
+            assert lines == []
+
     async def test_slowloris_headers_are_cut_off(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "client-header-timeout": 1})
         head = _keepalive_chat()[: -len(CHAT) - 2]  # the header block without its final blank line

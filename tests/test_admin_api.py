@@ -541,6 +541,32 @@ class TestVendors:
         for secret in (*UPSTREAM_KEYS, "sk-header-secret-0001", "proxy-pass-0001", MGMT_KEY):
             assert secret not in body
 
+    async def test_patch_sets_the_recovery_settings(self, admin, upstreams):
+        up = await upstreams()
+        a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})
+        settings = {
+            "honor-retry-after": False,
+            "backoff-multiplier": 2,
+            "recovery": "probe",
+            "probe": {"path": "/embeddings", "body": {"input": "ping"}},
+            "slow-start-seconds": 30,
+            "on-all-disabled": "best-effort",
+        }
+        reply = await a.patch("/api/vendors/a", json={"auto-disable": settings})
+        assert reply.status == 200, reply.json
+        assert "recovery: probe" in a.file() and "slow-start-seconds: 30" in a.file()
+        [pair] = (await a.get("/api/models/m/status")).json["pairs"]
+        effective = pair["auto_disable"]
+        assert (effective["honor_retry_after"], effective["backoff_multiplier"], effective["recovery"]) == (False, 2, "probe")
+        assert (effective["probe_path"], effective["slow_start_seconds"], effective["on_all_disabled"]) == (
+            "/embeddings",
+            30,
+            "best-effort",
+        )
+        assert effective["sources"]["recovery"] == "vendor"
+        bad = await a.patch("/api/vendors/a", json={"auto-disable": {"recovery": "sometimes"}})
+        assert bad.status == 400 and "recovery" in bad.json["error"]["param"]
+
     async def test_patch_vendor_fields(self, admin, upstreams):
         up = await upstreams()
         a = await admin({"openai-compatibility": [vendor("a", up.url, ["m"])]})

@@ -110,6 +110,12 @@ class EffectiveAutoDisableSchema(Schema):
     on_all_disabled = fields.String(required=True, validate=validate.OneOf(["fail", "best-effort"]))
     enforce = fields.Boolean(required=True, metadata={"description": "false: a dry run (trips are only recorded)"})
     max_disabled_fraction = fields.Float(required=True)
+    backoff_multiplier = fields.Float(required=True)
+    max_disable_duration_seconds = fields.Float(required=True)
+    recovery = fields.String(required=True, validate=validate.OneOf(["timer", "half-open", "probe"]))
+    half_open_requests = fields.Integer(required=True)
+    probe_path = fields.String(required=True, metadata={"description": "the path `recovery: probe` sends its probe to"})
+    probe_timeout_seconds = fields.Float(required=True)
     sources = fields.Dict(
         keys=fields.String(),
         values=fields.String(validate=validate.OneOf(_LEVELS)),
@@ -344,6 +350,26 @@ class AutoDisablePatchSchema(StrictBody):
         validate=_statuses,
         metadata={"description": "HTTP statuses such as 429 or classes such as '5xx'"},
     )
+    # Issue 13's settings (the loader validates the whole file after the edit, as for the keys above).
+    honor_retry_after = fields.Boolean(allow_none=True, data_key="honor-retry-after")
+    max_retry_after_seconds = fields.Float(
+        allow_none=True, data_key="max-retry-after-seconds", validate=validate.Range(min=0, min_inclusive=False)
+    )
+    backoff_multiplier = fields.Float(allow_none=True, data_key="backoff-multiplier", validate=validate.Range(min=1))
+    max_disable_duration_seconds = fields.Float(
+        allow_none=True, data_key="max-disable-duration-seconds", validate=validate.Range(min=0, min_inclusive=False)
+    )
+    recovery = fields.String(allow_none=True, data_key="recovery", validate=validate.OneOf(["timer", "half-open", "probe"]))
+    half_open_requests = fields.Integer(
+        strict=True, allow_none=True, data_key="half-open-requests", validate=validate.Range(min=1)
+    )
+    probe = fields.Dict(keys=fields.String(), allow_none=True, data_key="probe", metadata={"description": "{path, body}"})
+    probe_timeout_seconds = fields.Float(
+        allow_none=True, data_key="probe-timeout-seconds", validate=validate.Range(min=0, min_inclusive=False)
+    )
+    slow_start_seconds = fields.Float(allow_none=True, data_key="slow-start-seconds", validate=validate.Range(min=0))
+    on_all_disabled = fields.String(allow_none=True, data_key="on-all-disabled", validate=validate.OneOf(["fail", "best-effort"]))
+    enforce = fields.Boolean(allow_none=True, data_key="enforce")
 
 
 class TimeoutsPatchSchema(StrictBody):

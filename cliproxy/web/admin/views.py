@@ -133,6 +133,12 @@ def _effective(settings: AutoDisableSettings) -> dict[str, Any]:
         "on_all_disabled": settings.on_all_disabled,
         "enforce": settings.enforce,
         "max_disabled_fraction": settings.max_disabled_fraction,
+        "backoff_multiplier": settings.backoff_multiplier,
+        "max_disable_duration_seconds": settings.max_disable_duration_seconds,
+        "recovery": settings.recovery,
+        "half_open_requests": settings.half_open_requests,
+        "probe_path": settings.probe.path,
+        "probe_timeout_seconds": settings.probe_timeout_seconds,
         # The spec's four settings always; later ones only when a level sets them (absent: default).
         "sources": {
             **{

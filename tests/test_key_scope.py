@@ -254,3 +254,27 @@ async def test_key_scope_statuses_can_be_narrowed(upstreams: Any, gateway: Any) 
 
 def test_the_app_is_built_for_keys() -> None:
     create_app(make_config(_config("http://127.0.0.1:9", [GOOD, BAD])))
+
+
+async def test_the_api_shows_each_key_and_an_operator_puts_one_back(upstreams: Any, admin: Any) -> None:
+    up = await upstreams(name="up")
+    up.revoke_key(BAD)
+    adm = await admin(_config(up.url, [GOOD, BAD, ""]))
+    for _ in range(2):
+        assert (await adm.chat("m")).status == 200
+    vendors = (await adm.get("/api/vendors")).json["vendors"]
+    keys = vendors[0]["keys"]
+    assert [(k["index"], k["state"]) for k in keys] == [(0, "in"), (1, "out"), (2, "unset")]
+    assert keys[1]["until"] is not None and keys[1]["disable_level"] == 1 and "Incorrect API key" in keys[1]["last_error"]
+    assert all(BAD not in body and GOOD not in body for body in adm.bodies)  # masked
+
+    assert (await adm.post("/api/vendors/v/keys/7/enable")).status == 404
+    assert (await adm.post("/api/vendors/nope/keys/0/enable")).status == 404
+    reply = await adm.post("/api/vendors/v/keys/1/enable")
+    assert reply.status == 200 and reply.json["cleared"] is True
+    assert [k["state"] for k in reply.json["keys"]] == ["in", "in", "unset"]
+    assert adm.app[TRACKER].key_usable("v", 1)
+    again = await adm.post("/api/vendors/v/keys/1/enable")
+    assert again.json["cleared"] is False
+    (event,) = await adm.events(kind="key-enabled")
+    assert event.cause == "manual" and event.actor is not None and event.detail["key_index"] == 1

@@ -278,3 +278,22 @@ async def test_the_api_shows_each_key_and_an_operator_puts_one_back(upstreams: A
     assert again.json["cleared"] is False
     (event,) = await adm.events(kind="key-enabled")
     assert event.cause == "manual" and event.actor is not None and event.detail["key_index"] == 1
+
+
+async def test_the_metrics_show_the_keys_available_once_committed(upstreams: Any, gateway: Any) -> None:
+    up = await upstreams(name="up")
+    up.revoke_key(BAD)
+    gw = await gateway(_config(up.url, [GOOD, BAD]))
+
+    async def scrape() -> str:
+        resp = await gw.client.get("/metrics")
+        assert resp.status == 200
+        return await resp.text()
+
+    assert 'cliproxy_vendor_keys_available{vendor="v"} 2.0' in await scrape()
+    for _ in range(2):  # the second request's turn is the revoked key's
+        assert (await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "m"})).status == 200
+    await gw.app[TRACKER].flush(5)
+    text = await scrape()
+    assert 'cliproxy_vendor_keys_available{vendor="v"} 1.0' in text
+    assert 'cliproxy_vendor_key_out{key_index="1",vendor="v"} 1.0' in text

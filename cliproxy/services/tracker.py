@@ -540,11 +540,6 @@ class FailureTracker:
             return None
         return record
 
-    def committed_keys_available(self, vendor: str) -> int:
-        """How many of the vendor's keys are in the rotation, as committed (the metrics gauge)."""
-        hashes = self._key_hashes.get(vendor, {})
-        return sum(1 for index in hashes if self.committed_key(vendor, index) is None)
-
     def key_vendors(self) -> list[str]:
         """The vendors that have keys, sorted."""
         return sorted(v for v, hashes in self._key_hashes.items() if hashes)

@@ -297,3 +297,20 @@ async def test_the_metrics_show_the_keys_available_once_committed(upstreams: Any
     text = await scrape()
     assert 'cliproxy_vendor_keys_available{vendor="v"} 1.0' in text
     assert 'cliproxy_vendor_key_out{key_index="1",vendor="v"} 1.0' in text
+
+
+async def test_cliproxy_status_lists_a_key_out(upstreams: Any, admin: Any, capsys: Any) -> None:
+    from cliproxy.cli import main
+
+    up = await upstreams(name="up")
+    up.revoke_key(BAD)
+    adm = await admin(_config(up.url, [GOOD, BAD]))
+    for _ in range(2):
+        assert (await adm.chat("m")).status == 200
+    await adm.app[TRACKER].flush(5)
+    assert main(["status", "--config", str(adm.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Keys out of their vendor's rotation" in out
+    (line,) = [x for x in out.splitlines() if "key 1" in x]
+    assert line.strip().startswith("v key 1 (") and "out until" in line and "Incorrect API key" in line
+    assert BAD not in out and "credentials" not in line

@@ -94,6 +94,7 @@ async def _persistence(app: web.Application) -> AsyncIterator[None]:
     journal = Journal(store)
     tracker = FailureTracker(journal, runtime.table.auto_disable_settings(), clock=app[CLOCK])
     tracker.update_peers(runtime.table.peers)  # for max-disabled-fraction
+    tracker.update_keys(runtime.table)  # key scope: before start, which matches the stored keys against it
     app[METRICS].attach(tracker, journal)  # before start: re-enables of disables that expired while down count too
     journal.committed_listeners.append(app[NOTIFIER].on_event)  # receivers hear only what SQLite holds
     try:

@@ -249,7 +249,7 @@ def write_config(tmp_path: Path, data: dict[str, Any] | str) -> Config:
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template).replace(r"\{model\}", ".+").replace(r"\{name\}", "[^/]+")
+    pattern = re.escape(template).replace(r"\{model\}", ".+").replace(r"\{name\}", "[^/]+").replace(r"\{index\}", "[^/]+")
     return re.compile(f"^{pattern}$")
 
 

@@ -311,10 +311,11 @@ class TestMigrate:
             "0003_rate_limited.sql",
             "0004_recovery.sql",
             "0006_last_error_kind.sql",
+            "0007_disabled_keys.sql",
         ]
         assert capsys.readouterr().out.strip() == "\n".join(f"{db}: applied {name}" for name in shipped)
         with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,), (4,), (6,)]
+            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,), (3,), (4,), (6,), (7,)]
         assert main(["migrate", "--config", str(config)]) == 0
         assert capsys.readouterr().out.strip() == f"{db}: up to date"
         assert main(["migrate", "--dry-run", "--config", str(config)]) == 0

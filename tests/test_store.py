@@ -130,6 +130,7 @@ class TestMigrations:
             "0003_rate_limited.sql",
             "0004_recovery.sql",
             "0006_last_error_kind.sql",
+            "0007_disabled_keys.sql",
         ]
         assert pending_migrations(db) == names
         assert not db.exists(), "pending_migrations must not create the database"

@@ -13,7 +13,9 @@ from typing import TypeVar
 
 from cliproxy.cli import views
 from cliproxy.cli.common import config_path, database_path, fail, load_leniently_or_exit, print_json
+from cliproxy.core.events import KeyRecord
 from cliproxy.core.routing import RoutingTable
+from cliproxy.services.sql import read_disabled_keys
 from cliproxy.services.store import read_disabled, read_events
 
 __all__ = ["cmd_history", "cmd_status", "limit_arg", "since_arg"]
@@ -44,16 +46,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     db = database_path(config)
     now = time.time()
     notes: list[str] = []
+    keys_out: list[KeyRecord] = []
     if db.is_file():
         try:
             disabled = _read(db, read_disabled)
         except _Unreadable as exc:
             return fail("status", str(exc))
+        try:
+            keys_out = _read(db, read_disabled_keys)
+        except _Unreadable as exc:  # a database from before key scope: no key was ever put out
+            notes.append(str(exc))
     else:
         disabled = []
         notes.append(f"no database at {db}: nothing is disabled (the server creates it at start-up)")
     unset_keys = {v.name: loaded.unset_key_variables(i) for i, v in enumerate(config.vendors)}
-    configured, orphans = views.pair_statuses(RoutingTable(config), disabled, now, unset_keys)
+    table = RoutingTable(config)
+    configured, orphans = views.pair_statuses(table, disabled, now, unset_keys)
     if args.json:
         print_json(views.status_json([*configured, *orphans]))
         for note in notes:
@@ -65,6 +73,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(views.status_table(configured))
         print()
     print(views.summary(configured))
+    if key_lines := views.keys_out_lines(table, keys_out, now):
+        print()
+        print("Keys out of their vendor's rotation (the upstream refused them):")
+        print("\n".join(key_lines))
     if orphans:
         print()
         print("Disabled in the database but not in the config (kept and ignored by the server):")

@@ -38,8 +38,9 @@ from typing import Any
 from urllib.parse import quote
 
 from cliproxy.core.config import PairKey, Vendor
-from cliproxy.core.events import DisabledRecord, Event
+from cliproxy.core.events import DisabledRecord, Event, KeyRecord
 from cliproxy.core.pair_state import PairView, pair_state
+from cliproxy.core.redact import mask_key
 from cliproxy.core.routing import RoutingTable
 from cliproxy.core.times import format_duration, format_time, format_timestamp, parse_duration, parse_iso, parse_since
 
@@ -480,3 +481,30 @@ def confirmation(action: str, vendor: str, model: str, duration: float | None, r
     if len(served) > 1 or (served and served[0] != f"{vendor}/{model}"):
         text += f" ({len(served)} pair{'s' if len(served) != 1 else ''}: {', '.join(served)})"
     return text
+
+
+def keys_out_lines(table: RoutingTable, records: Iterable[KeyRecord], now: float) -> list[str]:
+    """`cliproxy status`: each key out of its vendor's rotation now (key scope), as the server sees it:
+    in force by the clock, and still the key at its index (same hash); `credentials` when it was the vendor's last."""
+    lines: list[str] = []
+    out_by_vendor: dict[str, int] = {}
+    shown: list[tuple[KeyRecord, str]] = []
+    for record in sorted(records, key=lambda r: (r.vendor, r.index)):
+        rotation = table.keys.get(record.vendor)
+        if rotation is None or now >= record.disabled_until:
+            continue
+        current = dict(zip(rotation.indexes, zip(rotation.hashes, rotation.entries)))
+        if record.index not in current or current[record.index][0] != record.key_hash:
+            continue
+        out_by_vendor[record.vendor] = out_by_vendor.get(record.vendor, 0) + 1
+        shown.append((record, mask_key(current[record.index][1].api_key)))
+    for record, masked in shown:
+        every = out_by_vendor[record.vendor] >= len(table.keys[record.vendor].indexes)
+        why = record.last_error.message if record.last_error is not None else ""
+        lines.append(
+            f"  {record.vendor} key {record.index} ({masked}): out until {format_timestamp(record.disabled_until)}"
+            f" ({format_duration(record.disabled_until - now)} left, level {record.disable_level})"
+            + (" - every key of the vendor is out: its pairs are unavailable (credentials)" if every else "")
+            + (f": {why}" if why else "")
+        )
+    return lines

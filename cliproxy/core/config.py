@@ -16,6 +16,7 @@ __all__ = [
     "AutoDisableSettings",
     "DEFAULT_AUTO_DISABLE",
     "DEFAULT_COUNT_STATUSES",
+    "DEFAULT_KEY_SCOPE_STATUSES",
     "ApiKeyEntry",
     "DEFAULT_TIMEOUTS",
     "LoggingSettings",
@@ -48,6 +49,9 @@ RecoveryMode = Literal["timer", "half-open", "probe"]
 #: 404 counts because cliproxy forwards only models it was configured with: a 404 means the pair is
 #: misconfigured (a wrong base URL) or the vendor dropped the model, not that the client erred.
 DEFAULT_COUNT_STATUSES: frozenset[int] = frozenset({401, 403, 404, 408, 429, *range(500, 600)})
+#: Answers that say the vendor's key is bad, not the model (issue 14, key scope): with `api-key-entries`,
+#: the key leaves the vendor's rotation and the pair is not counted (`cliproxy.core.key_scope`).
+DEFAULT_KEY_SCOPE_STATUSES: frozenset[int] = frozenset({401, 402, 403})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,8 @@ class AutoDisableOverrides:
     half_open_requests: int | None = None
     probe: ProbeSpec | None = None
     probe_timeout_seconds: float | None = None
+    # key scope (issue 14): answers that put the vendor's key out, not the pair
+    key_scope_statuses: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,8 @@ class AutoDisableSettings:
     enforce: bool = True
     #: A trip that would leave more than this fraction of a model's pairs unavailable is not enforced.
     max_disabled_fraction: float = 1.0
+    #: Key scope (issue 14): such an answer puts the key used out of the vendor's rotation instead of counting the pair.
+    key_scope_statuses: frozenset[int] = DEFAULT_KEY_SCOPE_STATUSES
 
     @property
     def enabled(self) -> bool:
@@ -141,6 +149,7 @@ DEFAULT_AUTO_DISABLE = AutoDisableOverrides(
     half_open_requests=1,
     probe=ProbeSpec(),
     probe_timeout_seconds=10.0,
+    key_scope_statuses=DEFAULT_KEY_SCOPE_STATUSES,
 )
 
 #: The spec's fields, whose sources are always listed (the later ones only when a level sets them).
@@ -165,6 +174,8 @@ _AUTO_DISABLE_FIELDS = (
     "half_open_requests",
     "probe",
     "probe_timeout_seconds",
+    # issue 14, key scope
+    "key_scope_statuses",
 )
 
 

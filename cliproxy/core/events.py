@@ -17,6 +17,8 @@ __all__ = [
     "Effect",
     "ErrorInfo",
     "Event",
+    "KeyId",
+    "KeyRecord",
     "EventKind",
     "Outcome",
     "OutcomeKind",
@@ -90,13 +92,23 @@ class OutcomeSink(Protocol):
         """True for a half-open pair with every slot taken: tried (without a slot) only when nothing else can serve."""
         ...
 
-    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited", "credentials"] | None:
         """Why an unavailable pair is: "manual" (an operator's disable in force wins), "auto",
-        "rate-limited" (the upstream asked to be left alone), or None."""
+        "rate-limited" (the upstream asked to be left alone), "credentials" (every key of its vendor
+        is out: key scope), or None."""
         ...
 
     def weight(self, pair: tuple[str, str]) -> float:
         """The pair's weight in its priority tier: 1.0, less while it slow-starts; O(1)."""
+        ...
+
+    def key_usable(self, vendor: str, index: int) -> bool:
+        """False while the vendor's key at `index` of `api-key-entries` is out (key scope); O(1)."""
+        ...
+
+    def record_key_failure(self, pair: tuple[str, str], index: int, outcome: Outcome) -> bool:
+        """An answer of `key-scope-statuses` to the key at `index`: the key leaves the vendor's
+        rotation and the pair is not counted. False when the key could not be put out (unknown)."""
         ...
 
 
@@ -121,11 +133,17 @@ class AlwaysAvailable:
     def half_open_waiting(self, pair: tuple[str, str]) -> bool:
         return False
 
-    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited"] | None:
+    def disabled_by(self, pair: tuple[str, str]) -> Literal["auto", "manual", "rate-limited", "credentials"] | None:
         return None
 
     def weight(self, pair: tuple[str, str]) -> float:
         return 1.0
+
+    def key_usable(self, vendor: str, index: int) -> bool:
+        return True
+
+    def record_key_failure(self, pair: tuple[str, str], index: int, outcome: Outcome) -> bool:
+        return False
 
 
 EventKind = Literal[
@@ -140,6 +158,8 @@ EventKind = Literal[
     "config-rejected",
     "would-disable",  # a trip not enforced: `enforce: false` (dry run) or `max-disabled-fraction`
     "probe-failed",  # the probe of a pair under `recovery: probe` failed (the `disabled` that follows re-disables it)
+    "key-disabled",  # a vendor's key answered `key-scope-statuses`: out of the rotation (reason `credentials`: the last one)
+    "key-enabled",  # a key back in the rotation; cause: expired | manual | startup-expired | key-changed
 ]
 
 
@@ -196,6 +216,30 @@ class BackoffRecord:
 #: The key of a current-state row: (vendor, model, reason).
 RowKey = tuple[str, str, str]
 
+#: A vendor's API key: (vendor, its index in `api-key-entries`).
+KeyId = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A vendor's key out of the rotation now, as held by the `disabled_keys` table (issue 14, key scope).
+
+    `key_hash` (`cliproxy.core.key_scope.key_hash`) ties the row to the key's value, never stored:
+    a key replaced or moved to another index after a restart or a reload is not taken for this one.
+    """
+
+    vendor: str
+    index: int
+    key_hash: str
+    disabled_at: float
+    disabled_until: float
+    disable_level: int = 1
+    last_error: ErrorInfo | None = None
+
+    @property
+    def key(self) -> KeyId:
+        return (self.vendor, self.index)
+
 
 @dataclass(frozen=True, slots=True)
 class Effect:
@@ -208,6 +252,9 @@ class Effect:
     clear_disabled: RowKey | None = None
     #: The backoff level a pair goes back into service with (written with an `enabled` event).
     set_backoff: BackoffRecord | None = None
+    #: A key out of the rotation (written with a `key-disabled` event) / back in it (`key-enabled`).
+    set_disabled_key: KeyRecord | None = None
+    clear_disabled_key: KeyId | None = None
 
 
 _S = TypeVar("_S")

@@ -14,7 +14,7 @@ what the plain rotation already costs. With every weight 1.0 the plain rotation 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -28,6 +28,7 @@ from cliproxy.core.config import (
     Vendor,
     resolve_auto_disable,
 )
+from cliproxy.core.key_scope import key_hash
 from cliproxy.core.redact import SecretMasker, config_secrets
 
 __all__ = ["Pair", "Route", "RoutingTable", "KeyRotation", "SLOW_START_FLOOR", "SmoothWeights", "slow_start_weight"]
@@ -82,18 +83,41 @@ class SmoothWeights:
 
 
 class KeyRotation:
-    """Round robin over a vendor's `api-key-entries`, shared by all its pairs."""
+    """Round robin over a vendor's `api-key-entries` (those with a value), shared by all its pairs.
 
-    __slots__ = ("_entries", "_counter")
+    Each key keeps its index in `api-key-entries` (what the tracker and the management API call it)
+    and its `key_hash`. `next(usable)` skips keys that are out (key scope): it asks `usable` about
+    the key whose turn it is, and only when that one is out about the following ones, so a request
+    costs one O(1) check while every key is in (O(keys) only while some are out).
+    """
 
-    def __init__(self, entries: tuple[ApiKeyEntry, ...]) -> None:
-        self._entries = entries
-        self._counter = count()
+    __slots__ = ("entries", "indexes", "hashes", "_turn")
 
-    def next(self) -> ApiKeyEntry | None:
-        if not self._entries:
+    def __init__(self, entries: tuple[tuple[int, ApiKeyEntry], ...]) -> None:
+        self.entries = tuple(entry for _, entry in entries)
+        #: Each entry's index in `api-key-entries` (empty values left out of the rotation).
+        self.indexes = tuple(index for index, _ in entries)
+        self.hashes = tuple(key_hash(entry.api_key) for entry in self.entries)
+        #: The position whose turn is next; a pick moves it past the key picked, so a key that is
+        #: out hands its turns on evenly instead of doubling the next key's share.
+        self._turn = 0
+
+    def next(self, usable: Callable[[int], bool] | None = None, skip: Collection[int] = ()) -> tuple[int, ApiKeyEntry] | None:
+        """The next key in turn, as (index in `api-key-entries`, entry): the first from the turn's on
+        that is `usable` and not in `skip` (keys this request already tried). None when there are no
+        keys, or when `usable` or `skip` rule out every one."""
+        size = len(self.entries)
+        if not size:
             return None
-        return self._entries[next(self._counter) % len(self._entries)]
+        start = self._turn % size
+        for step in range(size):
+            position = (start + step) % size
+            index = self.indexes[position]
+            if index in skip or (usable is not None and not usable(index)):
+                continue
+            self._turn = position + 1
+            return index, self.entries[position]
+        return None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -179,8 +203,11 @@ class RoutingTable:
         self.names_of: dict[PairKey, tuple[str, ...]] = {}
         grouped: dict[str, list[Pair]] = {}
         switched_off: dict[str, list[Pair]] = {}
+        #: Each vendor's key rotation (key scope: the tracker learns the keys' hashes from it).
+        self.keys: dict[str, KeyRotation] = {}
         for vendor in config.vendors:
-            keys = KeyRotation(tuple(e for e in vendor.api_key_entries if e.api_key))
+            keys = KeyRotation(tuple((i, e) for i, e in enumerate(vendor.api_key_entries) if e.api_key))
+            self.keys[vendor.name] = keys
             timeouts = vendor.timeouts.over(config.timeouts)
             for model in vendor.models:
                 pair = Pair(

@@ -140,6 +140,10 @@ class FakeUpstream:
         self.completed_streams = 0
         self.faults_applied = 0
         self._faults: list[FaultEntry] = []
+        #: API keys this upstream refuses with a 401 `invalid_api_key` (see `revoke_key`).
+        self.revoked_keys: set[str] = set()
+        #: Requests refused for a revoked key.
+        self.refused_keys = 0
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -155,6 +159,14 @@ class FakeUpstream:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def revoke_key(self, api_key: str) -> None:
+        """Answer every API request sent with `Authorization: Bearer <api_key>` with a 401
+        `invalid_api_key` (OpenAI's shape), before any fault: a key revoked at the vendor."""
+        self.revoked_keys.add(api_key)
+
+    def restore_key(self, api_key: str) -> None:
+        self.revoked_keys.discard(api_key)
 
     def reset_stats(self) -> None:
         """Forget recorded requests and zero the counters (not streams_in_flight)."""
@@ -280,6 +292,11 @@ class FakeUpstream:
     async def _guarded(self, request: web.Request, body: dict[str, Any], kind: str) -> web.StreamResponse:
         """Run one API request with fault handling and disconnect accounting."""
         model: str = body["model"]
+        if self.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in self.revoked_keys:
+            self.refused_keys += 1
+            return _json_response(
+                _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), status=401
+            )
         fault = self._pick_fault(model) if self._faults else None
         task = asyncio.current_task()
         if task is not None:

@@ -425,6 +425,7 @@ class ConfigManager:
         if self._tracker is not None:
             self._tracker.update_settings(built.settings)
             self._tracker.update_peers(built.runtime.table.peers)
+            self._tracker.update_keys(built.runtime.table)
         self._loaded_text = self._seen_text = built.text
         self.last_error = None
         self.last_loaded_at = self._clock()

@@ -129,6 +129,8 @@ class AutoDisableSchema(StrictSchema):
     half_open_requests = Int("half_open_requests", minimum=1)
     probe = fields.Nested(lambda: ProbeSchema(), data_key="probe")
     probe_timeout_seconds = Seconds("probe_timeout_seconds")
+    # key scope (issue 14)
+    key_scope_statuses = StatusSet(data_key="key-scope-statuses")
 
     @post_load
     def make(self, data: dict[str, Any], **kwargs: Any) -> AutoDisableOverrides:

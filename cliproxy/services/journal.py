@@ -26,7 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from cliproxy.core.events import BackoffRecord, DisabledRecord, Effect, Event, RowKey
+from cliproxy.core.events import BackoffRecord, DisabledRecord, Effect, Event, KeyId, KeyRecord, RowKey
 from cliproxy.services.store import Store
 
 __all__ = ["Journal"]
@@ -61,6 +61,8 @@ class Journal:
         self._committed_rows: dict[RowKey, DisabledRecord] = {}
         # (vendor, model) -> the backoff level of a pair back in service, as committed.
         self._committed_backoff: dict[tuple[str, str], BackoffRecord] = {}
+        # (vendor, key index) -> a key out of its vendor's rotation, as committed (key scope).
+        self._committed_keys: dict[KeyId, KeyRecord] = {}
         self._pending: deque[Effect] = deque()
         self._enqueued = 0
         self._committed = 0
@@ -108,6 +110,14 @@ class Journal:
         """The committed backoff level of `pair` back in service, or None."""
         return self._committed_backoff.get(pair)
 
+    def committed_keys(self) -> list[KeyRecord]:
+        """Every key out of its vendor's rotation as committed (ended or not: the reader has the clock)."""
+        return list(self._committed_keys.values())
+
+    def committed_key(self, key: KeyId) -> KeyRecord | None:
+        """The committed `disabled_keys` row of (vendor, key index), or None."""
+        return self._committed_keys.get(key)
+
     # ------------------------------------------------------------------ appending (sync, O(1))
 
     def append(self, effect: Effect) -> None:
@@ -136,6 +146,9 @@ class Journal:
         load_backoff = getattr(self._store, "load_backoff", None)  # a store that keeps no levels has none
         if load_backoff is not None:
             self._committed_backoff = {(r.vendor, r.model): r for r in await load_backoff()}
+        load_keys = getattr(self._store, "load_disabled_keys", None)  # a store that keeps no keys has none
+        if load_keys is not None:
+            self._committed_keys = {r.key: r for r in await load_keys()}
         self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
 
     async def close(self) -> None:
@@ -193,7 +206,12 @@ class Journal:
             attempt += 1
             try:
                 # `set_backoff` only when there is one: a store that keeps no levels never sees it
-                extra = {"set_backoff": effect.set_backoff} if effect.set_backoff is not None else {}
+                extra: dict[str, object] = {"set_backoff": effect.set_backoff} if effect.set_backoff is not None else {}
+                # likewise the key-scope rows (`disabled_keys`): only when the effect has one
+                if effect.set_disabled_key is not None:
+                    extra["set_disabled_key"] = effect.set_disabled_key
+                if effect.clear_disabled_key is not None:
+                    extra["clear_disabled_key"] = effect.clear_disabled_key
                 event_id = await self._store.record(
                     effect.event, set_disabled=effect.set_disabled, clear_disabled=effect.clear_disabled, **extra
                 )
@@ -226,6 +244,10 @@ class Journal:
         level = effect.set_backoff
         if level is not None:
             self._committed_backoff[(level.vendor, level.model)] = level
+        if effect.clear_disabled_key is not None:
+            self._committed_keys.pop(effect.clear_disabled_key, None)
+        if effect.set_disabled_key is not None:
+            self._committed_keys[effect.set_disabled_key.key] = effect.set_disabled_key
         event = dataclasses.replace(effect.event, id=event_id)
         for listener in list(self.committed_listeners):
             try:

@@ -24,7 +24,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cliproxy.core.events import BackoffRecord, DisabledRecord, ErrorInfo, Event
+from cliproxy.core.events import BackoffRecord, DisabledRecord, ErrorInfo, Event, KeyRecord
 from cliproxy.core.times import format_timestamp, parse_iso
 
 __all__ = [
@@ -32,6 +32,12 @@ __all__ = [
     "DELETE_DISABLED",
     "SELECT_BACKOFF",
     "UPSERT_BACKOFF",
+    "UPSERT_KEY",
+    "DELETE_KEY",
+    "SELECT_KEYS",
+    "key_to_row",
+    "row_to_key",
+    "read_disabled_keys",
     "backoff_to_row",
     "row_to_backoff",
     "FIND_EVENT",
@@ -269,6 +275,35 @@ def row_to_backoff(row: Mapping[str, Any]) -> BackoffRecord:
     )
 
 
+def key_to_row(record: KeyRecord, event_id: int | None) -> dict[str, Any]:
+    """A KeyRecord as the named parameters of a `disabled_keys` row."""
+    return {
+        "vendor": record.vendor,
+        "key_index": record.index,
+        "key_hash": record.key_hash,
+        "disabled_at": format_timestamp(record.disabled_at),
+        "disabled_until": format_timestamp(record.disabled_until),
+        "disable_level": record.disable_level,
+        "last_status": record.last_error.status if record.last_error else None,
+        "last_error": record.last_error.message if record.last_error else None,
+        "last_error_kind": (record.last_error.kind or None) if record.last_error else None,
+        "event_id": event_id,
+    }
+
+
+def row_to_key(row: Mapping[str, Any]) -> KeyRecord:
+    """A `disabled_keys` row back into a KeyRecord."""
+    return KeyRecord(
+        vendor=row["vendor"],
+        index=row["key_index"],
+        key_hash=row["key_hash"],
+        disabled_at=parse_timestamp(row["disabled_at"]),
+        disabled_until=parse_timestamp(row["disabled_until"]),
+        disable_level=row["disable_level"],
+        last_error=_error_in(row),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # SQL: the statements and their parameters (shared by both paths), and the stdlib runners
 # --------------------------------------------------------------------------------------------
@@ -292,6 +327,25 @@ UPSERT_BACKOFF = (
 )
 
 SELECT_BACKOFF = "SELECT vendor, model, disable_level, level_since FROM backoff_levels ORDER BY vendor, model"
+
+_KEY_COLUMNS = (
+    "vendor",
+    "key_index",
+    "key_hash",
+    "disabled_at",
+    "disabled_until",
+    "disable_level",
+    "last_status",
+    "last_error",
+    "last_error_kind",
+)
+UPSERT_KEY = (
+    f"INSERT INTO disabled_keys ({', '.join(_KEY_COLUMNS)}, event_id) "
+    f"VALUES ({', '.join(':' + c for c in _KEY_COLUMNS)}, :event_id) "
+    "ON CONFLICT (vendor, key_index) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in (*_KEY_COLUMNS[2:], "event_id"))
+)
+DELETE_KEY = "DELETE FROM disabled_keys WHERE vendor = ? AND key_index = ?"
+SELECT_KEYS = f"SELECT {', '.join(_KEY_COLUMNS)} FROM disabled_keys ORDER BY vendor, key_index"
 
 # An event already in the file (a restored copy may hold some of the events being written back).
 FIND_EVENT = (
@@ -413,6 +467,12 @@ def read_disabled(path: str | os.PathLike) -> list[DisabledRecord]:
     """The pairs disabled now, read-only, ordered by vendor, model, reason."""
     with closing(connect_ro(path)) as conn:
         return _select_disabled(conn)
+
+
+def read_disabled_keys(path: str | os.PathLike) -> list[KeyRecord]:
+    """The keys out of their vendor's rotation (expired ones included: the caller has the clock), read-only."""
+    with closing(connect_ro(path)) as conn:
+        return [row_to_key(row) for row in conn.execute(SELECT_KEYS)]
 
 
 def read_events(

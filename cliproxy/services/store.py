@@ -47,7 +47,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiosqlite
 
-from cliproxy.core.events import BackoffRecord, DisabledRecord, Event
+from cliproxy.core.events import BackoffRecord, DisabledRecord, Event, KeyId, KeyRecord
 from cliproxy.core.times import format_timestamp
 from cliproxy.services.backup import BackupResult, backup
 from cliproxy.services.database_file import DatabaseFile, DatabaseFileProblem, file_identity, park, sidecars
@@ -55,6 +55,7 @@ from cliproxy.services.schema import MigrationError, apply_migrations, default_m
 from cliproxy.services.sql import (
     BUSY_TIMEOUT_MS,
     DELETE_DISABLED,
+    DELETE_KEY,
     FIND_EVENT,
     INSERT_EVENT,
     PING,
@@ -62,11 +63,14 @@ from cliproxy.services.sql import (
     PRAGMAS_RW,
     SELECT_BACKOFF,
     SELECT_DISABLED,
+    SELECT_KEYS,
     UPSERT_BACKOFF,
     UPSERT_DISABLED,
+    UPSERT_KEY,
     backoff_to_row,
     event_to_row,
     events_query,
+    key_to_row,
     parse_timestamp,
     read_disabled,
     read_events,
@@ -74,6 +78,7 @@ from cliproxy.services.sql import (
     row_to_backoff,
     row_to_disabled,
     row_to_event,
+    row_to_key,
     upsert_disabled_params,
 )
 
@@ -197,6 +202,7 @@ class SQLiteStore:
         self._disabled: dict[tuple[str, str, str], tuple[DisabledRecord, Event | None]] = {}
         self._mirror_loaded = False
         self._backoff: dict[tuple[str, str], BackoffRecord] = {}
+        self._keys: dict[KeyId, KeyRecord] = {}
 
     @classmethod
     async def open(cls, path: str | os.PathLike, *, migrations_dir: Path | None = None) -> SQLiteStore:
@@ -266,6 +272,8 @@ class SQLiteStore:
             await conn.execute(UPSERT_DISABLED, upsert_disabled_params(record, event_id))  # type: ignore[arg-type]
         for level in self._backoff.values():
             await conn.execute(UPSERT_BACKOFF, backoff_to_row(level, None))
+        for key in self._keys.values():
+            await conn.execute(UPSERT_KEY, key_to_row(key, None))
         return written, len(self._disabled)
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -313,6 +321,8 @@ class SQLiteStore:
         set_disabled: DisabledRecord | None = None,
         clear_disabled: tuple[str, str, str] | None = None,
         set_backoff: BackoffRecord | None = None,
+        set_disabled_key: KeyRecord | None = None,
+        clear_disabled_key: KeyId | None = None,
     ) -> int:
         async def body(conn: aiosqlite.Connection) -> int:
             event_id = (await conn.execute(INSERT_EVENT, event_to_row(event))).lastrowid
@@ -323,6 +333,10 @@ class SQLiteStore:
                 await conn.execute(UPSERT_DISABLED, upsert_disabled_params(set_disabled, event_id))
             if set_backoff is not None:
                 await conn.execute(UPSERT_BACKOFF, backoff_to_row(set_backoff, event_id))
+            if clear_disabled_key is not None:
+                await conn.execute(DELETE_KEY, tuple(clear_disabled_key))
+            if set_disabled_key is not None:
+                await conn.execute(UPSERT_KEY, key_to_row(set_disabled_key, event_id))
             return event_id
 
         async def transaction(conn: aiosqlite.Connection) -> int:
@@ -337,6 +351,10 @@ class SQLiteStore:
                 self._disabled[(set_disabled.vendor, set_disabled.model, set_disabled.reason)] = (set_disabled, event)
             if set_backoff is not None:
                 self._backoff[(set_backoff.vendor, set_backoff.model)] = set_backoff
+            if clear_disabled_key is not None:
+                self._keys.pop(clear_disabled_key, None)
+            if set_disabled_key is not None:
+                self._keys[set_disabled_key.key] = set_disabled_key
             return event_id
 
         if not self._mirror_loaded:
@@ -362,6 +380,17 @@ class SQLiteStore:
         records = await self._run(body)
         for record in records:  # to refill a recreated file
             self._backoff.setdefault((record.vendor, record.model), record)
+        return records
+
+    async def load_disabled_keys(self) -> list[KeyRecord]:
+        """Every `disabled_keys` row (expired ones included: the caller has the clock)."""
+
+        async def body(conn: aiosqlite.Connection) -> list[KeyRecord]:
+            return [row_to_key(row) for row in await conn.execute_fetchall(SELECT_KEYS)]  # type: ignore[arg-type]  # sqlite3.Row is a mapping
+
+        records = await self._run(body)
+        for record in records:  # to refill a recreated file
+            self._keys.setdefault(record.key, record)
         return records
 
     async def events(

@@ -45,14 +45,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from cliproxy.core import failures, manual, policies, rate_limit
+from cliproxy.core import failures, key_scope, manual, policies, rate_limit
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
-from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, Event, Outcome
+from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, Event, KeyId, KeyRecord, Outcome
 from cliproxy.core.failures import AUTO, PairState
+from cliproxy.core.key_scope import KeyState
 from cliproxy.core.manual import MANUAL
 from cliproxy.core.rate_limit import RATE_LIMITED
-from cliproxy.core.routing import slow_start_weight
+from cliproxy.core.routing import RoutingTable, slow_start_weight
 from cliproxy.services.journal import Journal
 
 __all__ = ["FailureTracker"]
@@ -103,6 +104,15 @@ class FailureTracker:
         self._probe_in_flight: set[PairKey] = set()
         #: Set when a pair starts waiting for a probe; the prober waits on it.
         self.probes_due = asyncio.Event()
+        # key scope (issue 14): each vendor's keys (index in api-key-entries -> hash of the value) and
+        # models, set by `update_keys`; the keys held (out, or back at a backoff level), how many of
+        # each vendor's are out (an upper bound: one over by the clock counts until the sweep), and
+        # the heap of their ends (until, vendor, index).
+        self._key_hashes: dict[str, dict[int, str]] = {}
+        self._vendor_models: dict[str, tuple[str, ...]] = {}
+        self._keys: dict[KeyId, KeyState] = {}
+        self._keys_out: dict[str, int] = {}
+        self._key_deadlines: list[tuple[float, str, int]] = []
 
     # ------------------------------------------------------------------ settings and views
 
@@ -265,6 +275,8 @@ class FailureTracker:
         settings = self._settings.get(pair)
         if settings is None:
             return True
+        if self.credentials_out(pair[0]):
+            return False
         now = self._clock()
         state = self._states.get(pair)
         if state is not None and failures.is_disabled(state, now):
@@ -350,12 +362,14 @@ class FailureTracker:
         limited = self._rate_limited.get(pair)
         if limited is not None and limited.disabled_until is not None and manual.in_force(limited, now):
             wait = max(wait, limited.disabled_until - now)
+        if self.credentials_out(pair[0]):
+            wait = max(wait, self._first_key_back(pair[0], now))
         settings = self._settings[pair]
         if wait == 0.0 and state is not None and failures.recovery_phase(state, settings, now) == "probing":
             return settings.probe_timeout_seconds  # the probe's verdict comes within its timeout
         return wait
 
-    def disabled_by(self, pair: PairKey) -> Literal["auto", "manual", "rate-limited"] | None:
+    def disabled_by(self, pair: PairKey) -> Literal["auto", "manual", "rate-limited", "credentials"] | None:
         """ "manual" while an operator's timed disable is in force, else "auto" while auto-disabled, else
         "rate-limited" while the upstream's rate limit holds, else None."""
         if pair not in self._settings:
@@ -370,6 +384,8 @@ class FailureTracker:
         limited = self._rate_limited.get(pair)
         if limited is not None and manual.in_force(limited, now):
             return "rate-limited"
+        if self.credentials_out(pair[0]):
+            return "credentials"
         if state is not None and not self.is_available(pair):
             return "auto"  # probing, or half-open with every slot taken
         return None
@@ -443,6 +459,117 @@ class FailureTracker:
             return manual.cleared(decision.effects)
         raise ValueError(f"unknown disable reason {reason!r}")
 
+    # ------------------------------------------------------------------ key scope (issue 14)
+
+    def update_keys(self, table: RoutingTable) -> None:
+        """Learn each vendor's keys (index and hash of the value) and models from a (re)loaded config.
+
+        Run before `start` (the restore matches rows against it) and on each reload, where a key held
+        for an index whose value changed (replaced, or the list reordered) or that is gone is let go
+        (`key-enabled`, cause key-changed): the key now there was never refused. O(keys) per reload.
+        """
+        self._key_hashes = {vendor: dict(zip(rotation.indexes, rotation.hashes)) for vendor, rotation in table.keys.items()}
+        models: dict[str, list[str]] = {}
+        for vendor, model in table.pairs:
+            models.setdefault(vendor, []).append(model)
+        self._vendor_models = {vendor: tuple(names) for vendor, names in models.items()}
+        now = self._now()
+        for key, state in list(self._keys.items()):
+            current = self._key_hashes.get(key[0], {}).get(key[1])
+            self._apply_key(key, key_scope.forget_changed(state, current, now))
+
+    def key_usable(self, vendor: str, index: int) -> bool:
+        """False while the vendor's key at `index` is out of the rotation; O(1), by the clock."""
+        return not key_scope.is_out(self._keys.get((vendor, index)), self._clock())
+
+    def record_key_failure(self, pair: PairKey, index: int, outcome: Outcome) -> bool:
+        """An answer of `key-scope-statuses` to the vendor's key at `index`: the key goes out of the
+        rotation for the pair's disable duration (with backoff), no pair is counted. The last key of
+        a vendor to go out writes the one event (reason `credentials`) for all its pairs. False
+        when the pair or the key is not in the config (then the outcome counts as usual)."""
+        settings = self._settings.get(pair)
+        vendor = pair[0]
+        hash_ = self._key_hashes.get(vendor, {}).get(index)
+        if settings is None or hash_ is None:
+            return False
+        key = (vendor, index)
+        left = sum(1 for other in self._key_hashes[vendor] if other != index and self.key_usable(vendor, other))
+        decision = key_scope.disable(
+            key,
+            hash_,
+            self._keys.get(key),
+            outcome.error,
+            settings,
+            self._now(),
+            keys_left=left,
+            models=self._vendor_models.get(vendor, ()),
+        )
+        self._apply_key(key, decision)
+        return True
+
+    def credentials_out(self, vendor: str) -> bool:
+        """True while every key of a vendor that has keys is out: all its pairs are unavailable
+        (reason `credentials`). O(1) while some key is in; O(keys) only when all may be out."""
+        hashes = self._key_hashes.get(vendor)
+        if not hashes or self._keys_out.get(vendor, 0) < len(hashes):
+            return False
+        return not any(self.key_usable(vendor, index) for index in hashes)
+
+    def _first_key_back(self, vendor: str, now: float) -> float:
+        ends = [s.record.disabled_until for (v, _), s in self._keys.items() if v == vendor and s.record is not None]
+        return max(0.0, min(ends) - now) if ends else 0.0
+
+    async def enable_key(self, vendor: str, index: int, actor: str) -> bool:
+        """An operator puts the key back in the rotation now (`key-enabled`, cause manual). True when it was out."""
+        key = (vendor, index)
+        decision = key_scope.end_by_operator(self._keys.get(key), self._now(), actor)
+        cleared = any(e.event.cause == "manual" for e in decision.effects)
+        self._apply_key(key, decision)
+        return cleared
+
+    def keys_of(self, vendor: str) -> dict[int, str]:
+        """The vendor's keys with a value: index in `api-key-entries` -> hash of the value."""
+        return dict(self._key_hashes.get(vendor, {}))
+
+    def committed_key(self, vendor: str, index: int) -> KeyRecord | None:
+        """The key's time out as committed to the store while it is in force (what reports show), or None."""
+        record = self.journal.committed_key((vendor, index))
+        if record is None or self._clock() >= record.disabled_until:
+            return None
+        if record.key_hash != self._key_hashes.get(vendor, {}).get(index):
+            return None
+        return record
+
+    def key_vendors(self) -> list[str]:
+        """The vendors that have keys, sorted."""
+        return sorted(v for v, hashes in self._key_hashes.items() if hashes)
+
+    def _expire_keys_due(self, now: float) -> int:
+        count = 0
+        while self._key_deadlines and self._key_deadlines[0][0] <= now:
+            until, vendor, index = heapq.heappop(self._key_deadlines)
+            state = self._keys.get((vendor, index))
+            if state is not None and state.record is not None and state.record.disabled_until == until:
+                decision = key_scope.expire(state, now)
+                count += len(decision.effects)
+                self._apply_key((vendor, index), decision)
+        return count
+
+    def _apply_key(self, key: KeyId, decision: Decision[KeyState] | Decision[KeyState | None]) -> None:
+        """Memory first (the key's state, its vendor's count of keys out, the deadline), then the effects."""
+        old, new = self._keys.get(key), decision.state
+        was_out = old is not None and old.record is not None
+        is_out = new is not None and new.record is not None
+        if new is None:
+            self._keys.pop(key, None)
+        else:
+            self._keys[key] = new
+        if was_out != is_out:
+            self._keys_out[key[0]] = self._keys_out.get(key[0], 0) + (1 if is_out else -1)
+        if new is not None and new.record is not None and (old is None or old.record is not new.record):
+            heapq.heappush(self._key_deadlines, (new.record.disabled_until, key[0], key[1]))
+        self._carry_out(decision.effects)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -460,6 +587,9 @@ class FailureTracker:
             self._restore_level(level, now)
         for record in self.journal.committed_rows():
             self._restore(record, now)
+        for key_record in self.journal.committed_keys():
+            current = self._key_hashes.get(key_record.vendor, {}).get(key_record.index)
+            self._apply_key(key_record.key, key_scope.restore(key_record, current, now))
         self._last_cleanup = now
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="failure-tracker-sweep")
 
@@ -499,7 +629,7 @@ class FailureTracker:
                 timed = self._manual.get(pair)
                 if timed is not None and timed.disabled_until == until:
                     count += self._expire_pair(pair, now)
-        return count
+        return count + self._expire_keys_due(now)
 
     def drop_idle(self) -> int:
         """Forget pairs that are not disabled and have had no failure for `idle_seconds`."""

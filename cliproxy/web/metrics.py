@@ -30,6 +30,8 @@ is not yet in SQLite (it would be lost by kill -9), even while the database is l
     cliproxy_pair_disabled{vendor,model,reason}              1 for each pair disabled now (at scrape)
     cliproxy_store_pending_writes                            transitions not yet committed (at scrape)
     cliproxy_store_writes_healthy                            0 while writes to the database fail
+    cliproxy_vendor_keys_available{vendor}                   keys of a vendor in its rotation (at scrape; key scope)
+    cliproxy_vendor_key_out{vendor,key_index}                1 for each key out of its rotation now (at scrape)
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class Metrics:
             yield counter.family()
         yield self._latency.family()
         yield self._ttfb.family()
-        streams, count, each, pending, healthy = self._state_families()
+        streams, count, each, pending, healthy, keys_available, key_out = self._state_families()
         streams.add_metric([], self.streams_in_flight)
         tracker = self._tracker
         if tracker is not None:
@@ -269,11 +271,20 @@ class Metrics:
                 each.add_metric([record.vendor, record.model, record.reason], 1)
             for reason, n in sorted(by_reason.items()):
                 count.add_metric([reason], n)
+            # key scope, committed view: O(keys) per scrape, never per request
+            for vendor in tracker.key_vendors():
+                available = 0
+                for index in sorted(tracker.keys_of(vendor)):
+                    if tracker.committed_key(vendor, index) is None:
+                        available += 1
+                    else:
+                        key_out.add_metric([vendor, str(index)], 1)
+                keys_available.add_metric([vendor], available)
         journal = self._journal
         if journal is not None:
             pending.add_metric([], journal.pending_writes)
             healthy.add_metric([], 1 if journal.persist_healthy else 0)
-        yield from (streams, count, each, pending, healthy)
+        yield from (streams, count, each, pending, healthy, keys_available, key_out)
 
     def _counters(self) -> tuple[_Counter, ...]:
         return (
@@ -296,4 +307,10 @@ class Metrics:
             GaugeMetricFamily("cliproxy_pair_disabled", "1 for each pair disabled now.", labels=["vendor", "model", "reason"]),
             GaugeMetricFamily("cliproxy_store_pending_writes", "State transitions not yet committed to the database."),
             GaugeMetricFamily("cliproxy_store_writes_healthy", "0 while writes to the database are failing."),
+            GaugeMetricFamily(
+                "cliproxy_vendor_keys_available", "Keys of a vendor in its rotation now (key scope).", labels=["vendor"]
+            ),
+            GaugeMetricFamily(
+                "cliproxy_vendor_key_out", "1 for each key out of its vendor's rotation now.", labels=["vendor", "key_index"]
+            ),
         )

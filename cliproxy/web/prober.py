@@ -47,7 +47,8 @@ async def send_probe(pair: Pair, session: aiohttp.ClientSession) -> ErrorInfo | 
     """Send one probe to `pair`; None on a 2xx answer, else what went wrong (masked of secrets)."""
     settings = pair.auto_disable
     headers = {"Content-Type": "application/json", **dict(pair.vendor.headers)}
-    key = pair.keys.next()
+    picked = pair.keys.next()
+    key = picked[1] if picked is not None else None
     if key is not None:
         headers["Authorization"] = f"Bearer {key.api_key}"
     proxy = (key.proxy_url if key is not None else None) or pair.proxy_url

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 
 import aiohttp
@@ -24,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import rewrite_model
 from cliproxy.core.classify import SMALL_BODY_LIMIT, StreamStart, classify_body, classify_status, error_message, failure
+from cliproxy.core.config import ApiKeyEntry
 from cliproxy.core.errors import (
     GatewayOverloaded,
     NoVendorAvailable,
@@ -72,6 +74,8 @@ CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
 CLIENT_WRITE_TIMEOUT = Outcome("neutral", "client_write_timeout")
 #: Reason of the neutral outcome when cliproxy itself ran out of descriptors, buffers or memory.
 GATEWAY_OVERLOADED = "gateway_overloaded"
+#: Reason of an attempt whose key the upstream refused (`key-scope-statuses`): the key is out, the pair not counted.
+KEY_REFUSED = "key_refused"
 
 
 @dataclass(slots=True)
@@ -83,6 +87,8 @@ class _Opened:
     first_chunk: bytes
     #: Sent to a pair the tracker holds unavailable, by `on-all-disabled: best-effort`.
     degraded: bool = False
+    #: The index in `api-key-entries` of the key the attempt used; None without keys.
+    key_index: int | None = None
 
 
 @dataclass(slots=True)
@@ -97,11 +103,20 @@ class _Failed:
     headers: CIMultiDict[str] | None = None
     timeout: bool = False
     degraded: bool = False
+    #: The index in `api-key-entries` of the key the attempt used; None without keys.
+    key_index: int | None = None
+    #: The answer said the key is bad (`key-scope-statuses`): the key is out, the pair was not counted.
+    key_refused: bool = False
 
 
 def _report(sink: OutcomeSink, info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
     """The one way an attempt's outcome is told: to the failure tracker, and to the access line and metrics."""
     sink.record_outcome(pair.key, outcome)
+    _report_uncounted(info, pair, outcome)
+
+
+def _report_uncounted(info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
+    """The access line and metrics only: a refused key (key scope) was told to the tracker as such, not counted for the pair."""
     info.outcomes.append(outcome.reason)
     if info.traffic is not None:
         info.traffic.record(pair.key, failed=outcome.kind == "failure")
@@ -156,6 +171,14 @@ async def choose_upstream(
                 continue
             admitted.append(pair)
         result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload)
+        # Key scope: a refused key is out; the vendor's next key is tried at once, before any other
+        # vendor, until one answers or none is left (bounded by the vendor's key count).
+        refused: set[int] = set()
+        while isinstance(result, _Failed) and result.key_refused and result.key_index is not None:
+            refused.add(result.key_index)
+            if pair.keys.next(partial(sink.key_usable, pair.vendor.name), refused) is None:
+                break
+            result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload, skip=refused)
         if isinstance(result, _Opened):
             return result
         if result.outcome.kind != "failure":
@@ -185,20 +208,39 @@ async def _attempt(
     session: aiohttp.ClientSession,
     sink: OutcomeSink,
     overload: OverloadLog,
+    skip: Collection[int] = (),
 ) -> _Opened | _Failed:
-    """One attempt on `pair`, counted and reported (an answer for the client is reported when relayed)."""
+    """One attempt on `pair`, counted and reported (an answer for the client is reported when relayed).
+
+    With `api-key-entries`, the key is the rotation's next one that is in (and not in `skip`: those
+    this request saw refused). An answer of `key-scope-statuses` puts that key out instead of
+    counting the pair (`key_refused`), and the attempt fails over like a countable failure.
+    """
     info.attempts += 1
     info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
     body = proxied.body if pair.model.name == proxied.model else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+    # Every key out (the pair is tried anyway, by best-effort): the rotation's next, as before.
+    picked = pair.keys.next(partial(sink.key_usable, pair.vendor.name), skip) or pair.keys.next()
     try:
-        result = await _open(pair, proxied, body, session, overload)
+        result = await _open(pair, proxied, body, session, overload, picked)
     except asyncio.CancelledError:
         # The client went away before the upstream answered: neutral for the pair, and its
         # access line and metrics say why (499, outcome client_disconnect).
         _report(sink, info, pair, CLIENT_DISCONNECT)
         raise
+    if picked is not None:
+        result.key_index = picked[0]
     if isinstance(result, _Failed):
-        _report(sink, info, pair, result.outcome)
+        if (
+            picked is not None
+            and result.status in pair.auto_disable.key_scope_statuses
+            and sink.record_key_failure(pair.key, picked[0], result.outcome)
+        ):
+            result.key_refused = True
+            result.outcome = Outcome("failure", KEY_REFUSED, result.outcome.error)
+            _report_uncounted(info, pair, result.outcome)
+        else:
+            _report(sink, info, pair, result.outcome)
     return result
 
 
@@ -246,12 +288,13 @@ async def _open(
     body: bytes,
     session: aiohttp.ClientSession,
     overload: OverloadLog,
+    picked: tuple[int, ApiKeyEntry] | None,
 ) -> _Opened | _Failed:
-    """Send one attempt and wait for its headers (and first chunk when streaming), within the timeouts."""
+    """Send one attempt with the `picked` key and wait for its headers (and first chunk when streaming), within the timeouts."""
     headers = CIMultiDict(proxied.headers)
     for name, value in pair.vendor.headers:
         headers[name] = value
-    key = pair.keys.next()
+    key = picked[1] if picked is not None else None
     if key is not None:
         headers["Authorization"] = f"Bearer {key.api_key}"
     proxy = (key.proxy_url if key is not None else None) or pair.proxy_url
@@ -576,7 +619,7 @@ def _nothing_available(route: Route, sink: OutcomeSink) -> ProxyError:
         wait = sink.seconds_until_available(pair.key)
         if reason == "manual":
             manual.append(wait)
-        elif reason == "auto":
+        elif reason in ("auto", "credentials"):  # credentials: every key of its vendor is out, back by the clock too
             auto.append(wait or 0.0)
         elif reason == "rate-limited":
             limited.append(wait or 0.0)

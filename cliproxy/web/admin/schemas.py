@@ -201,6 +201,28 @@ class ApiKeyEntryViewSchema(Schema):
     proxy_url = fields.String(required=True, allow_none=True, metadata={"description": "password masked"})
 
 
+class VendorKeyViewSchema(Schema):
+    """One of a vendor's `api-key-entries` as key scope sees it (issue 14)."""
+
+    index = fields.Integer(required=True, metadata={"description": "its position in `api-key-entries` (0-based)"})
+    api_key = fields.String(required=True, metadata={"description": "masked"})
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(["in", "out", "unset"]),
+        metadata={"description": "`in` the rotation, `out` (the upstream refused it: until `until`), `unset` (empty value)"},
+    )
+    until = _ts("when a key that is out comes back; null when it is in")
+    disable_level = fields.Integer(required=True, metadata={"description": "the backoff level of its time out; 0 when in"})
+    last_error = fields.String(required=True, allow_none=True, metadata={"description": "the refusal (masked); null when in"})
+
+
+class VendorKeysSchema(Schema):
+    """`POST /api/vendors/{name}/keys/{index}/enable`: whether a key was out, and every key of the vendor now."""
+
+    cleared = fields.Boolean(required=True, metadata={"description": "true when the key was out and is back in now"})
+    keys = fields.List(fields.Nested(VendorKeyViewSchema), required=True)
+
+
 class TimeoutsViewSchema(Schema):
     connect = fields.Float(required=True, allow_none=True)
     first_byte = fields.Float(required=True, allow_none=True)
@@ -238,6 +260,11 @@ class VendorViewSchema(Schema):
     prefix = fields.String(required=True, allow_none=True)
     base_url = fields.String(required=True)
     api_key_entries = fields.List(fields.Nested(ApiKeyEntryViewSchema), required=True)
+    keys = fields.List(
+        fields.Nested(VendorKeyViewSchema),
+        required=True,
+        metadata={"description": "each key's state (key scope): out of the rotation after the upstream refused it"},
+    )
     headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={"description": "values masked"})
     timeouts = fields.Nested(TimeoutsViewSchema, required=True, metadata={"description": "this vendor's own overrides"})
     auto_disable = fields.Nested(

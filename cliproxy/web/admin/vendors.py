@@ -20,15 +20,16 @@ from cliproxy.web.admin.exchange import committed, json_body, json_reply, load, 
 from cliproxy.web.admin.registry import endpoint
 from cliproxy.web.admin.schemas import (
     ModelPatchSchema,
+    VendorKeysSchema,
     VendorListSchema,
     VendorModelViewSchema,
     VendorPatchSchema,
     VendorViewSchema,
 )
-from cliproxy.web.admin.views import mask_headers, vendor_view
+from cliproxy.web.admin.views import key_views, mask_headers, vendor_view
 from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, CONFIG_MANAGER, RUNTIME, TRACKER
 
-__all__ = ["list_vendors", "patch_model", "patch_vendor"]
+__all__ = ["enable_key", "list_vendors", "patch_model", "patch_vendor"]
 
 
 @endpoint(
@@ -131,6 +132,29 @@ async def patch_model(request: web.Request) -> web.Response:
     view = vendor_view(_vendor_named(runtime, name), runtime, request.config_dict[TRACKER], request.config_dict[CLOCK]())
     [model_view] = [m for m in view["models"] if m["name"] == entry.name]
     return json_reply(VendorModelViewSchema, model_view)
+
+
+@endpoint(
+    "POST",
+    "/api/vendors/{name}/keys/{index}/enable",
+    summary="Put a vendor's key back in its rotation",
+    response=VendorKeysSchema,
+    errors=(404, 503),
+    tags=("vendors",),
+)
+async def enable_key(request: web.Request) -> web.Response:
+    """Ends the time out of the key at `{index}` of the vendor's `api-key-entries` (0-based) that the
+    upstream refused (key scope): one `key-enabled` event, cause manual. A key already in changes nothing."""
+    name = path_name(request, "name")
+    vendor = _vendor_named(request.config_dict[RUNTIME].current, name)
+    raw_index = request.match_info.get("index", "")
+    if not raw_index.isdigit() or int(raw_index) >= len(vendor.api_key_entries):
+        raise NotFound(f"vendor '{name}' has no key at index {raw_index!r} (it has {len(vendor.api_key_entries)})", param="index")
+    await committed(request)
+    tracker = request.config_dict[TRACKER]
+    cleared = await tracker.enable_key(name, int(raw_index), request[ADMIN_ACTOR])
+    await committed(request, after_change=True)
+    return json_reply(VendorKeysSchema, {"cleared": cleared, "keys": key_views(vendor, tracker)})
 
 
 def _vendor_named(runtime: Runtime, name: str) -> Vendor:

@@ -25,6 +25,7 @@ __all__ = [
     "event_view",
     "iso",
     "last_error",
+    "key_views",
     "mask_headers",
     "mask_url",
     "masked",
@@ -274,6 +275,25 @@ def switched_off_by(events: Sequence[Any], key: str) -> Any | None:
     return None
 
 
+def key_views(vendor: Vendor, tracker: FailureTracker) -> list[dict[str, Any]]:
+    """Each of the vendor's keys (key scope), from the committed view: index, masked value, in or out and until when."""
+    out: list[dict[str, Any]] = []
+    for index, entry in enumerate(vendor.api_key_entries):
+        record = tracker.committed_key(vendor.name, index) if entry.api_key else None
+        state = "unset" if not entry.api_key else "out" if record is not None else "in"
+        out.append(
+            {
+                "index": index,
+                "api_key": mask_key(entry.api_key),
+                "state": state,
+                "until": iso(record.disabled_until) if record is not None else None,
+                "disable_level": record.disable_level if record is not None else 0,
+                "last_error": record.last_error.message if record is not None and record.last_error is not None else None,
+            }
+        )
+    return out
+
+
 def vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: float) -> dict[str, Any]:
     models = []
     for model in vendor.models:
@@ -302,6 +322,7 @@ def vendor_view(vendor: Vendor, runtime: Runtime, tracker: FailureTracker, now: 
         "prefix": vendor.prefix,
         "base_url": vendor.base_url,
         "api_key_entries": [{"api_key": mask_key(e.api_key), "proxy_url": mask_url(e.proxy_url)} for e in vendor.api_key_entries],
+        "keys": key_views(vendor, tracker),
         "headers": mask_headers(vendor.headers),
         "timeouts": _timeouts(vendor.timeouts),
         "auto_disable": _overrides(vendor.auto_disable),

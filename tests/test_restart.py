@@ -158,3 +158,39 @@ class TestRecoveryStatesSurviveKillDashNine:
         status, headers = await post_chat(gw.url)
         assert status == 503 and 0 < int(headers["Retry-After"]) <= 30
         assert read_disabled(db) == [second]
+
+
+class TestKeyOutSurvivesKillDashNine:
+    """A key the upstream refused, once committed, is still out of the rotation after kill -9, with its timestamps."""
+
+    async def test_only_key_revoked_survives_kill_9(self, upstreams, tmp_path, processes):
+        from cliproxy.services.sql import read_disabled_keys
+
+        revoked = "sk-vendor-revoked-key-0002"
+        up = await upstreams()
+        up.revoke_key(revoked)
+        gw = GatewayProcess(
+            tmp_path,
+            {
+                "auto-disable": {"disable-duration-seconds": 600},
+                "openai-compatibility": [
+                    {
+                        "name": "v",
+                        "base-url": up.url,
+                        "api-key-entries": [{"api-key": revoked}],
+                        "models": [{"name": "m"}],
+                    }
+                ],
+            },
+        )
+        processes.append(gw.start())
+        assert (await post_chat(gw.url))[0] == 401  # the upstream's refusal, relayed
+        [before] = await eventually(lambda: read_disabled_keys(tmp_path / "cliproxy.db"))
+        gw.kill9()
+        gw.start()
+        status, headers = await post_chat(gw.url)
+        assert status == 503  # the vendor's only key is still out: its pairs are unavailable (credentials)
+        assert 0 < int(headers["Retry-After"]) <= 600
+        [after] = read_disabled_keys(tmp_path / "cliproxy.db")
+        assert after == before
+        assert up.refused_keys == 1  # nothing reached the upstream after the restart

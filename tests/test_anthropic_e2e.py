@@ -6,6 +6,7 @@ import anthropic
 import pytest
 
 from cliproxy.fake_upstream import Fault
+from cliproxy.web.admin.auth import ADMIN_LOCKOUT
 from cliproxy.web.keys import STORE, TRACKER
 from tests.helpers import FakeClock, vendor
 
@@ -302,3 +303,45 @@ class TestCountTokens:
         assert 0 < short.input_tokens < long.input_tokens
         assert 400 <= long.input_tokens <= 600  # about four characters a token
         assert up.requests == []
+
+
+MGMT_KEY = "mgmt-secret-key-0123456789"
+
+
+class TestClaudeCodeStart:
+    """Claude Code sends `HEAD /api/hello` with its client key at every start: never a management lock-out."""
+
+    async def test_client_key_on_api_paths_is_answered_and_never_counted(self, upstreams, gateway):
+        up = await upstreams()
+        gw = await gateway(
+            {
+                "api-keys": ["client-key"],
+                "remote-management": {"secret-key": MGMT_KEY},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            }
+        )
+        for _ in range(12):  # more than the 5 failures that would block the address
+            resp = await gw.client.head("/api/hello", headers={"x-api-key": "client-key"})
+            assert resp.status == 404
+            resp = await gw.client.get("/api/vendors", headers={"Authorization": "Bearer client-key"})
+            assert resp.status == 401
+        assert len(gw.app[ADMIN_LOCKOUT]) == 0
+        resp = await gw.client.get("/api/vendors", headers={"Authorization": f"Bearer {MGMT_KEY}"})
+        assert resp.status == 200
+
+    async def test_a_wrong_key_beside_a_client_key_still_counts(self, upstreams, gateway):
+        up = await upstreams()
+        gw = await gateway(
+            {
+                "api-keys": ["client-key"],
+                "remote-management": {"secret-key": MGMT_KEY},
+                "openai-compatibility": [vendor("a", up.url, ["m"])],
+            }
+        )
+        statuses = []
+        for _ in range(6):
+            resp = await gw.client.get("/api/vendors", headers={"x-api-key": "client-key", "X-Management-Key": "guess"})
+            statuses.append(resp.status)
+        assert statuses == [401] * 5 + [429]
+        resp = await gw.client.head("/api/hello", headers={"x-api-key": "not-a-client-key"})
+        assert resp.status == 429

@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from cliproxy.core.config import Config
-from cliproxy.core.errors import ProxyError, error_body
+from cliproxy.core.errors import ProxyError, anthropic_error_body, error_body
 from cliproxy.core.events import AlwaysAvailable
 from cliproxy.core.runtime import LiveRuntime, Runtime
 from cliproxy.core.traffic import PairTraffic
@@ -20,10 +20,11 @@ from cliproxy.services.config_manager import ConfigManager
 from cliproxy.services.journal import Journal
 from cliproxy.services.store import SQLiteStore
 from cliproxy.services.tracker import FailureTracker
-from cliproxy.web import health, proxy_api
+from cliproxy.web import anthropic_api, health, proxy_api
 from cliproxy.web.admin import API_PREFIX, management_app
 from cliproxy.web.admin.auth import ADMIN_LOCKOUT, Lockout
 from cliproxy.web.admin.event_stream import EVENT_FEED, EventFeed, event_feed
+from cliproxy.web.anthropic_api import ANTHROPIC_PATH
 from cliproxy.web.browser_guard import browser_guard_middleware, cors_response_headers
 from cliproxy.web.inflight import InFlight
 from cliproxy.web.keys import (
@@ -52,26 +53,33 @@ __all__ = ["create_app", "error_middleware"]
 log = logging.getLogger("cliproxy")
 
 
-def _error_response(error: ProxyError) -> web.Response:
+def _error_response(error: ProxyError, anthropic: bool = False) -> web.Response:
     headers = dict(error.headers)
     content_type = headers.pop("Content-Type", None) or "application/json"
+    if anthropic:
+        status = error.anthropic_status or error.status
+        return web.Response(status=status, body=error.anthropic_body(), headers=headers, content_type="application/json")
     return web.Response(status=error.status, body=error.body(), headers=headers, content_type=content_type.split(";")[0])
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every error cliproxy makes leaves here in the OpenAI shape, with an honest status."""
+    """Every error cliproxy makes leaves here in the OpenAI shape, with an honest status (Anthropic's
+    shape under `/v1/messages`, whose clients read only that)."""
+    anthropic = request.path.startswith(ANTHROPIC_PATH)
     try:
         return await handler(request)
     except ProxyError as error:
-        return _error_response(error)
+        return _error_response(error, anthropic)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
         return web.Response(
             status=exc.status,
-            body=error_body(exc.reason, "invalid_request_error", code),
+            body=anthropic_error_body(exc.status, exc.reason)
+            if anthropic
+            else error_body(exc.reason, "invalid_request_error", code),
             content_type="application/json",
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
@@ -79,9 +87,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
+        message = "internal error in cliproxy; see its log"
         return web.Response(
             status=500,
-            body=error_body("internal error in cliproxy; see its log", "internal_error", "internal_error"),
+            body=anthropic_error_body(500, message) if anthropic else error_body(message, "internal_error", "internal_error"),
             content_type="application/json",
         )
 
@@ -184,6 +193,7 @@ def create_app(
     app.on_response_prepare.append(stamp_response)  # x-request-id on every answer, streams counted
     app.on_response_prepare.append(cors_response_headers)  # an allowed browser origin's /v1 answers say so
     app.add_routes(proxy_api.routes)
+    app.add_routes(anthropic_api.routes)  # /v1/messages: Anthropic clients onto the same vendors
     app.add_routes(health.routes)
     app.add_routes(dashboard_routes())  # /ui/: the dashboard, under the management API's address rules
     app.add_subapp(API_PREFIX + "/", management_app())  # every path under /api, known or not, behind its access rule

@@ -20,6 +20,10 @@ One middleware (`cliproxy.app`) renders each as `{"error": {"message", "type", "
 with its status. The `openai` SDK picks its exception class from the status, so statuses are honest.
 A stream that breaks once its 200 has gone out ends with the same shape as its last SSE event
 (`error_event`): `error_body` is the one place that shape is written.
+
+Clients of Anthropic's Messages API (`/v1/messages*`) get the same errors in Anthropic's shape,
+`{"type": "error", "error": {"type", "message"}}` (`anthropic_body`), with the types the anthropic
+SDK maps to its exceptions; "nothing can serve this now" is Anthropic's own 529 `overloaded_error`.
 Pure: no aiohttp import; the middleware turns `headers` into response headers.
 """
 
@@ -50,7 +54,21 @@ __all__ = [
     "GatewayOverloaded",
     "error_body",
     "error_event",
+    "anthropic_error_body",
+    "anthropic_error_type",
+    "upstream_error_message",
 ]
+
+#: The error type Anthropic's SDKs expect for each status (any other 5xx: `api_error`).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 class ProxyError(Exception):
@@ -73,8 +91,14 @@ class ProxyError(Exception):
             self.code = code
         self.headers = headers or {}
 
+    #: The status an Anthropic client gets (None: `status`).
+    anthropic_status: int | None = None
+
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.code, self.param)
+
+    def anthropic_body(self) -> bytes:
+        return anthropic_error_body(self.anthropic_status or self.status, self.message)
 
 
 class InvalidRequest(ProxyError):
@@ -161,6 +185,7 @@ def _count(n: int, one: str, many: str) -> str:
 
 class NoVendorAvailable(ProxyError):
     status = 503
+    anthropic_status = 529  # Anthropic's "overloaded": its clients wait Retry-After and try again
     error_type = "service_unavailable"
     code = "no_available_vendor"
 
@@ -194,6 +219,7 @@ class NoVendorAvailable(ProxyError):
 
 class ServiceUnavailable(ProxyError):
     status = 503
+    anthropic_status = 529
     error_type = "service_unavailable"
     code = "service_unavailable"
 
@@ -218,3 +244,23 @@ def error_body(message: str, error_type: str, code: str, param: str | None = Non
 def error_event(message: str, error_type: str, code: str, param: str | None = None) -> bytes:
     """The same error as the last event of an SSE stream that cannot go on (its status has already been sent)."""
     return b"data: " + error_body(message, error_type, code, param) + b"\n\n"
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}`, as a JSON body."""
+    return json.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}).encode()
+
+
+def upstream_error_message(body: bytes) -> str | None:
+    """The `message` of an upstream's JSON error body (OpenAI's or Anthropic's shape), when it has one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None

@@ -65,6 +65,12 @@ class Fault:
     #: A stream opens with a role-only chunk (no content) before its content frames; "chunks" count it.
     role_chunk_first: bool = False
     big_body_bytes: int | None = None
+    #: Not a fault: chat answers think first, with this text as `reasoning_content` (in its own chunks when streaming).
+    reasoning: str | None = None
+    #: Not a fault: chat answers call these tools (each `{"name", "arguments"}`) instead of answering in text,
+    #: with `finish_reason: tool_calls`; streamed as upstreams do, each call's id and name in separate
+    #: chunks and its arguments in two pieces.
+    tool_calls: list[dict[str, Any]] | None = None
     times: int | None = None
     probability: float = 1.0
 

@@ -10,9 +10,10 @@ import math
 import struct
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BadInput", "SSE_DONE", "dumps", "full_body", "stream_frames"]
+__all__ = ["BadInput", "ChatScript", "SSE_DONE", "dumps", "full_body", "stream_frames"]
 
 # One compact encoder reused for every payload (json.dumps with separators= builds a new one per call).
 dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -44,8 +45,50 @@ def _prompt_tokens(body: Mapping[str, Any]) -> int:
     return size // 4 + 1
 
 
+@dataclass(frozen=True)
+class ChatScript:
+    """What a chat answer says besides its text: reasoning first, or tool calls instead of the text."""
+
+    reasoning: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+def _arguments(call: Mapping[str, Any]) -> str:
+    arguments = call.get("arguments", {})
+    return arguments if isinstance(arguments, str) else dumps(arguments)
+
+
+def _stopped(body: Mapping[str, Any], pieces: list[str]) -> tuple[list[str], str | None]:
+    """The pieces up to the first of the request's `stop` strings, and the one matched (as vLLM says in `stop_reason`)."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
+    text = "".join(pieces)
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return pieces, None
+    at, matched = min(hits)
+    kept: list[str] = []
+    size = 0
+    for piece in pieces:
+        if size + len(piece) >= at:
+            if at > size:
+                kept.append(piece[: at - size])
+            break
+        kept.append(piece)
+        size += len(piece)
+    return kept, matched
+
+
 def full_body(
-    kind: str, body: Mapping[str, Any], model: str, chunks: int, *, name: str, next_id: Callable[[str], str], embedding_dim: int
+    kind: str,
+    body: Mapping[str, Any],
+    model: str,
+    chunks: int,
+    *,
+    name: str,
+    next_id: Callable[[str], str],
+    embedding_dim: int,
+    script: ChatScript = ChatScript(),
 ) -> dict[str, Any]:
     """The non-stream JSON object for ``kind`` (`BadInput` for bad embeddings input)."""
     if kind == "embeddings":
@@ -54,19 +97,27 @@ def full_body(
     prompt_tokens = _prompt_tokens(body)
     created = int(time.time())
     if kind == "chat":
+        pieces, matched = _stopped(body, _pieces(model, chunks))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        finish = "stop"
+        if script.reasoning is not None:
+            message["reasoning_content"] = script.reasoning
+        if script.tool_calls:
+            message["content"] = None
+            message["tool_calls"] = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": c["name"], "arguments": _arguments(c)}}
+                for i, c in enumerate(script.tool_calls)
+            ]
+            finish, matched = "tool_calls", None
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        if matched is not None:
+            choice["stop_reason"] = matched
         return {
             "id": next_id("chatcmpl"),
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": chunks,
@@ -129,7 +180,14 @@ def _response_object(rid: str, model: str, text: str | None, prompt_tokens: int,
 
 
 def stream_frames(
-    kind: str, body: Mapping[str, Any], model: str, chunks: int, *, name: str, next_id: Callable[[str], str]
+    kind: str,
+    body: Mapping[str, Any],
+    model: str,
+    chunks: int,
+    *,
+    name: str,
+    next_id: Callable[[str], str],
+    script: ChatScript = ChatScript(),
 ) -> tuple[list[bytes], bytes]:
     """SSE frames (each one write) and the terminating frame for a stream."""
     pieces = _pieces(model, chunks)
@@ -146,7 +204,9 @@ def stream_frames(
         )
         head = base + '"choices":[{"index":0,"delta":'
         frames: list[bytes] = []
-        for i, piece in enumerate(pieces):
+        if script.reasoning is not None or script.tool_calls or body.get("stop"):
+            frames = _scripted_chat_frames(head, body, pieces, script)
+        for i, piece in enumerate(pieces if not frames else ()):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             finish = '"stop"' if i == last else "null"
             frames.append(f'{head}{dumps(delta)},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode())
@@ -167,6 +227,36 @@ def stream_frames(
         }
         frames.append(f'{base}"choices":[],"usage":{dumps(usage)}}}\n\n'.encode())
     return frames, SSE_DONE
+
+
+def _scripted_chat_frames(head: str, body: Mapping[str, Any], pieces: list[str], script: ChatScript) -> list[bytes]:
+    """Chat chunks as upstreams that think and call tools send them: reasoning deltas, then text
+    (cut at a `stop` string, which `stop_reason` names), or tool calls whose id and name come in
+    separate chunks and whose arguments come in two pieces; the finish reason in a chunk of its own."""
+
+    def frame(delta: dict[str, Any], finish: str | None = None, extra: str = "") -> bytes:
+        return f'{head}{dumps(delta)},"logprobs":null,"finish_reason":{dumps(finish)}{extra}}}]}}\n\n'.encode()
+
+    frames = [frame({"role": "assistant", "content": ""})]
+    if script.reasoning is not None:
+        half = len(script.reasoning) // 2
+        frames += [frame({"reasoning_content": part}) for part in (script.reasoning[:half], script.reasoning[half:]) if part]
+    if script.tool_calls:
+        for i, call in enumerate(script.tool_calls):
+            arguments = _arguments(call)
+            half = len(arguments) // 2
+            frames.append(
+                frame({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function", "function": {"arguments": ""}}]})
+            )
+            frames.append(frame({"tool_calls": [{"index": i, "function": {"name": call["name"]}}]}))
+            for part in (arguments[:half], arguments[half:]):
+                frames.append(frame({"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+        frames.append(frame({}, "tool_calls"))
+        return frames
+    kept, matched = _stopped(body, pieces)
+    frames += [frame({"content": piece}) for piece in kept]
+    frames.append(frame({}, "stop", f',"stop_reason":{dumps(matched)}' if matched is not None else ""))
+    return frames
 
 
 def _response_frames(

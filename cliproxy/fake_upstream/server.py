@@ -32,7 +32,7 @@ from cliproxy.fake_upstream.faults import (
     add_fault_headers,
     close_gracefully,
 )
-from cliproxy.fake_upstream.payloads import SSE_DONE, BadInput, dumps, full_body, stream_frames
+from cliproxy.fake_upstream.payloads import SSE_DONE, BadInput, ChatScript, dumps, full_body, stream_frames
 
 __all__ = ["DEFAULT_MODELS", "FakeUpstream", "RecordedRequest"]
 
@@ -365,10 +365,20 @@ class FakeUpstream:
                 return await self._stream(request, [b": ping\n\n", _role_frame(model)], SSE_DONE, 0.0, fault, state)
 
         chunks = _int_header(request, "x-fake-chunks", self.chunks)
+        script = ChatScript()
+        if fault is not None and (fault.reasoning is not None or fault.tool_calls):
+            script = ChatScript(fault.reasoning, tuple(fault.tool_calls or ()))
         if not stream:
             try:
                 full = full_body(
-                    kind, body, model, chunks, name=self.name, next_id=self._next_id, embedding_dim=self.embedding_dim
+                    kind,
+                    body,
+                    model,
+                    chunks,
+                    name=self.name,
+                    next_id=self._next_id,
+                    embedding_dim=self.embedding_dim,
+                    script=script,
                 )
             except BadInput as exc:
                 return _error_response(400, str(exc))
@@ -378,7 +388,7 @@ class FakeUpstream:
             return web.Response(body=payload, content_type=_JSON)
 
         delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
-        frames, terminator = stream_frames(kind, body, model, chunks, name=self.name, next_id=self._next_id)
+        frames, terminator = stream_frames(kind, body, model, chunks, name=self.name, next_id=self._next_id, script=script)
         if fault is not None and fault.role_chunk_first:
             frames = [_role_frame(model), *frames]
         return await self._stream(request, frames, terminator, delay, fault, state)

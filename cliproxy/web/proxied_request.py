@@ -6,7 +6,9 @@ request (attempts, outcomes, bytes) is telemetry and lives apart, in `cliproxy.w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -14,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from cliproxy.core.body import ClientRequest, Span
 from cliproxy.core.config import Config
 
-__all__ = ["ProxiedRequest", "connection_options"]
+__all__ = ["AnswerTranslator", "ProxiedRequest", "connection_options"]
 
 # Never forwarded upstream: hop-by-hop headers, the client's own credentials, and what aiohttp sets itself.
 _DROP_REQUEST = frozenset(
@@ -41,6 +43,23 @@ _DROP_REQUEST = frozenset(
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
+class AnswerTranslator(Protocol):
+    """Rewrites the chosen upstream's answer for a client that speaks another API (Anthropic's
+    Messages), after classification judged it: `relay` writes what it returns instead of the bytes."""
+
+    #: Collect the whole body and write `end()` once (a JSON answer), instead of chunk by chunk.
+    buffered: bool
+    #: The client's status and content type (read by `relay` once `end()` returned, when buffered).
+    status: int
+    content_type: str
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProxiedRequest:
     """What every upstream attempt of one client request is made from."""
@@ -61,6 +80,9 @@ class ProxiedRequest:
     max_attempts: int
     #: `client-write-timeout`: a client that stops reading a stream this long is given up.
     client_write_timeout: float
+    #: For a client of another API: makes the translator of the answer (given whether it is an SSE
+    #: stream). None for OpenAI clients, whose answers are relayed byte for byte.
+    translator: Callable[[bool], AnswerTranslator] | None = None
 
     @classmethod
     def of(cls, request: web.Request, body: bytes, parsed: ClientRequest, config: Config) -> ProxiedRequest:

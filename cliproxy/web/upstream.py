@@ -33,7 +33,9 @@ from cliproxy.core.errors import (
     Unavailability,
     UpstreamTimeout,
     UpstreamUnavailable,
+    anthropic_error_body,
     error_event,
+    upstream_error_message,
 )
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
 from cliproxy.core.redact import SecretMasker, excerpt, mask_secrets
@@ -41,7 +43,7 @@ from cliproxy.core.retry_after import RETRY_STATUSES, hint_headers
 from cliproxy.core.routing import Pair, Route
 from cliproxy.web.access import AccessInfo
 from cliproxy.web.overload import OverloadLog, local_resource_error
-from cliproxy.web.proxied_request import ProxiedRequest, connection_options
+from cliproxy.web.proxied_request import AnswerTranslator, ProxiedRequest, connection_options
 
 __all__ = ["forward"]
 
@@ -444,9 +446,16 @@ async def relay(
     # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
     # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
     write_timeout = proxied.client_write_timeout
+    translator = proxied.translator(is_sse) if proxied.translator is not None else None
+    if translator is not None:
+        client.content_length = None
+        client.content_type = translator.content_type
     try:
-        await client.prepare(request)
+        if translator is None or not translator.buffered:
+            await client.prepare(request)
         chunk = opened.first_chunk
+        if translator is not None:
+            chunk = translator.feed(chunk)
         if chunk:
             info.ttfb = time.perf_counter() - info.started
             async with asyncio.timeout(write_timeout):
@@ -467,6 +476,8 @@ async def relay(
                 break
             if not chunk:
                 break
+            if translator is not None and not (chunk := translator.feed(chunk)):
+                continue
             if info.ttfb is None:
                 info.ttfb = time.perf_counter() - info.started
             async with asyncio.timeout(write_timeout):
@@ -475,7 +486,11 @@ async def relay(
         if outcome.kind == "failure":
             upstream.close()
             if is_sse:
-                await client.write(_sse_error(outcome))
+                await client.write(_sse_error(outcome) if translator is None else translator.fail(_sse_error_message(outcome)))
+            elif translator is not None and translator.buffered:
+                # Nothing was sent yet (a translated body goes out whole): the client gets an error.
+                _report(sink, info, pair, outcome)
+                raise UpstreamUnavailable(f"the upstream answer was cut short ({outcome.reason})")
             else:
                 # A plain body cut short: the client must not take it for a whole answer.
                 if request.transport is not None:
@@ -484,6 +499,9 @@ async def relay(
                 return client
         else:
             upstream.release()
+        if translator is not None:
+            async with asyncio.timeout(write_timeout):
+                await _write_translated_end(request, client, translator, info)
         await client.write_eof()
     except TimeoutError:
         # Only the client writes are under a timeout here (upstream reads handle their own above).
@@ -515,12 +533,32 @@ class _ClientResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
+async def _write_translated_end(
+    request: web.Request, client: _ClientResponse, translator: AnswerTranslator, info: AccessInfo
+) -> None:
+    """What the translator holds back to the end: the whole answer when buffered (its status known
+    only now, so the response is prepared only now), the closing events of a stream."""
+    tail = translator.end()
+    if translator.buffered:
+        client.set_status(translator.status)
+        client.content_length = len(tail)
+        await client.prepare(request)
+    if tail:
+        if info.ttfb is None:
+            info.ttfb = time.perf_counter() - info.started
+        await client.write(tail)
+        info.bytes_out += len(tail)
+
+
+def _sse_error_message(outcome: Outcome) -> str:
+    if outcome.reason == "stream_idle_timeout":
+        return "the upstream stream stalled past the idle timeout"
+    return "the upstream stream was interrupted"
+
+
 def _sse_error(outcome: Outcome) -> bytes:
     """The last event of a stream the upstream broke: the OpenAI error shape, `code` the outcome's reason."""
-    message = "the upstream stream was interrupted"
-    if outcome.reason == "stream_idle_timeout":
-        message = "the upstream stream stalled past the idle timeout"
-    return error_event(message, "upstream_error", outcome.reason)
+    return error_event(_sse_error_message(outcome), "upstream_error", outcome.reason)
 
 
 def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) -> Iterator[tuple[str, str]]:
@@ -582,6 +620,9 @@ class _RelayedUpstreamError(ProxyError):
 
     def body(self) -> bytes:
         return self.raw_body
+
+    def anthropic_body(self) -> bytes:
+        return anthropic_error_body(self.status, upstream_error_message(self.raw_body) or self.message)
 
 
 def _final_error(failure: _Failed, proxied: ProxiedRequest, info: AccessInfo) -> ProxyError:

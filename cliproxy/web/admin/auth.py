@@ -24,6 +24,9 @@ The rules, in the order they are applied:
 4. A client that is not loopback gets 403 unless `allow-remote: true`.
 5. The key, from `Authorization: Bearer <key>` or `X-Management-Key: <key>`, compared in
    constant time; wrong or missing (or not even UTF-8): 401, and one failure counted against the address.
+   Except a request that presents a valid client key and no management key (Claude Code sends
+   `HEAD /api/hello` with its client key at every start): it is no attempt at the management key,
+   so it is answered (401, or 404 for a path the management API does not have) and not counted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from aiohttp import web
 
 from cliproxy.core.config import RemoteManagement
 from cliproxy.core.errors import Forbidden, TooManyRequests, Unauthorized
+from cliproxy.core.runtime import Runtime
 from cliproxy.web.keys import ADMIN_ACTOR, CLOCK, RUNTIME
 
 __all__ = [
@@ -215,6 +219,8 @@ class Decision:
     address: str
     message: str = ""
     retry_after: int | None = None
+    #: False for a 401 that did not count toward the lock-out (a client key, not a management key attempt).
+    counted: bool = True
 
 
 def presented_key(authorization: str | None, management_key: str | None) -> str | None:
@@ -232,8 +238,10 @@ def decide(
     key: str | None,
     lockout: Lockout,
     now: float,
+    client_only: bool = False,
 ) -> Decision:
-    """Apply the rules of the module docstring, in order. Records a failure in `lockout` on a bad key."""
+    """Apply the rules of the module docstring, in order. Records a failure in `lockout` on a bad key,
+    unless `client_only` (the request presented a valid client key and no management key)."""
     address = client_address(peer, forwarded_for, settings.trusted_proxies)
     if not settings.secret_key:
         return Decision(404, address, "Not Found")
@@ -252,6 +260,8 @@ def decide(
     # surrogateescape: aiohttp decodes header bytes that are not UTF-8 (0xff) to lone surrogates;
     # such a key is simply wrong (401, counted), not a crash.
     if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), settings.secret_key.encode()):
+        if client_only:
+            return Decision(401, address, "this is the management API; a client API key does not open it", counted=False)
         if address not in lockout and lockout.table_full(now):
             return Decision(
                 429,
@@ -279,17 +289,21 @@ def authorize(request: web.Request) -> str:
     The one shell over `decide` for every guarded route (the management API and, when configured,
     /metrics). Reads the gateway's keys through `config_dict`, from its own routes and the sub-application's alike.
     """
-    settings = request.config_dict[RUNTIME].current.config.remote_management
+    runtime = request.config_dict[RUNTIME].current
+    settings = runtime.config.remote_management
+    authorization = request.headers.get("Authorization")
+    management_key = request.headers.get("X-Management-Key")
     decision = decide(
         settings,
         peer=request.remote,
         # Every X-Forwarded-For line: a proxy may add its own line instead of appending to the client's.
         forwarded_for=", ".join(request.headers.getall("X-Forwarded-For", ())) or None,
-        key=presented_key(request.headers.get("Authorization"), request.headers.get("X-Management-Key")),
+        key=presented_key(authorization, management_key),
         lockout=request.config_dict[ADMIN_LOCKOUT],
         now=request.config_dict[CLOCK](),
+        client_only=_client_key_only(request, runtime, authorization, management_key),
     )
-    if decision.status == 404:
+    if decision.status == 404 or (not decision.counted and request.match_info.http_exception is not None):
         raise web.HTTPNotFound()
     if decision.status == 429:
         raise TooManyRequests(decision.message, headers={"Retry-After": str(decision.retry_after)})
@@ -298,6 +312,14 @@ def authorize(request: web.Request) -> str:
     if decision.status == 401:
         raise Unauthorized(decision.message, code="invalid_management_key")
     return decision.address
+
+
+def _client_key_only(request: web.Request, runtime: Runtime, authorization: str | None, management_key: str | None) -> bool:
+    """Does the request present a valid client key (as the /v1 API takes it) and no management key?"""
+    if management_key or runtime.open_access:
+        return False
+    client_key = presented_key(authorization, None) if authorization else request.headers.get("x-api-key")
+    return bool(client_key) and runtime.client_key_valid(client_key or "")
 
 
 @web.middleware

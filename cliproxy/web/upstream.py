@@ -401,12 +401,16 @@ async def relay(
     # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
     # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
     write_timeout = proxied.client_write_timeout
+    transport = request.transport
     try:
         await client.prepare(request)
         chunk = opened.first_chunk
         if chunk:
             info.ttfb = time.perf_counter() - info.started
-            async with asyncio.timeout(write_timeout):
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
                 await client.write(chunk)
             info.bytes_out += len(chunk)
         while True:
@@ -426,7 +430,10 @@ async def relay(
                 break
             if info.ttfb is None:
                 info.ttfb = time.perf_counter() - info.started
-            async with asyncio.timeout(write_timeout):
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
                 await client.write(chunk)
             info.bytes_out += len(chunk)
         if outcome.kind == "failure":
@@ -460,6 +467,23 @@ async def relay(
         return client
     _report(sink, info, pair, outcome)
     return client
+
+
+# Room for the response headers (sent with the first chunk) and the chunked-encoding framing.
+_WRITE_OVERHEAD = 8192
+
+
+def _write_may_block(transport: asyncio.BaseTransport | None, chunk: bytes) -> bool:
+    """Whether writing `chunk` to the client could wait, so that the write timeout must be armed.
+
+    A write waits only when the transport's buffer goes past its high-water mark (the client is not
+    reading fast enough): below it, `write` hands the bytes over and returns without yielding. Arming
+    a timer for every chunk (a TimerHandle each, the cost of one `asyncio.timeout`) is the
+    exception: a client that stops reading lets its buffer fill, and from then on each write is timed.
+    """
+    if not isinstance(transport, asyncio.WriteTransport):
+        return True  # no transport to ask (closing): the timeout decides, as before
+    return transport.get_write_buffer_size() + len(chunk) + _WRITE_OVERHEAD > transport.get_write_buffer_limits()[1]
 
 
 class _ClientResponse(web.StreamResponse):

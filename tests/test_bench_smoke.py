@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,16 @@ class TestQuickRun:
             assert run["requests"] >= 1, run
             assert run["ok"] >= 1, run
 
+    def test_the_throughput_runs_use_wrk_when_it_is_installed(self, results: dict) -> None:
+        expected = "wrk" if shutil.which("wrk") else "aiohttp"
+        assert results["settings"]["loadgen"] == expected
+        throughput = [run for run in results["runs"] if run["label"].startswith(("s1.", "s5"))]
+        assert throughput and {run["loadgen"] for run in throughput} == {expected}
+        # What wrk cannot measure stays on the aiohttp generator whichever runs the rest.
+        assert {run["loadgen"] for run in results["runs"] if run["label"].startswith(("s2.paced", "s3", "s4", "s6"))} == {
+            "aiohttp"
+        }
+
     def test_the_machine_and_command_are_recorded(self, results: dict) -> None:
         assert results["machine"]["nproc"] >= 1
         assert results["machine"]["python"]
@@ -99,3 +110,20 @@ class TestQuickRun:
         table = done.stdout
         for row in results["rows"]:
             assert row["metric"] in table
+
+
+def test_the_aiohttp_generator_still_runs_the_throughput_scenarios() -> None:
+    """The fallback for machines without wrk (the default generator there) keeps working."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", "--loadgen", "aiohttp", "--scenarios", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert {row["id"] for row in results["rows"]} == {row for row in EXPECTED_ROWS if row.startswith("s1.")}
+    assert {run["loadgen"] for run in results["runs"]} == {"aiohttp"}
+    assert all(run["ok"] >= 1 for run in results["runs"])

@@ -450,6 +450,7 @@ async def relay(
     if translator is not None:
         client.content_length = None
         client.content_type = translator.content_type
+    transport = request.transport
     try:
         if translator is None or not translator.buffered:
             await client.prepare(request)
@@ -458,7 +459,10 @@ async def relay(
             chunk = translator.feed(chunk)
         if chunk:
             info.ttfb = time.perf_counter() - info.started
-            async with asyncio.timeout(write_timeout):
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
                 await client.write(chunk)
             info.bytes_out += len(chunk)
         while True:
@@ -480,7 +484,10 @@ async def relay(
                 continue
             if info.ttfb is None:
                 info.ttfb = time.perf_counter() - info.started
-            async with asyncio.timeout(write_timeout):
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
                 await client.write(chunk)
             info.bytes_out += len(chunk)
         if outcome.kind == "failure":
@@ -521,6 +528,23 @@ async def relay(
         return client
     _report(sink, info, pair, outcome)
     return client
+
+
+# Room for the response headers (sent with the first chunk) and the chunked-encoding framing.
+_WRITE_OVERHEAD = 8192
+
+
+def _write_may_block(transport: asyncio.BaseTransport | None, chunk: bytes) -> bool:
+    """Whether writing `chunk` to the client could wait, so that the write timeout must be armed.
+
+    A write waits only when the transport's buffer goes past its high-water mark (the client is not
+    reading fast enough): below it, `write` hands the bytes over and returns without yielding. Arming
+    a timer for every chunk (a TimerHandle each, the cost of one `asyncio.timeout`) is the
+    exception: a client that stops reading lets its buffer fill, and from then on each write is timed.
+    """
+    if not isinstance(transport, asyncio.WriteTransport):
+        return True  # no transport to ask (closing): the timeout decides, as before
+    return transport.get_write_buffer_size() + len(chunk) + _WRITE_OVERHEAD > transport.get_write_buffer_limits()[1]
 
 
 class _ClientResponse(web.StreamResponse):

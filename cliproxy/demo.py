@@ -121,6 +121,7 @@ cliproxy demo: the gateway listens on {gateway}, with two demo vendors serving t
   primary  {primary}/v1  (priority 10: it answers while it works)
   backup   http://127.0.0.1:{ports.backup}/v1
 Config {config_path}, database {database}. Ctrl-C stops everything.
+The dashboard: {gateway}/ui/ in a browser on this machine, management key {MANAGEMENT_KEY}.
 
 Try these in another shell:
 

@@ -153,6 +153,10 @@ class TestDemo:
         [recover] = todo[6]
         assert json.loads(sh(recover))["faults_installed"] == 0
 
+        [dashboard] = re.findall(r"The dashboard: (http://\S+/ui/)", printed)
+        page = sh(f"curl -s -D - {dashboard}")
+        assert page.startswith("HTTP/1.1 200") and "Content-Security-Policy" in page and "<html" in page
+
         assert demo.process is not None
         assert demo.stop(signal.SIGINT) == 0
         assert group_is_gone(demo.process.pid)

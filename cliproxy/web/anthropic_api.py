@@ -4,6 +4,9 @@ The handler translates the request into a chat completion (`cliproxy.core.anthro
 same `ProxiedRequest` the OpenAI endpoints build, with a translator of the answer on it, and runs
 the same `forward`: pairs are chosen, failed over and auto-disabled on what the upstream answered
 (classification judges the chat completion), and only what is relayed is translated.
+
+An `api-format: anthropic` vendor gets the client's own body instead (`ProxiedRequest.passthrough`,
+built once here; each attempt picks the body its vendor speaks), and its answer goes back untranslated.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "API_FORMATS",
+    "ApiFormat",
     "AutoDisableOverrides",
     "ProbeSpec",
     "RecoveryMode",
@@ -44,6 +46,9 @@ SettingLevel = Literal["default", "global", "vendor", "model"]
 OnAllDisabled = Literal["fail", "best-effort"]
 #: How an auto-disabled pair comes back when its disable ends (see `cliproxy.core.failures`).
 RecoveryMode = Literal["timer", "half-open", "probe"]
+#: The API a vendor speaks (`api-format`).
+ApiFormat = Literal["openai", "anthropic"]
+API_FORMATS: tuple[ApiFormat, ...] = ("openai", "anthropic")
 
 #: Upstream HTTP statuses that count as failures unless configured otherwise: 401, 403, 404, 408, 429 and 5xx.
 #: 404 counts because cliproxy forwards only models it was configured with: a 404 means the pair is
@@ -264,6 +269,9 @@ class Vendor:
     timeouts: Timeouts = Timeouts()
     auto_disable: AutoDisableOverrides = AutoDisableOverrides()
     models: tuple[ModelEntry, ...] = ()
+    #: The API the vendor speaks: `openai` (chat completions and the rest), or `anthropic` (the
+    #: Messages API: its pairs serve only `/v1/messages`, passed through untranslated).
+    api_format: ApiFormat = "openai"
 
     @property
     def missing_key(self) -> bool:

@@ -54,6 +54,7 @@ __all__ = [
     "GatewayOverloaded",
     "error_body",
     "error_event",
+    "is_anthropic_error",
     "anthropic_error_body",
     "anthropic_error_type",
     "upstream_error_message",
@@ -253,6 +254,17 @@ def anthropic_error_type(status: int) -> str:
 def anthropic_error_body(status: int, message: str) -> bytes:
     """Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}`, as a JSON body."""
     return json.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}).encode()
+
+
+def is_anthropic_error(body: bytes) -> bool:
+    """Whether an upstream's error body is already in Anthropic's shape (an `api-format: anthropic` vendor's)."""
+    if b'"type"' not in body:
+        return False  # one scan: an OpenAI-shaped error is not parsed
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("type") == "error" and isinstance(data.get("error"), dict)
 
 
 def upstream_error_message(body: bytes) -> str | None:

@@ -313,3 +313,56 @@ def _embedding_object(body: Mapping[str, Any], model: str, embedding_dim: int) -
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+# ------------------------------------------------------------ Anthropic's Messages API (minimal)
+
+
+def messages_body(body: Mapping[str, Any], model: str, chunks: int, *, next_id: Callable[[str], str]) -> dict[str, Any]:
+    """A non-stream Messages answer: one text block, the pieces a chat answer would have."""
+    return {
+        "id": next_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "".join(_pieces(model, chunks))}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": _prompt_tokens(body), "output_tokens": chunks},
+    }
+
+
+def messages_events(body: Mapping[str, Any], model: str, chunks: int, *, next_id: Callable[[str], str]) -> list[bytes]:
+    """A streamed Messages answer as Anthropic sends it: named events, one text block, one delta per piece."""
+
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {dumps({'type': name, **data})}\n\n".encode()
+
+    start = {**messages_body(body, model, chunks, next_id=next_id), "content": [], "stop_reason": None}
+    start["usage"] = {"input_tokens": start["usage"]["input_tokens"], "output_tokens": 0}
+    pieces = _pieces(model, chunks)
+    return [
+        event("message_start", {"message": start}),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        event("ping", {}),
+        *(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in pieces),
+        event("content_block_stop", {"index": 0}),
+        event(
+            "message_delta",
+            {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": len(pieces)}},
+        ),
+        event("message_stop", {}),
+    ]
+
+
+def messages_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error shape, with the type its API gives `status`."""
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}

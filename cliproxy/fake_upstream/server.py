@@ -16,7 +16,7 @@ import json
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +32,17 @@ from cliproxy.fake_upstream.faults import (
     add_fault_headers,
     close_gracefully,
 )
-from cliproxy.fake_upstream.payloads import SSE_DONE, BadInput, ChatScript, dumps, full_body, stream_frames
+from cliproxy.fake_upstream.payloads import (
+    SSE_DONE,
+    BadInput,
+    ChatScript,
+    dumps,
+    full_body,
+    messages_body,
+    messages_error,
+    messages_events,
+    stream_frames,
+)
 
 __all__ = ["DEFAULT_MODELS", "FakeUpstream", "RecordedRequest"]
 
@@ -230,6 +240,7 @@ class FakeUpstream:
             ("/v1/completions", "completions"),
             ("/v1/responses", "responses"),
             ("/v1/embeddings", "embeddings"),
+            ("/v1/messages", "messages"),  # Anthropic's Messages API: an `api-format: anthropic` vendor
         ):
             app.router.add_post(path, self._api_handler(kind))
         app.router.add_get("/v1/models", self._list_models)
@@ -292,6 +303,9 @@ class FakeUpstream:
     async def _guarded(self, request: web.Request, body: dict[str, Any], kind: str) -> web.StreamResponse:
         """Run one API request with fault handling and disconnect accounting."""
         model: str = body["model"]
+        if kind == "messages" and not request.headers.get("x-api-key"):
+            # Anthropic's API takes its key in x-api-key only (an Authorization header is not one).
+            return _json_response(messages_error(401, "x-api-key header is required"), status=401)
         if self.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in self.revoked_keys:
             self.refused_keys += 1
             return _json_response(
@@ -349,6 +363,8 @@ class FakeUpstream:
                 abort_with_rst(request)
                 raise SelfReset
             if fault.status is not None:
+                if kind == "messages" and fault.body is None:
+                    fault = replace(fault, body=messages_error(fault.status, f"fake upstream injected HTTP {fault.status}"))
                 return self._fault_status_response(fault)
             if fault.malformed_json:
                 return web.Response(body=MALFORMED_BODY, content_type=_JSON)
@@ -365,6 +381,12 @@ class FakeUpstream:
                 return await self._stream(request, [b": ping\n\n", _role_frame(model)], SSE_DONE, 0.0, fault, state)
 
         chunks = _int_header(request, "x-fake-chunks", self.chunks)
+        if kind == "messages":
+            if not stream:
+                return _json_response(messages_body(body, model, chunks, next_id=self._next_id))
+            delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
+            frames = messages_events(body, model, chunks, next_id=self._next_id)
+            return await self._stream(request, frames[:-1], frames[-1], delay, fault, state)
         script = ChatScript()
         if fault is not None and (fault.reasoning is not None or fault.tool_calls):
             script = ChatScript(fault.reasoning, tuple(fault.tool_calls or ()))

@@ -24,6 +24,7 @@ from marshmallow import (
 )
 
 from cliproxy.core.config import (
+    API_FORMATS,
     DEFAULT_TIMEOUTS,
     NOTIFY_EVENTS,
     ApiKeyEntry,
@@ -252,6 +253,7 @@ class VendorSchema(StrictSchema):
     timeouts = fields.Nested(TimeoutsSchema, data_key="timeouts")
     auto_disable = fields.Nested(AutoDisableSchema, data_key="auto-disable")
     models = fields.List(fields.Nested(ModelSchema), data_key="models")
+    api_format = Str("api_format", validate=validate.OneOf(API_FORMATS))
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _check(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:

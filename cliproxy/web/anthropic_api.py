@@ -4,6 +4,9 @@ The handler translates the request into a chat completion (`cliproxy.core.anthro
 same `ProxiedRequest` the OpenAI endpoints build, with a translator of the answer on it, and runs
 the same `forward`: pairs are chosen, failed over and auto-disabled on what the upstream answered
 (classification judges the chat completion), and only what is relayed is translated.
+
+An `api-format: anthropic` vendor gets the client's own body instead (`ProxiedRequest.passthrough`,
+built once here; each attempt picks the body its vendor speaks), and its answer goes back untranslated.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from aiohttp import web
 
 from cliproxy.core.anthropic import MessagesRequest, StreamTranslator, anthropic_message, chat_request, estimate_input_tokens
 from cliproxy.core.body import parse_client_body
+from cliproxy.core.config import Config
 from cliproxy.core.errors import InvalidRequest, ModelNotFound, anthropic_error_body
 from cliproxy.web.access import AccessInfo
 from cliproxy.web.keys import ACCESS_INFO, CLIENT_SESSION, OUTCOMES, OVERLOAD_LOG, PAIR_TRAFFIC, PROXIED_REQUEST, RUNTIME
@@ -28,6 +32,10 @@ __all__ = ["ANTHROPIC_PATH", "routes"]
 #: Everything under it answers errors in Anthropic's shape (the error middleware in cliproxy.app).
 ANTHROPIC_PATH = "/v1/messages"
 _CHAT_PATH = "/chat/completions"
+#: Appended to an `api-format: anthropic` vendor's base URL (which ends in `/v1`, as OpenAI's do).
+_MESSAGES_PATH = "/messages"
+#: Sent to an Anthropic-format vendor when the client named no version (the API requires one).
+_DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 #: Anthropic's own headers: an OpenAI-compatible vendor has no use for them.
 _ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access")
 
@@ -89,11 +97,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     payload = _json_object(raw)
     translated = chat_request(payload)
     body = _dumps(translated.chat_body).encode()
+    passthrough = _passthrough(request, raw, runtime.config)
     proxied = ProxiedRequest.of(request, body, parse_client_body(body), runtime.config)
     for name in _ANTHROPIC_HEADERS:
         proxied.headers.popall(name, None)
     input_tokens = estimate_input_tokens(payload)
-    proxied = replace(proxied, path=_CHAT_PATH, translator=lambda is_sse: _answer(translated, is_sse, input_tokens))
+    proxied = replace(
+        proxied,
+        path=_CHAT_PATH,
+        translator=lambda is_sse: _answer(translated, is_sse, input_tokens),
+        passthrough=passthrough,
+    )
     request[PROXIED_REQUEST] = proxied  # the access line names the model, routed or not
     route = runtime.table.route(proxied.model)
     if route is None:
@@ -102,6 +116,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await forward(
         request, proxied, route, info, session=app[CLIENT_SESSION], sink=app[OUTCOMES], overload=app[OVERLOAD_LOG]
     )
+
+
+def _passthrough(request: web.Request, raw: bytes, config: Config) -> ProxiedRequest:
+    """The request as an `api-format: anthropic` vendor gets it: the client's bytes (only `model`
+    is rewritten per pair), its `anthropic-*` headers, and the answer relayed untranslated."""
+    proxied = ProxiedRequest.of(request, raw, parse_client_body(raw), config)
+    proxied.headers.setdefault("anthropic-version", _DEFAULT_ANTHROPIC_VERSION)
+    return replace(proxied, path=_MESSAGES_PATH)
 
 
 def _answer(messages: MessagesRequest, is_sse: bool, input_tokens: int) -> AnswerTranslator:

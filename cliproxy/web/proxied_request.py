@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cliproxy.core.body import ClientRequest, Span
-from cliproxy.core.config import Config
+from cliproxy.core.config import ApiFormat, Config
 
 __all__ = ["AnswerTranslator", "ProxiedRequest", "connection_options"]
 
@@ -83,6 +83,15 @@ class ProxiedRequest:
     #: For a client of another API: makes the translator of the answer (given whether it is an SSE
     #: stream). None for OpenAI clients, whose answers are relayed byte for byte.
     translator: Callable[[bool], AnswerTranslator] | None = None
+    #: The same request as an `api-format: anthropic` vendor gets it: the client's own Messages body
+    #: (path `/messages`, its `anthropic-*` headers, no translator), built once by the handler. None
+    #: when the client spoke OpenAI's API: such a request never goes to an Anthropic-format pair.
+    passthrough: ProxiedRequest | None = None
+
+    def for_format(self, api_format: ApiFormat) -> ProxiedRequest | None:
+        """What an attempt on a vendor of `api_format` sends (O(1), chosen per attempt); None when
+        that vendor cannot serve this request."""
+        return self.passthrough if api_format == "anthropic" else self
 
     @classmethod
     def of(cls, request: web.Request, body: bytes, parsed: ClientRequest, config: Config) -> ProxiedRequest:

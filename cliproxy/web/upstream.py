@@ -35,6 +35,7 @@ from cliproxy.core.errors import (
     UpstreamUnavailable,
     anthropic_error_body,
     error_event,
+    is_anthropic_error,
     upstream_error_message,
 )
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
@@ -91,6 +92,9 @@ class _Opened:
     degraded: bool = False
     #: The index in `api-key-entries` of the key the attempt used; None without keys.
     key_index: int | None = None
+    #: What was sent when it was not the request `forward` got (an Anthropic-format pair's passthrough):
+    #: the relay reads its translator (none) from it.
+    sent: ProxiedRequest | None = None
 
 
 @dataclass(slots=True)
@@ -142,7 +146,7 @@ async def forward(
     admitted: list[Pair] = []  # every pair `sink.admit` let this request try: each released once, at the end
     try:
         opened = await choose_upstream(proxied, route, info, session=session, sink=sink, overload=overload, admitted=admitted)
-        return await relay(request, opened, proxied, info, sink)
+        return await relay(request, opened, opened.sent or proxied, info, sink)
     finally:
         # A half-open slot goes back whatever happened: success, failure, neutral, disconnect, cancellation.
         for pair in admitted:
@@ -165,7 +169,7 @@ async def choose_upstream(
     """
     last_failure: _Failed | None = None
     admitted = admitted if admitted is not None else []
-    for pair, overflow in _candidates(route, sink):
+    for pair, overflow in _candidates(route, sink, proxied):
         if info.attempts >= proxied.max_attempts:
             break
         if not overflow:
@@ -189,7 +193,7 @@ async def choose_upstream(
 
     if last_failure is not None:
         raise _final_error(last_failure, proxied, info)
-    fallback = _back_soonest(route, sink)
+    fallback = _back_soonest(route, sink, proxied)
     if fallback is None or proxied.max_attempts < 1:
         raise _nothing_available(route, sink)
     # `on-all-disabled: best-effort`: every pair is unavailable by the tracker; a degraded answer
@@ -220,11 +224,14 @@ async def _attempt(
     """
     info.attempts += 1
     info.vendor, info.upstream_model = pair.vendor.name, pair.model.name
-    body = proxied.body if pair.model.name == proxied.model else rewrite_model(proxied.body, pair.model.name, proxied.model_spans)
+    # The body for the vendor's API: `_candidates` yields only pairs that can serve the request.
+    sent = proxied.for_format(pair.vendor.api_format)
+    assert sent is not None
+    body = sent.body if pair.model.name == sent.model else rewrite_model(sent.body, pair.model.name, sent.model_spans)
     # Every key out (the pair is tried anyway, by best-effort): the rotation's next, as before.
     picked = pair.keys.next(partial(sink.key_usable, pair.vendor.name), skip) or pair.keys.next()
     try:
-        result = await _open(pair, proxied, body, session, overload, picked)
+        result = await _open(pair, sent, body, session, overload, picked)
     except asyncio.CancelledError:
         # The client went away before the upstream answered: neutral for the pair, and its
         # access line and metrics say why (499, outcome client_disconnect).
@@ -232,6 +239,8 @@ async def _attempt(
         raise
     if picked is not None:
         result.key_index = picked[0]
+    if isinstance(result, _Opened) and sent is not proxied:
+        result.sent = sent
     if isinstance(result, _Failed):
         if (
             picked is not None
@@ -246,7 +255,7 @@ async def _attempt(
     return result
 
 
-def _back_soonest(route: Route, sink: OutcomeSink) -> Pair | None:
+def _back_soonest(route: Route, sink: OutcomeSink, proxied: ProxiedRequest) -> Pair | None:
     """With `on-all-disabled: best-effort`, the pair the tracker will give back soonest; None when no
     pair of the route may be used so (an operator's disable, `fail`, or no end in sight).
 
@@ -254,7 +263,7 @@ def _back_soonest(route: Route, sink: OutcomeSink) -> Pair | None:
     """
     best: tuple[float, int, Pair] | None = None
     for order, pair in enumerate(chain.from_iterable(route.tiers)):
-        if pair.auto_disable.on_all_disabled != "best-effort":
+        if pair.auto_disable.on_all_disabled != "best-effort" or proxied.for_format(pair.vendor.api_format) is None:
             continue
         reason = sink.disabled_by(pair.key)
         if reason is None or reason == "manual":
@@ -267,13 +276,16 @@ def _back_soonest(route: Route, sink: OutcomeSink) -> Pair | None:
     return best[2] if best is not None else None
 
 
-def _candidates(route: Route, sink: OutcomeSink) -> Iterator[tuple[Pair, bool]]:
+def _candidates(route: Route, sink: OutcomeSink, proxied: ProxiedRequest) -> Iterator[tuple[Pair, bool]]:
     """The pairs of `route` in routing order that may be tried now (overflow False); then, only if
     there were none, the half-open pairs whose slots were all taken (overflow True: tried without a
-    slot, because nothing else can serve the request)."""
+    slot, because nothing else can serve the request). A pair whose vendor's API cannot serve the
+    request (an OpenAI request, an `api-format: anthropic` vendor) is never one."""
     waiting: list[Pair] = []
     tried = False
     for pair in route.ordered(sink.weight):
+        if proxied.for_format(pair.vendor.api_format) is None:
+            continue
         if sink.is_available(pair.key):
             tried = True
             yield pair, False
@@ -298,7 +310,10 @@ async def _open(
         headers[name] = value
     key = picked[1] if picked is not None else None
     if key is not None:
-        headers["Authorization"] = f"Bearer {key.api_key}"
+        if pair.vendor.api_format == "anthropic":
+            headers["x-api-key"] = key.api_key  # Anthropic's own header; its API ignores Authorization
+        else:
+            headers["Authorization"] = f"Bearer {key.api_key}"
     proxy = (key.proxy_url if key is not None else None) or pair.proxy_url
     timeouts = pair.timeouts
     url = pair.base_url + proxied.path
@@ -646,6 +661,8 @@ class _RelayedUpstreamError(ProxyError):
         return self.raw_body
 
     def anthropic_body(self) -> bytes:
+        if is_anthropic_error(self.raw_body):
+            return self.raw_body  # an Anthropic-format vendor's own error: relayed as it came
         return anthropic_error_body(self.status, upstream_error_message(self.raw_body) or self.message)
 
 

@@ -233,7 +233,16 @@ def _names_missing_model(body: bytes) -> bool:
 _CONTENT_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls", "function_call", "refusal", "audio")
 #: Responses API events before the first output: nothing a user sees.
 _LIFECYCLE_EVENTS = frozenset(
-    {"response.created", "response.in_progress", "response.queued", "response.output_item.added", "response.content_part.added"}
+    {
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.output_item.added",
+        "response.content_part.added",
+        # Anthropic's Messages stream (`api-format: anthropic` vendors): the envelope before the first token
+        "message_start",
+        "ping",
+    }
 )
 
 

@@ -48,14 +48,15 @@ from typing import Literal
 from cliproxy.core import failures, manual, policies
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
-from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, Event, KeyRecord, Outcome
+from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, KeyRecord, Outcome
 from cliproxy.core.failures import AUTO, PairState
 from cliproxy.core.manual import MANUAL
 from cliproxy.core.rate_limit import RATE_LIMITED
-from cliproxy.core.routing import RoutingTable, slow_start_weight
+from cliproxy.core.routing import RoutingTable
 from cliproxy.services.journal import Journal
 from cliproxy.services.key_tracker import KeyTracker
 from cliproxy.services.rate_limits import RateLimits
+from cliproxy.services.slow_starts import SlowStarts
 
 __all__ = ["FailureTracker"]
 
@@ -91,11 +92,8 @@ class FailureTracker:
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._last_cleanup: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # Slow start: when each recently re-enabled pair came back (the `at` of its last `enabled`
-        # event), in memory (routing) and as committed (reports); only pairs with slow start on.
-        self._reenabled_at: dict[PairKey, float] = {}
-        self._committed_reenabled_at: dict[PairKey, float] = {}
-        journal.committed_listeners.append(self._on_committed)
+        #: Slow start: when each recently re-enabled pair came back, in memory and as committed.
+        self.slow_starts = SlowStarts(journal, settings_for=self.settings_for, clock=clock)
         #: For `max-disabled-fraction`: each pair's peers by name (`RoutingTable.peers`), set by `update_peers`.
         self._peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]] = {}
         # recovery: half-open slots taken, pairs waiting for a probe and those whose probe is under way
@@ -282,34 +280,12 @@ class FailureTracker:
         return True
 
     def weight(self, pair: PairKey) -> float:
-        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1).
-
-        With slow start on, an auto-disabled pair weighs 0 (it is skipped anyway: its turns go to its
-        peers), and one whose disable is over by the clock but not yet recorded by the sweep starts
-        from the disable's end.
-        """
-        settings = self._settings.get(pair)
-        if settings is None or settings.slow_start_seconds <= 0:
-            return 1.0
-        now = self._clock()
-        reenabled_at = self._reenabled_at.get(pair)
-        state = self._states.get(pair)
-        if state is not None and state.disabled_until is not None:
-            if now < state.disabled_until:
-                return 0.0
-            reenabled_at = state.disabled_until
-        if reenabled_at is None:
-            return 1.0
-        return slow_start_weight(reenabled_at, now, settings.slow_start_seconds)
+        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1)."""
+        return self.slow_starts.weight(pair, self._states.get(pair))
 
     def slow_start_until(self, pair: PairKey) -> float | None:
         """When the pair's slow start ends, as committed (what reports show); None when it is not slow-starting."""
-        reenabled_at = self._committed_reenabled_at.get(pair)
-        settings = self._settings.get(pair)
-        if reenabled_at is None or settings is None or settings.slow_start_seconds <= 0:
-            return None
-        until = failures.ms(reenabled_at + settings.slow_start_seconds)
-        return until if self._clock() < until else None
+        return self.slow_starts.until(pair)
 
     def admit(self, pair: PairKey) -> bool:
         """`is_available`, and a half-open pair's slot taken for the caller (give it back with `release`)."""
@@ -494,7 +470,7 @@ class FailureTracker:
         if self._sweeper is not None:
             raise RuntimeError("FailureTracker already started")
         now = self._now()
-        await self._restore_slow_starts(now)
+        await self.slow_starts.restore(max((s.slow_start_seconds for s in self._settings.values()), default=0.0), now)
         for level in self.journal.committed_backoff():
             self._restore_level(level, now)
         for record in self.journal.committed_rows():
@@ -547,14 +523,8 @@ class FailureTracker:
         idle = [p for p, s in self._states.items() if failures.is_idle(s, now, self._idle_seconds, self._settings.get(p))]
         for pair in idle:
             del self._states[pair]
-        for held in (self._reenabled_at, self._committed_reenabled_at):
-            for pair in [p for p, at in held.items() if self._slow_start_over(p, at, now)]:
-                del held[pair]
+        self.slow_starts.drop_over(now)
         return len(idle)
-
-    def _slow_start_over(self, pair: PairKey, reenabled_at: float, now: float) -> bool:
-        settings = self._settings.get(pair)
-        return settings is None or now >= reenabled_at + settings.slow_start_seconds
 
     # ------------------------------------------------------------------ probes (recovery: probe)
 
@@ -632,32 +602,9 @@ class FailureTracker:
     def _carry_out(self, effects: tuple[Effect, ...]) -> None:
         """Log each effect's event and hand it to the journal. Memory has already been updated."""
         for effect in effects:
-            self._note_reenable(effect.event, self._reenabled_at)
+            self.slow_starts.note_applied(effect.event)
             log_event(effect.event, self._log)
             self.journal.append(effect)
-
-    def _on_committed(self, event: Event) -> None:
-        self._note_reenable(event, self._committed_reenabled_at)
-
-    def _note_reenable(self, event: Event, held: dict[PairKey, float]) -> None:
-        """An `enabled` event starts the pair's slow start (when it has one): its `at` is the start,
-        persisted with the event, so a restart finds it there."""
-        if event.kind != "enabled" or event.vendor is None or event.model is None:
-            return
-        pair = (event.vendor, event.model)
-        settings = self._settings.get(pair)
-        if settings is not None and settings.slow_start_seconds > 0:
-            held[pair] = max(event.at, held.get(pair, event.at))
-
-    async def _restore_slow_starts(self, now: float) -> None:
-        """The slow starts still running: the last `enabled` event of each pair within its
-        `slow-start-seconds`, read back from the history with its original time."""
-        longest = max((s.slow_start_seconds for s in self._settings.values()), default=0.0)
-        if longest <= 0:
-            return
-        for event in await self.journal.events_since("enabled", now - longest):
-            self._note_reenable(event, self._reenabled_at)
-            self._note_reenable(event, self._committed_reenabled_at)
 
     def _restore(self, record: DisabledRecord, now: float) -> None:
         pair = (record.vendor, record.model)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from cliproxy.cli import confirmations as cli_confirmations
 from cliproxy.cli import default_url, main
 from cliproxy.cli import views as cli_views
 from cliproxy.core.events import DisabledRecord, ErrorInfo, Event
@@ -213,7 +214,7 @@ class TestFormatting:
         assert text.splitlines() == ["A   LONGER    C", "xx  -         -", "y   zzzzzzzz  w"]
 
     def test_management_path_encodes_slash_and_colon(self):
-        assert cli_views.management_path("disable", "open router", "meta-llama/llama-3.1:8b") == (
+        assert cli_confirmations.management_path("disable", "open router", "meta-llama/llama-3.1:8b") == (
             "/api/models/meta-llama%2Fllama-3.1%3A8b/disable?vendor=open%20router"
         )
 

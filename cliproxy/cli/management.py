@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cliproxy.cli import views
+from cliproxy.cli import confirmations, views
 from cliproxy.cli.common import config_path, fail, load_leniently_or_exit
 from cliproxy.core.config import Config
 
@@ -85,9 +85,9 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
         return fail(action, "--vendor and --reason go with --all", 2)
     base = (args.url or default_url(load_leniently_or_exit(config_path(args)).config)).rstrip("/")
     path = (
-        views.enable_all_path(args.all_vendor, args.all_reason)
+        confirmations.enable_all_path(args.all_vendor, args.all_reason)
         if every
-        else views.management_path(action, args.vendor, args.model)
+        else confirmations.management_path(action, args.vendor, args.model)
     )
     body: dict[str, Any] = {}
     duration = getattr(args, "duration", None)
@@ -135,9 +135,9 @@ def _management_call(args: argparse.Namespace, action: str) -> int:
     except ValueError:
         decoded = None
     if every:
-        line = views.enable_all_confirmation(decoded)
+        line = confirmations.enable_all_confirmation(decoded)
     else:
-        line = views.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
+        line = confirmations.confirmation(action, args.vendor, args.model, duration, decoded, time.time())
     print(scrub(f"{line} (via {base})"))
     return 0
 

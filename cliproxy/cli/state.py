@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from cliproxy.cli import views
+from cliproxy.cli import history_view, views
 from cliproxy.cli.common import config_path, database_path, fail, load_leniently_or_exit, print_json
 from cliproxy.core.events import KeyRecord
 from cliproxy.core.routing import RoutingTable
@@ -124,12 +124,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     except _Unreadable as exc:
         return fail("history", str(exc))
     if args.json:
-        print_json([views.event_json(e) for e in events])
+        print_json([history_view.event_json(e) for e in events])
         return 0
     if not events:
         print(f"no events match (database {db})")
         return 0
-    print(views.history_table(events))
+    print(history_view.history_table(events))
     print()
     more = f"; older events may exist: raise --limit (now {args.limit}) or use --since" if len(events) == args.limit else ""
     print(f"{len(events)} event(s), newest first, times in UTC{more}")

@@ -28,6 +28,9 @@ The CLI's own `state` keeps its finer vocabulary above, which scripts already re
 
 Rows in the database for pairs that are no longer configured are reported apart, as
 `not-configured`: the server keeps them and ignores them.
+
+The history's views are `cliproxy.cli.history_view`, the management calls' paths and confirmation
+lines `cliproxy.cli.confirmations`, the shared table and time formatting `cliproxy.cli.formatting`.
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
+from cliproxy.cli.formatting import iso, one_line, render_table
 from cliproxy.core.config import PairKey, Vendor
-from cliproxy.core.events import DisabledRecord, Event, KeyRecord
+from cliproxy.core.events import DisabledRecord, KeyRecord
 from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import mask_key
 from cliproxy.core.routing import RoutingTable
@@ -47,15 +50,10 @@ from cliproxy.core.times import format_duration, format_time, format_timestamp, 
 __all__ = [
     "DisableView",
     "PairStatus",
-    "confirmation",
-    "enable_all_confirmation",
-    "enable_all_path",
-    "event_json",
     "format_duration",
     "format_time",
-    "history_table",
     "iso",
-    "management_path",
+    "keys_out_lines",
     "pair_statuses",
     "parse_duration",
     "parse_iso",
@@ -77,36 +75,6 @@ LABELS: Mapping[str, str] = {
     "not-configured": "not configured",
 }
 EXPIRED_LABEL = "enabled (expired, not yet recorded)"
-
-# --------------------------------------------------------------------------------------------
-# Durations and times
-# --------------------------------------------------------------------------------------------
-
-
-def iso(epoch: float | None) -> str | None:
-    """Epoch seconds -> ISO-8601 UTC with milliseconds, as the database stores it (None stays None)."""
-    return None if epoch is None else format_timestamp(epoch)
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Columns left-aligned, two spaces apart, no trailing blanks; None and "" shown as `-`."""
-    cells = [[str(h) for h in headers]]
-    for row in rows:
-        cells.append(["-" if v is None or v == "" else str(v) for v in row])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
 
 # --------------------------------------------------------------------------------------------
 # Pair states
@@ -180,7 +148,7 @@ def _describe(view: DisableView, *, name: bool) -> str:
     if record.last_error is not None:
         status = record.last_error.status
         parts.append(
-            f"last error: {status if status is not None else 'transport'} {_one_line(record.last_error.message, 60)}".rstrip()
+            f"last error: {status if status is not None else 'transport'} {one_line(record.last_error.message, 60)}".rstrip()
         )
     return ", ".join(parts)
 
@@ -362,125 +330,6 @@ def status_json(statuses: Iterable[PairStatus]) -> list[dict[str, Any]]:
         }
         for s in statuses
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# History
-# --------------------------------------------------------------------------------------------
-
-
-def _reason_cause(event: Event) -> str:
-    return "/".join(p for p in (event.reason, event.cause) if p)
-
-
-def _last_error(event: Event, width: int) -> str:
-    if event.last_error is None:
-        return ""
-    status = event.last_error.status
-    return _one_line(f"{status if status is not None else 'transport'} {event.last_error.message}", width)
-
-
-def history_table(events: Iterable[Event], *, error_width: int = 60) -> str:
-    """Events as given (newest first), one line each."""
-    return render_table(
-        ("TIME", "KIND", "VENDOR", "MODEL", "REASON/CAUSE", "FAILURES", "DISABLED UNTIL", "ACTOR", "LAST ERROR"),
-        (
-            (
-                format_timestamp(e.at),
-                e.kind,
-                e.vendor,
-                e.model,
-                _reason_cause(e),
-                e.failure_count,
-                format_timestamp(e.disabled_until) if e.disabled_until is not None else None,
-                e.actor,
-                _last_error(e, error_width),
-            )
-            for e in events
-        ),
-    )
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    """An event with ISO timestamps; `disabled_seconds` is how long the disable was set to last."""
-    disabled_seconds = None
-    if event.disabled_at is not None and event.disabled_until is not None:
-        disabled_seconds = round(event.disabled_until - event.disabled_at, 3)
-    return {
-        "id": event.id,
-        "at": iso(event.at),
-        "kind": event.kind,
-        "vendor": event.vendor,
-        "model": event.model,
-        "reason": event.reason,
-        "cause": event.cause,
-        "disabled_at": iso(event.disabled_at),
-        "disabled_until": iso(event.disabled_until),
-        "disabled_seconds": disabled_seconds,
-        "failure_count": event.failure_count,
-        "window_started_at": iso(event.window_started_at),
-        "settings": event.settings,
-        "last_status": event.last_error.status if event.last_error else None,
-        "last_error": event.last_error.message if event.last_error else None,
-        "actor": event.actor,
-        "detail": event.detail,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Management API
-# --------------------------------------------------------------------------------------------
-
-
-def management_path(action: str, vendor: str, model: str) -> str:
-    """`/api/models/{model}/{action}?vendor={vendor}`, the model percent-encoded whole (`/` and `:` too)."""
-    return f"/api/models/{quote(model, safe='')}/{action}?vendor={quote(vendor, safe='')}"
-
-
-def enable_all_path(vendor: str | None, reason: str | None) -> str:
-    """`/api/models/enable-all`, with `?vendor=` and `?reason=` when given."""
-    filters = [f"{name}={quote(value, safe='')}" for name, value in (("vendor", vendor), ("reason", reason)) if value]
-    return "/api/models/enable-all" + ("?" + "&".join(filters) if filters else "")
-
-
-def enable_all_confirmation(response: Any) -> str:
-    """`enabled 2 disables: acme/gpt-x (auto), acme/gpt-x (rate-limited)`, from enable-all's answer."""
-    items = response.get("enabled") if isinstance(response, dict) else None
-    items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
-    if not items:
-        return "nothing to enable: no disable matched"
-    listed = ", ".join(f"{i.get('vendor')}/{i.get('model')} ({i.get('reason')})" for i in items)
-    return f"enabled {len(items)} disable{'s' if len(items) != 1 else ''}: {listed}"
-
-
-def confirmation(action: str, vendor: str, model: str, duration: float | None, response: Any, now: float) -> str:
-    """The one line `enable` / `disable` print on success.
-
-    `response` is the server's decoded JSON (the model status: `{"model", "pairs": [...]}`), used
-    for the end time it reports and to name the pairs when `model` meant several (an alias pool);
-    anything else falls back to what was asked.
-    """
-    pairs = response.get("pairs") if isinstance(response, dict) else None
-    pairs = [p for p in pairs if isinstance(p, dict)] if isinstance(pairs, list) else []
-    served = [f"{p.get('vendor')}/{p.get('model')}" for p in pairs]
-    if action == "enable":
-        text = f"{vendor} {model}: enabled"
-    elif duration is None:
-        text = f"{vendor} {model}: disabled until enabled again"
-    else:
-        until = now + duration
-        for pair in pairs:
-            manual = pair.get("manual_disable")
-            if isinstance(manual, dict) and isinstance(manual.get("disabled_until"), str):
-                try:
-                    until = parse_iso(manual["disabled_until"])
-                except ValueError:
-                    pass
-                break
-        text = f"{vendor} {model}: disabled for {format_duration(duration)}, until {format_timestamp(until)}"
-    if len(served) > 1 or (served and served[0] != f"{vendor}/{model}"):
-        text += f" ({len(served)} pair{'s' if len(served) != 1 else ''}: {', '.join(served)})"
-    return text
 
 
 def keys_out_lines(table: RoutingTable, records: Iterable[KeyRecord], now: float) -> list[str]:

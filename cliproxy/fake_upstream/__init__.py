@@ -3,7 +3,7 @@
     from cliproxy.fake_upstream import FakeUpstream, Fault
 
 `server` is the upstream itself, `faults` what it can be told to do wrong, `payloads` what it
-answers otherwise, `cli` the `cliproxy fake-upstream` command (also `python -m cliproxy.fake_upstream`).
+answers otherwise, `responses` how it writes an answer (whole or broken), `cli` the `cliproxy fake-upstream` command (also `python -m cliproxy.fake_upstream`).
 """
 
 from cliproxy.fake_upstream.cli import main

@@ -30,7 +30,6 @@ from cliproxy.fake_upstream.faults import (
     SelfReset,
     abort_with_rst,
     add_fault_headers,
-    close_gracefully,
 )
 from cliproxy.fake_upstream.payloads import (
     SSE_DONE,
@@ -43,36 +42,23 @@ from cliproxy.fake_upstream.payloads import (
     messages_events,
     stream_frames,
 )
+from cliproxy.fake_upstream.responses import (
+    IN_200_MESSAGE,
+    JSON,
+    RequestState,
+    error_body,
+    error_response,
+    fault_status_response,
+    json_response,
+    role_frame,
+    write_big_body,
+    write_partial_body,
+    write_stream,
+)
 
-__all__ = ["DEFAULT_MODELS", "FakeUpstream", "RecordedRequest"]
+__all__ = ["DEFAULT_MODELS", "IN_200_MESSAGE", "FakeUpstream", "RecordedRequest"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
-
-_JSON = "application/json"
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_BIG_BLOCK = b"x" * 65536
-
-
-def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-#: The message of the error object `Fault(error_in_200=True)` answers with.
-IN_200_MESSAGE = "fake upstream injected an error inside a 200"
-
-
-def _role_frame(model: str) -> bytes:
-    """A chat chunk that carries no content: the role-only delta many upstreams open a stream with."""
-    chunk = {"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
-    return f"data: {dumps(chunk)}\n\n".encode()
-
-
-def _json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(data).encode(), status=status, content_type=_JSON)
-
-
-def _error_response(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
-    return _json_response(_error_body(message, type_), status=status)
 
 
 @dataclass
@@ -297,7 +283,7 @@ class FakeUpstream:
         if error is None and not isinstance(model, str):
             error = "you must provide a model parameter"
         if error is not None:
-            return None, _error_response(400, error)
+            return None, error_response(400, error)
         return body, None
 
     async def _guarded(self, request: web.Request, body: dict[str, Any], kind: str) -> web.StreamResponse:
@@ -305,17 +291,17 @@ class FakeUpstream:
         model: str = body["model"]
         if kind == "messages" and not request.headers.get("x-api-key"):
             # Anthropic's API takes its key in x-api-key only (an Authorization header is not one).
-            return _json_response(messages_error(401, "x-api-key header is required"), status=401)
+            return json_response(messages_error(401, "x-api-key header is required"), status=401)
         if self.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in self.revoked_keys:
             self.refused_keys += 1
-            return _json_response(
-                _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), status=401
+            return json_response(
+                error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), status=401
             )
         fault = self._pick_fault(model) if self._faults else None
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        state = _ReqState()
+        state = RequestState()
         if fault is not None and fault.headers:
             request[FAULT_HEADERS] = fault.headers
         try:
@@ -339,7 +325,7 @@ class FakeUpstream:
                 self._tasks.discard(task)
 
     @staticmethod
-    def _quiet_response(state: _ReqState) -> web.StreamResponse:
+    def _quiet_response(state: RequestState) -> web.StreamResponse:
         # Returning (rather than raising) after the connection is gone makes
         # aiohttp's own write fail with ConnectionError, which it treats as a
         # quiet client disconnect; raising would log "Error handling request".
@@ -352,7 +338,7 @@ class FakeUpstream:
         kind: str,
         model: str,
         fault: Fault | None,
-        state: _ReqState,
+        state: RequestState,
     ) -> web.StreamResponse:
         stream = kind != "embeddings" and bool(body.get("stream"))
         if fault is not None:
@@ -365,28 +351,28 @@ class FakeUpstream:
             if fault.status is not None:
                 if kind == "messages" and fault.body is None:
                     fault = replace(fault, body=messages_error(fault.status, f"fake upstream injected HTTP {fault.status}"))
-                return self._fault_status_response(fault)
+                return fault_status_response(fault)
             if fault.malformed_json:
-                return web.Response(body=MALFORMED_BODY, content_type=_JSON)
+                return web.Response(body=MALFORMED_BODY, content_type=JSON)
             if fault.html_200:
                 return web.Response(body=HTML_PAGE, content_type="text/html")
             if fault.error_in_200:
-                error = fault.body if fault.body is not None else _error_body(IN_200_MESSAGE, "server_error", "upstream_error")
+                error = fault.body if fault.body is not None else error_body(IN_200_MESSAGE, "server_error", "upstream_error")
                 if not stream:
-                    return _json_response(error)
-                return await self._stream(request, [f"data: {dumps(error)}\n\n".encode()], SSE_DONE, 0.0, None, state)
+                    return json_response(error)
+                return await write_stream(request, [f"data: {dumps(error)}\n\n".encode()], SSE_DONE, 0.0, None, state, self)
             if fault.big_body_bytes is not None:
-                return await self._big_body(request, model, fault.big_body_bytes, state)
+                return await write_big_body(request, model, fault.big_body_bytes, state)
             if fault.empty_stream and stream:
-                return await self._stream(request, [b": ping\n\n", _role_frame(model)], SSE_DONE, 0.0, fault, state)
+                return await write_stream(request, [b": ping\n\n", role_frame(model)], SSE_DONE, 0.0, fault, state, self)
 
         chunks = _int_header(request, "x-fake-chunks", self.chunks)
         if kind == "messages":
             if not stream:
-                return _json_response(messages_body(body, model, chunks, next_id=self._next_id))
+                return json_response(messages_body(body, model, chunks, next_id=self._next_id))
             delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
             frames = messages_events(body, model, chunks, next_id=self._next_id)
-            return await self._stream(request, frames[:-1], frames[-1], delay, fault, state)
+            return await write_stream(request, frames[:-1], frames[-1], delay, fault, state, self)
         script = ChatScript()
         if fault is not None and (fault.reasoning is not None or fault.tool_calls):
             script = ChatScript(fault.reasoning, tuple(fault.tool_calls or ()))
@@ -403,123 +389,17 @@ class FakeUpstream:
                     script=script,
                 )
             except BadInput as exc:
-                return _error_response(400, str(exc))
+                return error_response(400, str(exc))
             payload = dumps(full).encode()
             if fault is not None and (fault.reset_after_chunks is not None or fault.stall_after_chunks is not None):
-                return await self._partial_body(request, payload, fault, state)
-            return web.Response(body=payload, content_type=_JSON)
+                return await write_partial_body(request, payload, fault, state)
+            return web.Response(body=payload, content_type=JSON)
 
         delay = _float_header(request, "x-fake-chunk-delay", self.chunk_delay)
         frames, terminator = stream_frames(kind, body, model, chunks, name=self.name, next_id=self._next_id, script=script)
         if fault is not None and fault.role_chunk_first:
-            frames = [_role_frame(model), *frames]
-        return await self._stream(request, frames, terminator, delay, fault, state)
-
-    def _fault_status_response(self, fault: Fault) -> web.Response:
-        assert fault.status is not None
-        headers = dict(fault.headers)
-        body = fault.body
-        if body is None:
-            type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
-            if fault.status == 429:
-                type_ = "rate_limit_exceeded"
-            body = _error_body(f"fake upstream injected HTTP {fault.status}", type_)
-        if isinstance(body, (dict, list)):
-            data = dumps(body).encode()
-            headers.setdefault("Content-Type", _JSON)
-        elif isinstance(body, str):
-            data = body.encode()
-            headers.setdefault("Content-Type", "text/plain")
-        else:
-            data = bytes(body)
-            headers.setdefault("Content-Type", "application/octet-stream")
-        return web.Response(status=fault.status, body=data, headers=headers)
-
-    async def _big_body(self, request: web.Request, model: str, size: int, state: _ReqState) -> web.StreamResponse:
-        # Valid JSON of exactly `size` bytes (when size allows), written in 64 KiB
-        # blocks so the fake never holds the whole body in memory.
-        prefix = b'{"object":"chat.completion","model":' + dumps(model).encode() + b',"padding":"'
-        suffix = b'"}'
-        resp = web.StreamResponse(headers={"Content-Type": _JSON})
-        resp.content_length = size
-        state.response = resp
-        await resp.prepare(request)
-        padding = size - len(prefix) - len(suffix)
-        if padding < 0:
-            await resp.write((prefix + suffix)[:size])
-        else:
-            await resp.write(prefix)
-            while padding > 0:
-                block = _BIG_BLOCK if padding >= len(_BIG_BLOCK) else _BIG_BLOCK[:padding]
-                await resp.write(block)
-                padding -= len(block)
-            await resp.write(suffix)
-        await resp.write_eof()
-        state.finished = True
-        return resp
-
-    async def _partial_body(self, request: web.Request, payload: bytes, fault: Fault, state: _ReqState) -> web.StreamResponse:
-        """Non-stream reset/stall: announce the full length, send half, then drop or stall."""
-        resp = web.StreamResponse(headers={"Content-Type": _JSON})
-        resp.content_length = len(payload)
-        state.response = resp
-        await resp.prepare(request)
-        half = len(payload) // 2
-        await resp.write(payload[:half])
-        if fault.reset_after_chunks is not None:
-            state.self_reset = True
-            close_gracefully(request)
-            raise SelfReset
-        await asyncio.sleep(fault.stall_seconds)
-        await resp.write(payload[half:])
-        await resp.write_eof()
-        state.finished = True
-        return resp
-
-    async def _stream(
-        self,
-        request: web.Request,
-        frames: list[bytes],
-        terminator: bytes,
-        delay: float,
-        fault: Fault | None,
-        state: _ReqState,
-    ) -> web.StreamResponse:
-        reset_at: int | None = None
-        stall_at: int | None = None
-        stall_seconds = 0.0
-        if fault is not None:
-            reset_at, stall_at, stall_seconds = fault.reset_after_chunks, fault.stall_after_chunks, fault.stall_seconds
-        if fault is None or not fault.no_done:
-            frames = [*frames, terminator]
-        resp = web.StreamResponse(headers=_SSE_HEADERS)
-        state.response = resp
-        writer = await resp.prepare(request)
-        assert writer is not None
-        state.streaming = True
-        self.streams_in_flight += 1
-        for i, frame in enumerate(frames):
-            if i == reset_at:
-                break
-            if i == stall_at:
-                await asyncio.sleep(stall_seconds)
-            elif i and delay > 0:
-                await asyncio.sleep(delay)
-            # One write and drain per frame: relays must see real chunk boundaries.
-            await resp.write(frame)
-            await writer.drain()
-        if reset_at is not None:
-            # Also when reset_at is past the last frame: the chunked terminator
-            # is still missing, so the client sees an incomplete transfer.
-            state.self_reset = True
-            close_gracefully(request)
-            raise SelfReset
-        if stall_at is not None and stall_at >= len(frames):
-            await asyncio.sleep(stall_seconds)
-        await resp.write_eof()
-        state.finished = True
-        self.completed_streams += 1
-        return resp
+            frames = [role_frame(model), *frames]
+        return await write_stream(request, frames, terminator, delay, fault, state, self)
 
     # --------------------------------------------------------------- handlers
 
@@ -538,7 +418,7 @@ class FakeUpstream:
         if self.record:
             self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), None, None))
         data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in self.models]
-        return _json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def _add_fault(self, request: web.Request) -> web.Response:
         try:
@@ -550,27 +430,17 @@ class FakeUpstream:
                 raise ValueError("'model' must be a string or null")
             fault = Fault.from_dict(data)
         except (ValueError, TypeError) as exc:
-            return _error_response(400, str(exc))
+            return error_response(400, str(exc))
         self.fail(model, fault)
-        return _json_response({"ok": True, "faults_installed": len(self._faults)}, status=201)
+        return json_response({"ok": True, "faults_installed": len(self._faults)}, status=201)
 
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self.clear_faults()
-        return _json_response({"ok": True, "faults_installed": 0})
+        return json_response({"ok": True, "faults_installed": 0})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        return _json_response(self.stats())
+        return json_response(self.stats())
 
     async def _delete_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
-        return _json_response(self.stats())
-
-
-@dataclass
-class _ReqState:
-    """Per-request bookkeeping shared between the guard and the writers."""
-
-    response: web.StreamResponse | None = None
-    streaming: bool = False
-    self_reset: bool = False
-    finished: bool = False
+        return json_response(self.stats())

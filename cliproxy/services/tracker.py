@@ -45,16 +45,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from cliproxy.core import failures, key_scope, manual, policies, rate_limit
+from cliproxy.core import failures, manual, policies
 from cliproxy.core.config import AutoDisableSettings, PairKey
 from cliproxy.core.eventlog import log_event
-from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, Event, KeyId, KeyRecord, Outcome
+from cliproxy.core.events import BackoffRecord, Decision, DisabledRecord, Effect, ErrorInfo, KeyRecord, Outcome
 from cliproxy.core.failures import AUTO, PairState
-from cliproxy.core.key_scope import KeyState
 from cliproxy.core.manual import MANUAL
 from cliproxy.core.rate_limit import RATE_LIMITED
-from cliproxy.core.routing import RoutingTable, slow_start_weight
+from cliproxy.core.routing import RoutingTable
 from cliproxy.services.journal import Journal
+from cliproxy.services.key_tracker import KeyTracker
+from cliproxy.services.rate_limits import RateLimits
+from cliproxy.services.slow_starts import SlowStarts
 
 __all__ = ["FailureTracker"]
 
@@ -86,16 +88,12 @@ class FailureTracker:
 
         self._states: dict[PairKey, PairState] = {}
         self._manual: dict[PairKey, DisabledRecord] = {}
-        self._rate_limited: dict[PairKey, DisabledRecord] = {}
         # (disabled_until, vendor, model, reason); entries that no longer match the state are skipped.
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._last_cleanup: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # Slow start: when each recently re-enabled pair came back (the `at` of its last `enabled`
-        # event), in memory (routing) and as committed (reports); only pairs with slow start on.
-        self._reenabled_at: dict[PairKey, float] = {}
-        self._committed_reenabled_at: dict[PairKey, float] = {}
-        journal.committed_listeners.append(self._on_committed)
+        #: Slow start: when each recently re-enabled pair came back, in memory and as committed.
+        self.slow_starts = SlowStarts(journal, settings_for=self.settings_for, clock=clock)
         #: For `max-disabled-fraction`: each pair's peers by name (`RoutingTable.peers`), set by `update_peers`.
         self._peers: Mapping[PairKey, tuple[tuple[PairKey, ...], ...]] = {}
         # recovery: half-open slots taken, pairs waiting for a probe and those whose probe is under way
@@ -104,15 +102,12 @@ class FailureTracker:
         self._probe_in_flight: set[PairKey] = set()
         #: Set when a pair starts waiting for a probe; the prober waits on it.
         self.probes_due = asyncio.Event()
-        # key scope (issue 14): each vendor's keys (index in api-key-entries -> hash of the value) and
-        # models, set by `update_keys`; the keys held (out, or back at a backoff level), how many of
-        # each vendor's are out (an upper bound: one over by the clock counts until the sweep), and
-        # the heap of their ends (until, vendor, index).
-        self._key_hashes: dict[str, dict[int, str]] = {}
-        self._vendor_models: dict[str, tuple[str, ...]] = {}
-        self._keys: dict[KeyId, KeyState] = {}
-        self._keys_out: dict[str, int] = {}
-        self._key_deadlines: list[tuple[float, str, int]] = []
+        #: The upstream's rate limits (reason rate-limited); their ends go on this tracker's heap.
+        self.rate_limits = RateLimits(
+            settings_for=self.settings_for, now=self._now, carry_out=self._carry_out, on_deadline=self._push_rate_limit_deadline
+        )
+        #: The key scope (issue 14): each vendor's keys out of the rotation.
+        self.keys = KeyTracker(journal, settings_for=self.settings_for, clock=clock, now=self._now, carry_out=self._carry_out)
 
     # ------------------------------------------------------------------ settings and views
 
@@ -183,10 +178,7 @@ class FailureTracker:
 
     def rate_limit_record(self, pair: PairKey) -> DisabledRecord | None:
         """The pair's rate limit while it is in force, or None."""
-        record = self._rate_limited.get(pair)
-        if record is None or not manual.in_force(record, self._clock()):
-            return None
-        return record
+        return self.rate_limits.in_force(pair, self._clock())
 
     def disabled_pairs(self) -> list[DisabledRecord]:
         """Every disable in force now, every axis (reason auto | manual | rate-limited), sorted by vendor, model, reason.
@@ -201,7 +193,7 @@ class FailureTracker:
                 assert record is not None
                 out.append(record)
         out.extend(r for r in self._manual.values() if manual.in_force(r, now))
-        out.extend(r for r in self._rate_limited.values() if manual.in_force(r, now))
+        out.extend(self.rate_limits.all_in_force(now))
         out.sort(key=lambda r: (r.vendor, r.model, r.reason))
         return out
 
@@ -228,10 +220,7 @@ class FailureTracker:
         """Apply one attempt's outcome. Neutral outcomes and pairs not in the config are ignored,
         except that any 429/503 carrying a Retry-After hint rate-limits the pair (counted or not)."""
         if outcome.retry_headers:
-            settings = self._settings.get(pair)
-            if settings is not None:
-                held = self._rate_limited.get(pair)
-                self._apply_rate_limit(pair, rate_limit.note_outcome(pair, held, outcome, settings, self._now()))
+            self.rate_limits.note_outcome(pair, outcome)
         if outcome.kind == "neutral":
             return
         settings = self._settings.get(pair)
@@ -284,42 +273,19 @@ class FailureTracker:
         timed = self._manual.get(pair)
         if timed is not None and manual.in_force(timed, now):
             return False
-        limited = self._rate_limited.get(pair)
-        if limited is not None and manual.in_force(limited, now):
+        if self.rate_limits.in_force(pair, now) is not None:
             return False
         if state is not None and failures.awaiting_recovery(state, settings, now):
             return settings.recovery == "half-open" and self._half_open_taken.get(pair, 0) < settings.half_open_requests
         return True
 
     def weight(self, pair: PairKey) -> float:
-        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1).
-
-        With slow start on, an auto-disabled pair weighs 0 (it is skipped anyway: its turns go to its
-        peers), and one whose disable is over by the clock but not yet recorded by the sweep starts
-        from the disable's end.
-        """
-        settings = self._settings.get(pair)
-        if settings is None or settings.slow_start_seconds <= 0:
-            return 1.0
-        now = self._clock()
-        reenabled_at = self._reenabled_at.get(pair)
-        state = self._states.get(pair)
-        if state is not None and state.disabled_until is not None:
-            if now < state.disabled_until:
-                return 0.0
-            reenabled_at = state.disabled_until
-        if reenabled_at is None:
-            return 1.0
-        return slow_start_weight(reenabled_at, now, settings.slow_start_seconds)
+        """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1)."""
+        return self.slow_starts.weight(pair, self._states.get(pair))
 
     def slow_start_until(self, pair: PairKey) -> float | None:
         """When the pair's slow start ends, as committed (what reports show); None when it is not slow-starting."""
-        reenabled_at = self._committed_reenabled_at.get(pair)
-        settings = self._settings.get(pair)
-        if reenabled_at is None or settings is None or settings.slow_start_seconds <= 0:
-            return None
-        until = failures.ms(reenabled_at + settings.slow_start_seconds)
-        return until if self._clock() < until else None
+        return self.slow_starts.until(pair)
 
     def admit(self, pair: PairKey) -> bool:
         """`is_available`, and a half-open pair's slot taken for the caller (give it back with `release`)."""
@@ -359,11 +325,11 @@ class FailureTracker:
             if timed.disabled_until is None:
                 return None
             wait = max(wait, timed.disabled_until - now)
-        limited = self._rate_limited.get(pair)
-        if limited is not None and limited.disabled_until is not None and manual.in_force(limited, now):
+        limited = self.rate_limits.in_force(pair, now)
+        if limited is not None and limited.disabled_until is not None:
             wait = max(wait, limited.disabled_until - now)
         if self.credentials_out(pair[0]):
-            wait = max(wait, self._first_key_back(pair[0], now))
+            wait = max(wait, self.keys.first_key_back(pair[0], now))
         settings = self._settings[pair]
         if wait == 0.0 and state is not None and failures.recovery_phase(state, settings, now) == "probing":
             return settings.probe_timeout_seconds  # the probe's verdict comes within its timeout
@@ -381,8 +347,7 @@ class FailureTracker:
         state = self._states.get(pair)
         if state is not None and failures.is_disabled(state, now):
             return "auto"
-        limited = self._rate_limited.get(pair)
-        if limited is not None and manual.in_force(limited, now):
+        if self.rate_limits.in_force(pair, now) is not None:
             return "rate-limited"
         if self.credentials_out(pair[0]):
             return "credentials"
@@ -410,7 +375,7 @@ class FailureTracker:
         whose time had already passed is recorded as expired first. True when a disable was cleared.
         """
         now = self._now()
-        limited = rate_limit.end_by_operator(pair, self._rate_limited.get(pair), now, actor)
+        limited = self.rate_limits.end_by_operator(pair, now, actor)
         limit_cleared = manual.cleared(limited.effects)
         axes = manual.Axes(self._states.get(pair), self._manual.get(pair))
         decision = manual.enable(
@@ -425,7 +390,7 @@ class FailureTracker:
             self._states[pair] = decision.state.auto
         self._manual.pop(pair, None)
         self._carry_out(decision.effects)
-        self._apply_rate_limit(pair, limited)
+        self.rate_limits.apply(pair, limited)
         return limit_cleared or manual.cleared(decision.effects)
 
     async def clear_disable(self, pair: PairKey, reason: str, actor: str) -> bool:
@@ -454,121 +419,44 @@ class FailureTracker:
             self._apply_manual(pair, Decision(None, (effect,)))
             return True
         if reason == RATE_LIMITED:
-            decision = rate_limit.end_by_operator(pair, self._rate_limited.get(pair), now, actor)
-            self._apply_rate_limit(pair, decision)
+            decision = self.rate_limits.end_by_operator(pair, now, actor)
+            self.rate_limits.apply(pair, decision)
             return manual.cleared(decision.effects)
         raise ValueError(f"unknown disable reason {reason!r}")
 
-    # ------------------------------------------------------------------ key scope (issue 14)
+    # ------------------------------------------------------------------ key scope (issue 14): see `KeyTracker`
 
     def update_keys(self, table: RoutingTable) -> None:
-        """Learn each vendor's keys (index and hash of the value) and models from a (re)loaded config.
-
-        Run before `start` (the restore matches rows against it) and on each reload, where a key held
-        for an index whose value changed (replaced, or the list reordered) or that is gone is let go
-        (`key-enabled`, cause key-changed): the key now there was never refused. O(keys) per reload.
-        """
-        self._key_hashes = {vendor: dict(zip(rotation.indexes, rotation.hashes)) for vendor, rotation in table.keys.items()}
-        models: dict[str, list[str]] = {}
-        for vendor, model in table.pairs:
-            models.setdefault(vendor, []).append(model)
-        self._vendor_models = {vendor: tuple(names) for vendor, names in models.items()}
-        now = self._now()
-        for key, state in list(self._keys.items()):
-            current = self._key_hashes.get(key[0], {}).get(key[1])
-            self._apply_key(key, key_scope.forget_changed(state, current, now))
+        """Learn each vendor's keys and models from a (re)loaded config (before `start`, and on each reload)."""
+        self.keys.update_keys(table)
 
     def key_usable(self, vendor: str, index: int) -> bool:
         """False while the vendor's key at `index` is out of the rotation; O(1), by the clock."""
-        return not key_scope.is_out(self._keys.get((vendor, index)), self._clock())
+        return self.keys.key_usable(vendor, index)
 
     def record_key_failure(self, pair: PairKey, index: int, outcome: Outcome) -> bool:
-        """An answer of `key-scope-statuses` to the vendor's key at `index`: the key goes out of the
-        rotation for the pair's disable duration (with backoff), no pair is counted. The last key of
-        a vendor to go out writes the one event (reason `credentials`) for all its pairs. False
-        when the pair or the key is not in the config (then the outcome counts as usual)."""
-        settings = self._settings.get(pair)
-        vendor = pair[0]
-        hash_ = self._key_hashes.get(vendor, {}).get(index)
-        if settings is None or hash_ is None:
-            return False
-        key = (vendor, index)
-        left = sum(1 for other in self._key_hashes[vendor] if other != index and self.key_usable(vendor, other))
-        decision = key_scope.disable(
-            key,
-            hash_,
-            self._keys.get(key),
-            outcome.error,
-            settings,
-            self._now(),
-            keys_left=left,
-            models=self._vendor_models.get(vendor, ()),
-        )
-        self._apply_key(key, decision)
-        return True
+        """The vendor's key at `index` goes out of the rotation; False when the pair or key is not in the config."""
+        return self.keys.record_key_failure(pair, index, outcome)
 
     def credentials_out(self, vendor: str) -> bool:
-        """True while every key of a vendor that has keys is out: all its pairs are unavailable
-        (reason `credentials`). O(1) while some key is in; O(keys) only when all may be out."""
-        hashes = self._key_hashes.get(vendor)
-        if not hashes or self._keys_out.get(vendor, 0) < len(hashes):
-            return False
-        return not any(self.key_usable(vendor, index) for index in hashes)
-
-    def _first_key_back(self, vendor: str, now: float) -> float:
-        ends = [s.record.disabled_until for (v, _), s in self._keys.items() if v == vendor and s.record is not None]
-        return max(0.0, min(ends) - now) if ends else 0.0
+        """True while every key of a vendor that has keys is out (its pairs: reason `credentials`)."""
+        return self.keys.credentials_out(vendor)
 
     async def enable_key(self, vendor: str, index: int, actor: str) -> bool:
-        """An operator puts the key back in the rotation now (`key-enabled`, cause manual). True when it was out."""
-        key = (vendor, index)
-        decision = key_scope.end_by_operator(self._keys.get(key), self._now(), actor)
-        cleared = any(e.event.cause == "manual" for e in decision.effects)
-        self._apply_key(key, decision)
-        return cleared
+        """An operator puts the key back in the rotation now. True when it was out."""
+        return await self.keys.enable_key(vendor, index, actor)
 
     def keys_of(self, vendor: str) -> dict[int, str]:
         """The vendor's keys with a value: index in `api-key-entries` -> hash of the value."""
-        return dict(self._key_hashes.get(vendor, {}))
+        return self.keys.keys_of(vendor)
 
     def committed_key(self, vendor: str, index: int) -> KeyRecord | None:
-        """The key's time out as committed to the store while it is in force (what reports show), or None."""
-        record = self.journal.committed_key((vendor, index))
-        if record is None or self._clock() >= record.disabled_until:
-            return None
-        if record.key_hash != self._key_hashes.get(vendor, {}).get(index):
-            return None
-        return record
+        """The key's time out as committed to the store while it is in force, or None."""
+        return self.keys.committed_key(vendor, index)
 
     def key_vendors(self) -> list[str]:
         """The vendors that have keys, sorted."""
-        return sorted(v for v, hashes in self._key_hashes.items() if hashes)
-
-    def _expire_keys_due(self, now: float) -> int:
-        count = 0
-        while self._key_deadlines and self._key_deadlines[0][0] <= now:
-            until, vendor, index = heapq.heappop(self._key_deadlines)
-            state = self._keys.get((vendor, index))
-            if state is not None and state.record is not None and state.record.disabled_until == until:
-                decision = key_scope.expire(state, now)
-                count += len(decision.effects)
-                self._apply_key((vendor, index), decision)
-        return count
-
-    def _apply_key(self, key: KeyId, decision: Decision[KeyState] | Decision[KeyState | None]) -> None:
-        """Memory first (the key's state, its vendor's count of keys out, the deadline), then the effects."""
-        old, new = self._keys.get(key), decision.state
-        was_out = old is not None and old.record is not None
-        is_out = new is not None and new.record is not None
-        if new is None:
-            self._keys.pop(key, None)
-        else:
-            self._keys[key] = new
-        if was_out != is_out:
-            self._keys_out[key[0]] = self._keys_out.get(key[0], 0) + (1 if is_out else -1)
-        if new is not None and new.record is not None and (old is None or old.record is not new.record):
-            heapq.heappush(self._key_deadlines, (new.record.disabled_until, key[0], key[1]))
-        self._carry_out(decision.effects)
+        return self.keys.key_vendors()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -582,14 +470,12 @@ class FailureTracker:
         if self._sweeper is not None:
             raise RuntimeError("FailureTracker already started")
         now = self._now()
-        await self._restore_slow_starts(now)
+        await self.slow_starts.restore(max((s.slow_start_seconds for s in self._settings.values()), default=0.0), now)
         for level in self.journal.committed_backoff():
             self._restore_level(level, now)
         for record in self.journal.committed_rows():
             self._restore(record, now)
-        for key_record in self.journal.committed_keys():
-            current = self._key_hashes.get(key_record.vendor, {}).get(key_record.index)
-            self._apply_key(key_record.key, key_scope.restore(key_record, current, now))
+        self.keys.restore(now)
         self._last_cleanup = now
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="failure-tracker-sweep")
 
@@ -622,14 +508,14 @@ class FailureTracker:
                     count += self._expire_pair(pair, now)
                     self._note_probe_due(pair)
             elif reason == RATE_LIMITED:
-                limited = self._rate_limited.get(pair)
+                limited = self.rate_limits.held(pair)
                 if limited is not None and limited.disabled_until == until:
                     count += self._expire_pair(pair, now)
             else:
                 timed = self._manual.get(pair)
                 if timed is not None and timed.disabled_until == until:
                     count += self._expire_pair(pair, now)
-        return count + self._expire_keys_due(now)
+        return count + self.keys.expire_due(now)
 
     def drop_idle(self) -> int:
         """Forget pairs that are not disabled and have had no failure for `idle_seconds`."""
@@ -637,14 +523,8 @@ class FailureTracker:
         idle = [p for p, s in self._states.items() if failures.is_idle(s, now, self._idle_seconds, self._settings.get(p))]
         for pair in idle:
             del self._states[pair]
-        for held in (self._reenabled_at, self._committed_reenabled_at):
-            for pair in [p for p, at in held.items() if self._slow_start_over(p, at, now)]:
-                del held[pair]
+        self.slow_starts.drop_over(now)
         return len(idle)
-
-    def _slow_start_over(self, pair: PairKey, reenabled_at: float, now: float) -> bool:
-        settings = self._settings.get(pair)
-        return settings is None or now >= reenabled_at + settings.slow_start_seconds
 
     # ------------------------------------------------------------------ probes (recovery: probe)
 
@@ -716,45 +596,15 @@ class FailureTracker:
                 heapq.heappush(self._deadlines, (new.disabled_until, pair[0], pair[1], MANUAL))
         self._carry_out(decision.effects)
 
-    def _apply_rate_limit(self, pair: PairKey, decision: Decision[DisabledRecord | None]) -> None:
-        old, new = self._rate_limited.get(pair), decision.state
-        if new is None:
-            self._rate_limited.pop(pair, None)
-        elif new is not old:
-            self._rate_limited[pair] = new
-            if new.disabled_until is not None:
-                heapq.heappush(self._deadlines, (new.disabled_until, pair[0], pair[1], RATE_LIMITED))
-        self._carry_out(decision.effects)
+    def _push_rate_limit_deadline(self, pair: PairKey, until: float) -> None:
+        heapq.heappush(self._deadlines, (until, pair[0], pair[1], RATE_LIMITED))
 
     def _carry_out(self, effects: tuple[Effect, ...]) -> None:
         """Log each effect's event and hand it to the journal. Memory has already been updated."""
         for effect in effects:
-            self._note_reenable(effect.event, self._reenabled_at)
+            self.slow_starts.note_applied(effect.event)
             log_event(effect.event, self._log)
             self.journal.append(effect)
-
-    def _on_committed(self, event: Event) -> None:
-        self._note_reenable(event, self._committed_reenabled_at)
-
-    def _note_reenable(self, event: Event, held: dict[PairKey, float]) -> None:
-        """An `enabled` event starts the pair's slow start (when it has one): its `at` is the start,
-        persisted with the event, so a restart finds it there."""
-        if event.kind != "enabled" or event.vendor is None or event.model is None:
-            return
-        pair = (event.vendor, event.model)
-        settings = self._settings.get(pair)
-        if settings is not None and settings.slow_start_seconds > 0:
-            held[pair] = max(event.at, held.get(pair, event.at))
-
-    async def _restore_slow_starts(self, now: float) -> None:
-        """The slow starts still running: the last `enabled` event of each pair within its
-        `slow-start-seconds`, read back from the history with its original time."""
-        longest = max((s.slow_start_seconds for s in self._settings.values()), default=0.0)
-        if longest <= 0:
-            return
-        for event in await self.journal.events_since("enabled", now - longest):
-            self._note_reenable(event, self._reenabled_at)
-            self._note_reenable(event, self._committed_reenabled_at)
 
     def _restore(self, record: DisabledRecord, now: float) -> None:
         pair = (record.vendor, record.model)
@@ -767,7 +617,7 @@ class FailureTracker:
         elif record.reason == MANUAL:
             self._apply_manual(pair, manual.restore(record, now))
         elif record.reason == RATE_LIMITED:
-            self._apply_rate_limit(pair, rate_limit.restore(record, now))
+            self.rate_limits.restore(record, now)
         else:
             self._log.warning("ignoring disabled row with unknown reason vendor=%s model=%s reason=%s", *pair, record.reason)
 
@@ -790,9 +640,7 @@ class FailureTracker:
         decision_manual = manual.expire(pair, self._manual.get(pair), now)
         count += len(decision_manual.effects)
         self._apply_manual(pair, decision_manual)
-        decision_limit = rate_limit.expire(pair, self._rate_limited.get(pair), now)
-        count += len(decision_limit.effects)
-        self._apply_rate_limit(pair, decision_limit)
+        count += self.rate_limits.expire(pair, now)
         return count
 
     async def _sweep_loop(self) -> None:

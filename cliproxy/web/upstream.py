@@ -4,24 +4,24 @@
 built once by the handler) on each until one answers with something the client should see: a
 success, or an error that is the client's own fault. Every attempt reports exactly one `Outcome`,
 classified in `cliproxy.core.classify` (what the answer says) and at the exception handlers below
-(what the transport did), and always through `_report`,
+(what the transport did), and always through `report` (`cliproxy.web.attempts`),
 which tells both the failure tracker (the `OutcomeSink` seam) and the request's access record.
-Once a pair is chosen, `relay` copies the answer to the client chunk by chunk; a failure from then
-on can no longer fail over and ends the client's stream with an error event.
+Once a pair is chosen, `relay` (`cliproxy.web.relay`) copies the answer to the client chunk by
+chunk; a failure from then on can no longer fail over and ends the client's stream with an error event.
+The attempt's pieces (`cliproxy.web.attempts`, `cliproxy.web.answer_headers`) are imported under
+their old private names, so the attempt functions read as before the relay moved out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from cliproxy.core.body import rewrite_model
 from cliproxy.core.classify import SMALL_BODY_LIMIT, StreamStart, classify_body, classify_status, error_message, failure
@@ -34,7 +34,6 @@ from cliproxy.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     anthropic_error_body,
-    error_event,
     is_anthropic_error,
     upstream_error_message,
 )
@@ -43,89 +42,22 @@ from cliproxy.core.redact import SecretMasker, excerpt, mask_secrets
 from cliproxy.core.retry_after import RETRY_STATUSES, hint_headers
 from cliproxy.core.routing import Pair, Route
 from cliproxy.web.access import AccessInfo
+from cliproxy.web.answer_headers import SSE as _SSE
+from cliproxy.web.answer_headers import relayable as _relayable
+from cliproxy.web.answer_headers import stamp as _stamp
+from cliproxy.web.attempts import CLIENT_DISCONNECT, GATEWAY_OVERLOADED, KEY_REFUSED
+from cliproxy.web.attempts import Failed as _Failed
+from cliproxy.web.attempts import Opened as _Opened
+from cliproxy.web.attempts import describe as _describe
+from cliproxy.web.attempts import report as _report
+from cliproxy.web.attempts import report_uncounted as _report_uncounted
 from cliproxy.web.overload import OverloadLog, local_resource_error
-from cliproxy.web.proxied_request import AnswerTranslator, ProxiedRequest, connection_options
+from cliproxy.web.proxied_request import ProxiedRequest
+from cliproxy.web.relay import relay
 
 __all__ = ["forward"]
 
-# The only upstream response headers a client gets: what it needs to read the answer and to pace
-# itself. An allow-list, not a deny-list: an upstream (or a CDN in front of it) also sends cookies,
-# CORS and HSTS policies, Alt-Svc and hop-by-hop headers that would act on the client as if cliproxy
-# had said them. Framing (length, encoding) is cliproxy's own, and so is `x-request-id` (the
-# client's, or a new one: see cliproxy.web.logs).
-_RELAY_RESPONSE = frozenset(
-    {
-        "content-type",
-        "request-id",
-        "openai-request-id",
-        "retry-after",
-        "retry-after-ms",
-        "openai-model",
-        "openai-organization",
-        "openai-processing-ms",
-        "openai-version",
-    }
-)
-_RELAY_RESPONSE_PREFIX = "x-ratelimit-"
-_SSE_CACHE_CONTROL = "cache-control"  # relayed on streams only: `no-cache` keeps proxies from buffering them
 _ERROR_BODY_LIMIT = 64 * 1024
-_SSE = "text/event-stream"
-
-OK = Outcome("success", "ok")
-CLIENT_DISCONNECT = Outcome("neutral", "client_disconnect")
-#: The client stopped reading a stream for longer than `client-write-timeout`: its fault, not the upstream's.
-CLIENT_WRITE_TIMEOUT = Outcome("neutral", "client_write_timeout")
-#: Reason of the neutral outcome when cliproxy itself ran out of descriptors, buffers or memory.
-GATEWAY_OVERLOADED = "gateway_overloaded"
-#: Reason of an attempt whose key the upstream refused (`key-scope-statuses`): the key is out, the pair not counted.
-KEY_REFUSED = "key_refused"
-
-
-@dataclass(slots=True)
-class _Opened:
-    """A successful upstream answer the client will get (with its first chunk when streaming)."""
-
-    pair: Pair
-    response: aiohttp.ClientResponse
-    first_chunk: bytes
-    #: Sent to a pair the tracker holds unavailable, by `on-all-disabled: best-effort`.
-    degraded: bool = False
-    #: The index in `api-key-entries` of the key the attempt used; None without keys.
-    key_index: int | None = None
-    #: What was sent when it was not the request `forward` got (an Anthropic-format pair's passthrough):
-    #: the relay reads its translator (none) from it.
-    sent: ProxiedRequest | None = None
-
-
-@dataclass(slots=True)
-class _Failed:
-    """An upstream error before any byte reached the client. Countable ones fail over; neutral ones
-    (the client's own fault) go back to the client as they came."""
-
-    pair: Pair
-    outcome: Outcome
-    status: int | None = None
-    body: bytes = b""
-    headers: CIMultiDict[str] | None = None
-    timeout: bool = False
-    degraded: bool = False
-    #: The index in `api-key-entries` of the key the attempt used; None without keys.
-    key_index: int | None = None
-    #: The answer said the key is bad (`key-scope-statuses`): the key is out, the pair was not counted.
-    key_refused: bool = False
-
-
-def _report(sink: OutcomeSink, info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
-    """The one way an attempt's outcome is told: to the failure tracker, and to the access line and metrics."""
-    sink.record_outcome(pair.key, outcome)
-    _report_uncounted(info, pair, outcome)
-
-
-def _report_uncounted(info: AccessInfo, pair: Pair, outcome: Outcome) -> None:
-    """The access line and metrics only: a refused key (key scope) was told to the tracker as such, not counted for the pair."""
-    info.outcomes.append(outcome.reason)
-    if info.traffic is not None:
-        info.traffic.record(pair.key, failed=outcome.kind == "failure")
 
 
 async def forward(
@@ -441,192 +373,6 @@ async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | 
     return _Opened(pair, response, bytes(head))
 
 
-async def relay(
-    request: web.Request,
-    opened: _Opened,
-    proxied: ProxiedRequest,
-    info: AccessInfo,
-    sink: OutcomeSink,
-) -> web.StreamResponse:
-    """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
-    upstream = opened.response
-    pair = opened.pair
-    client = _ClientResponse(status=upstream.status, headers=_relayable_headers(upstream, pair, info.attempts, opened.degraded))
-    if not proxied.stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
-        client.content_length = upstream.content_length
-    is_sse = upstream.headers.get("content-type", "").startswith(_SSE)
-    idle = pair.timeouts.stream_idle
-    content = upstream.content
-    outcome: Outcome = OK
-    # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
-    # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
-    write_timeout = proxied.client_write_timeout
-    translator = proxied.translator(is_sse) if proxied.translator is not None else None
-    if translator is not None:
-        client.content_length = None
-        client.content_type = translator.content_type
-    transport = request.transport
-    try:
-        if translator is None or not translator.buffered:
-            await client.prepare(request)
-        chunk = opened.first_chunk
-        if translator is not None:
-            chunk = translator.feed(chunk)
-        if chunk:
-            info.ttfb = time.perf_counter() - info.started
-            if _write_may_block(transport, chunk):
-                async with asyncio.timeout(write_timeout):
-                    await client.write(chunk)
-            else:
-                await client.write(chunk)
-            info.bytes_out += len(chunk)
-        while True:
-            try:
-                # What has already arrived is taken at once; only a real wait arms the idle timer.
-                chunk = content.read_nowait()
-                if not chunk and not content.at_eof():
-                    async with asyncio.timeout(idle):
-                        chunk = await content.readany()
-            except TimeoutError:
-                outcome = Outcome("failure", "stream_idle_timeout", ErrorInfo(None, "upstream stream idle timeout"))
-                break
-            except (aiohttp.ClientError, OSError) as exc:
-                outcome = Outcome("failure", "stream_error", ErrorInfo(upstream.status, excerpt(_describe(exc), pair.secrets)))
-                break
-            if not chunk:
-                break
-            if translator is not None and not (chunk := translator.feed(chunk)):
-                continue
-            if info.ttfb is None:
-                info.ttfb = time.perf_counter() - info.started
-            if _write_may_block(transport, chunk):
-                async with asyncio.timeout(write_timeout):
-                    await client.write(chunk)
-            else:
-                await client.write(chunk)
-            info.bytes_out += len(chunk)
-        if outcome.kind == "failure":
-            upstream.close()
-            if is_sse:
-                await client.write(_sse_error(outcome) if translator is None else translator.fail(_sse_error_message(outcome)))
-            elif translator is not None and translator.buffered:
-                # Nothing was sent yet (a translated body goes out whole): the client gets an error.
-                _report(sink, info, pair, outcome)
-                raise UpstreamUnavailable(f"the upstream answer was cut short ({outcome.reason})")
-            else:
-                # A plain body cut short: the client must not take it for a whole answer.
-                if request.transport is not None:
-                    request.transport.close()
-                _report(sink, info, pair, outcome)
-                return client
-        else:
-            upstream.release()
-        if translator is not None:
-            async with asyncio.timeout(write_timeout):
-                await _write_translated_end(request, client, translator, info)
-        await client.write_eof()
-    except TimeoutError:
-        # Only the client writes are under a timeout here (upstream reads handle their own above).
-        upstream.close()
-        if request.transport is not None:
-            request.transport.abort()
-        _report(sink, info, pair, CLIENT_WRITE_TIMEOUT)
-        return client
-    except asyncio.CancelledError:
-        upstream.close()
-        _report(sink, info, pair, CLIENT_DISCONNECT)
-        raise
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client reset the connection
-        # Answered, not raised: raised, aiohttp logs an ERROR with a traceback for each such client.
-        upstream.close()
-        _report(sink, info, pair, CLIENT_DISCONNECT)
-        return client
-    _report(sink, info, pair, outcome)
-    return client
-
-
-# Room for the response headers (sent with the first chunk) and the chunked-encoding framing.
-_WRITE_OVERHEAD = 8192
-
-
-def _write_may_block(transport: asyncio.BaseTransport | None, chunk: bytes) -> bool:
-    """Whether writing `chunk` to the client could wait, so that the write timeout must be armed.
-
-    A write waits only when the transport's buffer goes past its high-water mark (the client is not
-    reading fast enough): below it, `write` hands the bytes over and returns without yielding. Arming
-    a timer for every chunk (a TimerHandle each, the cost of one `asyncio.timeout`) is the
-    exception: a client that stops reading lets its buffer fill, and from then on each write is timed.
-    """
-    if not isinstance(transport, asyncio.WriteTransport):
-        return True  # no transport to ask (closing): the timeout decides, as before
-    return transport.get_write_buffer_size() + len(chunk) + _WRITE_OVERHEAD > transport.get_write_buffer_limits()[1]
-
-
-class _ClientResponse(web.StreamResponse):
-    """The client's answer; its headers leave with the first body bytes, in one send instead of two.
-
-    `relay` prepares it only once it holds the first chunk of a stream, so holding the headers
-    back delays nothing (aiohttp's `web.Response` does the same with its body).
-    """
-
-    _send_headers_immediately = False
-
-
-async def _write_translated_end(
-    request: web.Request, client: _ClientResponse, translator: AnswerTranslator, info: AccessInfo
-) -> None:
-    """What the translator holds back to the end: the whole answer when buffered (its status known
-    only now, so the response is prepared only now), the closing events of a stream."""
-    tail = translator.end()
-    if translator.buffered:
-        client.set_status(translator.status)
-        client.content_length = len(tail)
-        await client.prepare(request)
-    if tail:
-        if info.ttfb is None:
-            info.ttfb = time.perf_counter() - info.started
-        await client.write(tail)
-        info.bytes_out += len(tail)
-
-
-def _sse_error_message(outcome: Outcome) -> str:
-    if outcome.reason == "stream_idle_timeout":
-        return "the upstream stream stalled past the idle timeout"
-    return "the upstream stream was interrupted"
-
-
-def _sse_error(outcome: Outcome) -> bytes:
-    """The last event of a stream the upstream broke: the OpenAI error shape, `code` the outcome's reason."""
-    return error_event(_sse_error_message(outcome), "upstream_error", outcome.reason)
-
-
-def _relayable(headers: CIMultiDictProxy[str] | CIMultiDict[str], stream: bool) -> Iterator[tuple[str, str]]:
-    """The upstream headers on the allow-list; O(headers), one lower() each, as the deny-list was."""
-    named = connection_options(headers)
-    for k, v in headers.items():
-        name = k.lower()
-        if (
-            name in _RELAY_RESPONSE or name.startswith(_RELAY_RESPONSE_PREFIX) or (stream and name == _SSE_CACHE_CONTROL)
-        ) and name not in named:
-            yield k, v
-
-
-def _relayable_headers(upstream: aiohttp.ClientResponse, pair: Pair, attempts: int, degraded: bool) -> CIMultiDict[str]:
-    stream = upstream.headers.get("content-type", "").startswith(_SSE)
-    headers = CIMultiDict(_relayable(upstream.headers, stream))
-    _stamp(headers, pair.vendor.name, pair.model.name, attempts, degraded)
-    return headers
-
-
-def _stamp(headers: CIMultiDict[str] | dict[str, str], vendor: str, model: str, attempts: int, degraded: bool = False) -> None:
-    """The three headers that answer "why did my request go there" without logs (four on a best-effort answer)."""
-    headers["x-cliproxy-vendor"] = vendor
-    headers["x-cliproxy-model"] = model
-    headers["x-cliproxy-attempts"] = str(attempts)
-    if degraded:
-        headers["x-cliproxy-degraded"] = "true"
-
-
 async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) -> bytes:
     """An error body, at most 64 KiB: enough to relay and excerpt, bounded against hostile upstreams."""
     try:
@@ -641,12 +387,6 @@ def _mask_body(body: bytes, secrets: SecretMasker | tuple[str, ...]) -> bytes:
     text = body.decode("utf-8", "surrogateescape")
     masked = mask_secrets(text, secrets)
     return body if masked == text else masked.encode("utf-8", "surrogateescape")
-
-
-def _describe(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc)
-    return f"{name}: {text}" if text else name
 
 
 class _RelayedUpstreamError(ProxyError):

@@ -1,0 +1,182 @@
+"""Relaying the chosen upstream answer to the client chunk by chunk.
+
+Once `cliproxy.web.upstream` has chosen a pair, `relay` copies its answer as it arrives; a failure
+from then on can no longer fail over and ends the client's stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+from cliproxy.core.errors import UpstreamUnavailable, error_event
+from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
+from cliproxy.core.redact import excerpt
+from cliproxy.web.access import AccessInfo
+from cliproxy.web.answer_headers import SSE, relayable_headers
+from cliproxy.web.attempts import CLIENT_DISCONNECT, CLIENT_WRITE_TIMEOUT, OK, Opened, describe, report
+from cliproxy.web.proxied_request import AnswerTranslator, ProxiedRequest
+
+__all__ = ["relay"]
+
+
+async def relay(
+    request: web.Request,
+    opened: Opened,
+    proxied: ProxiedRequest,
+    info: AccessInfo,
+    sink: OutcomeSink,
+) -> web.StreamResponse:
+    """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
+    upstream = opened.response
+    pair = opened.pair
+    client = _ClientResponse(status=upstream.status, headers=relayable_headers(upstream, pair, info.attempts, opened.degraded))
+    if not proxied.stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
+        client.content_length = upstream.content_length
+    is_sse = upstream.headers.get("content-type", "").startswith(SSE)
+    idle = pair.timeouts.stream_idle
+    content = upstream.content
+    outcome: Outcome = OK
+    # A client that stops reading fills its socket buffer and `write` waits for ever, holding the
+    # upstream stream open: past this many seconds it is given up (its fault, not the upstream's).
+    write_timeout = proxied.client_write_timeout
+    translator = proxied.translator(is_sse) if proxied.translator is not None else None
+    if translator is not None:
+        client.content_length = None
+        client.content_type = translator.content_type
+    transport = request.transport
+    try:
+        if translator is None or not translator.buffered:
+            await client.prepare(request)
+        chunk = opened.first_chunk
+        if translator is not None:
+            chunk = translator.feed(chunk)
+        if chunk:
+            info.ttfb = time.perf_counter() - info.started
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
+                await client.write(chunk)
+            info.bytes_out += len(chunk)
+        while True:
+            try:
+                # What has already arrived is taken at once; only a real wait arms the idle timer.
+                chunk = content.read_nowait()
+                if not chunk and not content.at_eof():
+                    async with asyncio.timeout(idle):
+                        chunk = await content.readany()
+            except TimeoutError:
+                outcome = Outcome("failure", "stream_idle_timeout", ErrorInfo(None, "upstream stream idle timeout"))
+                break
+            except (aiohttp.ClientError, OSError) as exc:
+                outcome = Outcome("failure", "stream_error", ErrorInfo(upstream.status, excerpt(describe(exc), pair.secrets)))
+                break
+            if not chunk:
+                break
+            if translator is not None and not (chunk := translator.feed(chunk)):
+                continue
+            if info.ttfb is None:
+                info.ttfb = time.perf_counter() - info.started
+            if _write_may_block(transport, chunk):
+                async with asyncio.timeout(write_timeout):
+                    await client.write(chunk)
+            else:
+                await client.write(chunk)
+            info.bytes_out += len(chunk)
+        if outcome.kind == "failure":
+            upstream.close()
+            if is_sse:
+                await client.write(_sse_error(outcome) if translator is None else translator.fail(_sse_error_message(outcome)))
+            elif translator is not None and translator.buffered:
+                # Nothing was sent yet (a translated body goes out whole): the client gets an error.
+                report(sink, info, pair, outcome)
+                raise UpstreamUnavailable(f"the upstream answer was cut short ({outcome.reason})")
+            else:
+                # A plain body cut short: the client must not take it for a whole answer.
+                if request.transport is not None:
+                    request.transport.close()
+                report(sink, info, pair, outcome)
+                return client
+        else:
+            upstream.release()
+        if translator is not None:
+            async with asyncio.timeout(write_timeout):
+                await _write_translated_end(request, client, translator, info)
+        await client.write_eof()
+    except TimeoutError:
+        # Only the client writes are under a timeout here (upstream reads handle their own above).
+        upstream.close()
+        if request.transport is not None:
+            request.transport.abort()
+        report(sink, info, pair, CLIENT_WRITE_TIMEOUT)
+        return client
+    except asyncio.CancelledError:
+        upstream.close()
+        report(sink, info, pair, CLIENT_DISCONNECT)
+        raise
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client reset the connection
+        # Answered, not raised: raised, aiohttp logs an ERROR with a traceback for each such client.
+        upstream.close()
+        report(sink, info, pair, CLIENT_DISCONNECT)
+        return client
+    report(sink, info, pair, outcome)
+    return client
+
+
+# Room for the response headers (sent with the first chunk) and the chunked-encoding framing.
+_WRITE_OVERHEAD = 8192
+
+
+def _write_may_block(transport: asyncio.BaseTransport | None, chunk: bytes) -> bool:
+    """Whether writing `chunk` to the client could wait, so that the write timeout must be armed.
+
+    A write waits only when the transport's buffer goes past its high-water mark (the client is not
+    reading fast enough): below it, `write` hands the bytes over and returns without yielding. Arming
+    a timer for every chunk (a TimerHandle each, the cost of one `asyncio.timeout`) is the
+    exception: a client that stops reading lets its buffer fill, and from then on each write is timed.
+    """
+    if not isinstance(transport, asyncio.WriteTransport):
+        return True  # no transport to ask (closing): the timeout decides, as before
+    return transport.get_write_buffer_size() + len(chunk) + _WRITE_OVERHEAD > transport.get_write_buffer_limits()[1]
+
+
+class _ClientResponse(web.StreamResponse):
+    """The client's answer; its headers leave with the first body bytes, in one send instead of two.
+
+    `relay` prepares it only once it holds the first chunk of a stream, so holding the headers
+    back delays nothing (aiohttp's `web.Response` does the same with its body).
+    """
+
+    _send_headers_immediately = False
+
+
+async def _write_translated_end(
+    request: web.Request, client: _ClientResponse, translator: AnswerTranslator, info: AccessInfo
+) -> None:
+    """What the translator holds back to the end: the whole answer when buffered (its status known
+    only now, so the response is prepared only now), the closing events of a stream."""
+    tail = translator.end()
+    if translator.buffered:
+        client.set_status(translator.status)
+        client.content_length = len(tail)
+        await client.prepare(request)
+    if tail:
+        if info.ttfb is None:
+            info.ttfb = time.perf_counter() - info.started
+        await client.write(tail)
+        info.bytes_out += len(tail)
+
+
+def _sse_error_message(outcome: Outcome) -> str:
+    if outcome.reason == "stream_idle_timeout":
+        return "the upstream stream stalled past the idle timeout"
+    return "the upstream stream was interrupted"
+
+
+def _sse_error(outcome: Outcome) -> bytes:
+    """The last event of a stream the upstream broke: the OpenAI error shape, `code` the outcome's reason."""
+    return error_event(_sse_error_message(outcome), "upstream_error", outcome.reason)

@@ -51,18 +51,19 @@ async def relay(
     try:
         if translator is None or not translator.buffered:
             await client.prepare(request)
-        chunk = opened.first_chunk
-        if translator is not None:
-            chunk = translator.feed(chunk)
-        if chunk:
-            info.ttfb = time.perf_counter() - info.started
-            if _write_may_block(transport, chunk):
-                async with asyncio.timeout(write_timeout):
-                    await client.write(chunk)
-            else:
-                await client.write(chunk)
-            info.bytes_out += len(chunk)
+        chunk = opened.first_chunk  # what `_open` already read; then each chunk as it arrives
         while True:
+            if translator is not None and chunk:
+                chunk = translator.feed(chunk)
+            if chunk:
+                if info.ttfb is None:
+                    info.ttfb = time.perf_counter() - info.started
+                if _write_may_block(transport, chunk):
+                    async with asyncio.timeout(write_timeout):
+                        await client.write(chunk)
+                else:
+                    await client.write(chunk)
+                info.bytes_out += len(chunk)
             try:
                 # What has already arrived is taken at once; only a real wait arms the idle timer.
                 chunk = content.read_nowait()
@@ -77,16 +78,6 @@ async def relay(
                 break
             if not chunk:
                 break
-            if translator is not None and not (chunk := translator.feed(chunk)):
-                continue
-            if info.ttfb is None:
-                info.ttfb = time.perf_counter() - info.started
-            if _write_may_block(transport, chunk):
-                async with asyncio.timeout(write_timeout):
-                    await client.write(chunk)
-            else:
-                await client.write(chunk)
-            info.bytes_out += len(chunk)
         if outcome.kind == "failure":
             upstream.close()
             if is_sse:

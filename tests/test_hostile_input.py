@@ -330,6 +330,24 @@ class TestRewriteModel:
 
     @fuzz(200)
     @given(
+        items=st.lists(st.tuples(tricky_text, json_values), max_size=5),
+        position=st.integers(0, 5),
+        model=tricky_text.filter(bool),
+        new=tricky_text,
+        ensure_ascii=st.booleans(),
+        separators=st.sampled_from([None, (",", ":"), (" ,\r\n", " \t:\n ")]),
+    )
+    def test_spans_found_while_parsing_are_the_scans(self, items, position, model, new, ensure_ascii, separators):
+        """`parse_client_body` finds the usual body's one `model` span without the walk: the same span."""
+        ordered = [(k, v) for k, v in items if k.lower() != "model"]
+        ordered.insert(min(position, len(ordered)), ("model", model))
+        body = json.dumps(dict(ordered), ensure_ascii=ensure_ascii, separators=separators).encode()
+        parsed = parse_client_body(body)
+        assert parsed.model == model
+        assert rewrite_model(body, new, parsed.model_spans) == rewrite_model(body, new)
+
+    @fuzz(200)
+    @given(
         pairs=st.lists(
             st.tuples(
                 st.sampled_from(_KEY_SPELLINGS + ['"Model"', '"x"']),

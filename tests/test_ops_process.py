@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -233,3 +234,46 @@ class TestJsonLogsOfAProcess:
         assert (access["status"], access["vendor"], access["request_id"]) == (200, "a", "json-1")
         assert any(x["message"].startswith("cliproxy listening on") for x in lines)
         assert not any(x["logger"] == "aiosqlite" for x in lines)
+
+
+class TestAccessLineOfTheServedProcess:
+    """The access line `cliproxy serve` writes to stderr, where no other handler listens (the
+    fast path without a `LogRecord`): exactly the line the formatters render for the record."""
+
+    @pytest.mark.parametrize("fmt", ["text", "json"])
+    async def test_access_line_is_the_formatters_line(self, upstreams, tmp_path, processes, fmt):
+        up = await upstreams()
+        gw = GatewayProcess(tmp_path, {"log-format": fmt, "openai-compatibility": [vendor("a", up.url, ["m"])]})
+        processes.append(gw.start())
+        request_id = f"access-{uuid.uuid4().hex[:8]}"
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            async with session.post(f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-id": request_id}) as resp:
+                assert resp.status == 200
+                size = len(await resp.read())
+
+        def line() -> str | None:
+            return next((x for x in gw.log().splitlines() if request_id in x), None)
+
+        written = await eventually(lambda: asyncio.to_thread(line), "the access line in the process's log")
+        if fmt == "json":
+            fields = json.loads(written)
+            assert list(fields)[:4] == ["time", "level", "logger", "message"]
+            assert (fields["level"], fields["logger"], fields["message"]) == ("INFO", "cliproxy.access", "access")
+            assert (fields["method"], fields["path"], fields["status"], fields["model"]) == (
+                "POST",
+                "/v1/chat/completions",
+                200,
+                "m",
+            )
+            assert (fields["vendor"], fields["upstream_model"], fields["attempts"], fields["outcome"]) == ("a", "m", 1, "ok")
+            assert fields["bytes"] == size and fields["request_id"] == request_id
+            assert isinstance(fields["latency_ms"], float) and isinstance(fields["ttfb_ms"], float)
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["time"])
+        else:
+            assert re.fullmatch(
+                r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO cliproxy\.access method='POST' path='/v1/chat/completions'"
+                r" status=200 model='m' vendor='a' upstream_model='m' attempts=1 latency_ms=\d+\.\d+ ttfb_ms=\d+\.\d+"
+                rf" bytes={size} outcome='ok' request_id='{request_id}'",
+                written,
+            ), written

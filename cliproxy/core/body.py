@@ -70,7 +70,8 @@ def parse_client_body(body: bytes) -> ClientRequest:
     if one_pass is None:
         # The walk the model rewrite would make anyway (memchr speed, no second parse): it counts
         # every top-level key that is `model` to some parser and keeps the spans for the rewrite.
-        model_keys, spans = _top_level_model_keys(body)
+        found = _single_model_key(body, payload)
+        model_keys, spans = found if found is not None else _top_level_model_keys(body)
     if model_keys > 1:
         # Parsers disagree on which of two `model` keys wins, and Go's encoding/json matches keys
         # ignoring case: `{"model": "cheap", "MODEL": "expensive"}` would be routed as one model
@@ -158,6 +159,29 @@ def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = 
         last = end
     parts.append(body[last:])
     return b"".join(parts)
+
+
+def _single_model_key(body: bytes, payload: dict[str, Any]) -> tuple[int, tuple[Span, ...]] | None:
+    """The usual body's answer to `_top_level_model_keys` without walking it: when `"model"` (in
+    any case) appears once in the bytes and no `\\u` escape could spell it otherwise, that one
+    appearance is the only key that could be `model`, and it is a top-level key when the parsed
+    object has one. None when unsure: the walk decides.
+    """
+    lowered = body.lower()
+    at = lowered.find(b'"model"')
+    if at < 0 or lowered.find(b'"model"', at + 1) >= 0 or b"\\u" in body:
+        return None
+    if "model" not in payload:
+        # The one appearance is a key in some other case (`"MODEL"`), or not a top-level key.
+        return None
+    colon = _COLON.match(body, at + 7)
+    if colon is None or not isinstance(payload["model"], str):
+        return 1, ()
+    start = colon.end()
+    end = body.find(b'"', start + 1)
+    while end > 0 and body[end - 1] == 0x5C and _escaped(body, end):
+        end = body.find(b'"', end + 1)
+    return 1, ((start, end + 1),)
 
 
 def _top_level_model_keys(body: bytes) -> tuple[int, tuple[Span, ...]]:

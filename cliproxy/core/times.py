@@ -13,6 +13,7 @@ Pure: no clock. Whoever needs "now" passes it in.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -36,8 +37,16 @@ _ONE_MS = timedelta(milliseconds=1)
 
 def format_timestamp(epoch_seconds: float) -> str:
     """Epoch seconds -> `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), rounded to the nearest millisecond."""
-    moment = _EPOCH + timedelta(milliseconds=round(epoch_seconds * 1000))
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    millis = round(epoch_seconds * 1000)
+    second, milli = divmod(millis, 1000)
+    return f"{_second_text(second)}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(second: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` of a whole epoch second. Cached: every access line of a second shares
+    it, and the date formatting is most of a timestamp's cost (2.8 -> 0.6 us per call)."""
+    return f"{_EPOCH + timedelta(seconds=second):%Y-%m-%dT%H:%M:%S}"
 
 
 def format_time(epoch_seconds: float) -> str:

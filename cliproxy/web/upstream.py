@@ -15,8 +15,8 @@ their old private names, so the attempt functions read as before the relay moved
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Collection, Iterator
-from functools import partial
 from itertools import chain
 
 import aiohttp
@@ -114,7 +114,7 @@ async def choose_upstream(
         refused: set[int] = set()
         while isinstance(result, _Failed) and result.key_refused and result.key_index is not None:
             refused.add(result.key_index)
-            if pair.keys.next(partial(sink.key_usable, pair.vendor.name), refused) is None:
+            if pair.keys.next(functools.partial(sink.key_usable, pair.vendor.name), refused) is None:
                 break
             result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload, skip=refused)
         if isinstance(result, _Opened):
@@ -161,7 +161,7 @@ async def _attempt(
     assert sent is not None
     body = sent.body if pair.model.name == sent.model else rewrite_model(sent.body, pair.model.name, sent.model_spans)
     # Every key out (the pair is tried anyway, by best-effort): the rotation's next, as before.
-    picked = pair.keys.next(partial(sink.key_usable, pair.vendor.name), skip) or pair.keys.next()
+    picked = pair.keys.next(functools.partial(sink.key_usable, pair.vendor.name), skip) or pair.keys.next()
     try:
         result = await _open(pair, sent, body, session, overload, picked)
     except asyncio.CancelledError:
@@ -264,7 +264,7 @@ async def _open(
                 data=body,
                 headers=headers,
                 proxy=proxy,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                timeout=_client_timeout(timeouts.connect),
                 allow_redirects=False,
             )
         if response.status >= 400:
@@ -360,8 +360,11 @@ async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | 
     head = bytearray()
     content = response.content
     while len(head) <= SMALL_BODY_LIMIT:
-        async with asyncio.timeout(idle):
-            chunk = await content.readany()
+        # What has arrived with the headers is taken at once; only a real wait arms the idle timer.
+        chunk = content.read_nowait()
+        if not chunk and not content.at_eof():
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
         if not chunk:
             reason = classify_body(bytes(head))
             if reason is None:
@@ -371,6 +374,12 @@ async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | 
             return _Failed(pair, failure(reason, response.status, message))
         head += chunk
     return _Opened(pair, response, bytes(head))
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout object for a connect timeout: one per distinct value, not one per attempt."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, idle: float | None) -> bytes:

@@ -29,7 +29,8 @@ Scenarios (see issue 6):
   2. streaming chat of 20 chunks at concurrency 1 and 64: streams/s, time to first and last byte;
      plus a paced stream (frames 30 ms apart) checking that frames are neither batched nor delayed;
   3. request bodies of 1 MB and 10 MB (long context + a base64 image, model rewritten by an alias): added latency;
-  4. 1,000 concurrent streams held open for 10 s: peak RSS (VmHWM) of a fresh gateway process;
+  4. 1,000 streams opened in the same instant (median time to first byte), then 1,000 concurrent
+     streams held open for 10 s: peak RSS (VmHWM) of a fresh gateway process;
   5. 10 vs 10,000 configured (vendor, model) pairs (1,000 vendors of 10 models, each vendor with its own
      key): req/s, p99 and CPU per request at concurrency 64;
   6. 20% of upstream attempts failing (two vendors, failover, auto-disable tripping) vs healthy, at
@@ -926,6 +927,29 @@ class Bench:
         peak: dict[str, float | None] = {"direct": None}
         idle: dict[str, float | None] = {"direct": None}
         opened: dict[str, float | None] = {"direct": None}
+        ttfb: dict[str, float | None] = {"direct": None}
+        burst_peak_kb = {"forwarder": 0, "cliproxy": 0}
+        for t in burst_peak_kb:
+            idle[t] = (_status_kb(self.pids[f"{t}_s4"], "VmRSS") or 0) / 1024
+        # First, all at once: n streams of 20 chunks started in the same instant (no ramp), the
+        # median time to their first byte; targets alternate, rounds as elsewhere. The bursts'
+        # peak counts towards the peak RSS below.
+        bursts: dict[str, list[float | None]] = {t: [] for t in burst_peak_kb}
+        for r in range(self.s.rounds):
+            for t in ("forwarder", "cliproxy") if r % 2 == 0 else ("cliproxy", "forwarder"):
+                burst = self.job(
+                    f"{t}_s4", model="m1", concurrency=n, stream=True, one_shot=True, timeout=60.0, loadgen="aiohttp"
+                )
+                with RssSampler(self.pids[f"{t}_s4"]) as burst_sampler:
+                    result = self.run("s4.burst", t, burst)
+                burst_peak_kb[t] = max(burst_peak_kb[t], burst_sampler.peak_kb)
+                bursts[t].append(result["ttfb_p50"])
+                if result["ok"] != n:
+                    self.say(
+                        f"  s4 burst {t}: only {result['ok']} of {n} streams completed: {result['statuses']} {result['exceptions']}"
+                    )
+        for t, values in bursts.items():
+            ttfb[t] = _median(values)
         for t in ("forwarder", "cliproxy"):
             pid = self.pids[f"{t}_s4"]
             job = self.job(
@@ -939,14 +963,25 @@ class Bench:
                 timeout=hold + 60.0,
                 loadgen="aiohttp",
             )
-            idle[t] = (_status_kb(pid, "VmRSS") or 0) / 1024
             with RssSampler(pid) as sampler:
                 result = self.run("s4", t, job)
             hwm = _status_kb(pid, "VmHWM")
-            peak[t] = max(hwm or 0, sampler.peak_kb) / 1024
+            peak[t] = max(hwm or 0, sampler.peak_kb, burst_peak_kb[t]) / 1024
             opened[t] = result["max_open"]
             if result["ok"] != n:
                 self.say(f"  s4 {t}: only {result['ok']} of {n} streams completed: {result['statuses']} {result['exceptions']}")
+        ratio = _div(ttfb["cliproxy"], ttfb["forwarder"])
+        self.add(
+            Row(
+                "s4.burst_ttfb_p50",
+                f"4 {n} open streams",
+                "at once: TTFB p50 ms",
+                ttfb,
+                ratio,
+                "≤ 1.5 × fwd",
+                met=ratio is not None and ratio <= 1.5,
+            )
+        )
         self.add(Row("s4.rss_idle", f"4 {n} open streams", "RSS before MB", idle, _div(idle["cliproxy"], idle["forwarder"])))
         ratio = _div(peak["cliproxy"], peak["forwarder"])
         self.add(

@@ -26,6 +26,7 @@ EXPECTED_ROWS = {
     "s2.paced.frames_per_read",
     "s2.paced.lag",
     *(f"s3.{size}mb.{m}" for size in (1, 10) for m in ("p50", "added_p50")),
+    "s4.burst_ttfb_p50",
     "s4.rss_idle",
     "s4.rss_peak",
     "s4.max_open",

@@ -718,11 +718,25 @@ class TestSlowAndIdleClients:
 
     async def test_connections_past_max_connections_get_503_and_are_closed(self, tmp_path, processes) -> None:
         gw = _start(processes, tmp_path, {**_management(), "max-connections": 5, "client-header-timeout": 30})
-        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(5)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        async with asyncio.timeout(5):
-            answer = await reader.read()  # the gateway closes it at once, before we send anything
-        writer.close()
+        # The start-up probe's connection counts until the gateway has seen it close, which under
+        # load can come after the first held connections: then one of those five is the one refused.
+        # So: five held, then the sixth, until the gateway has seen exactly those five.
+        held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def sixth_is_refused() -> bytes:
+            for _, w in held:
+                w.close()
+            held[:] = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(5)]
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                async with asyncio.timeout(1):
+                    return await reader.read()  # the gateway closes it at once, before we send anything
+            except TimeoutError:
+                return b""
+            finally:
+                writer.close()
+
+        answer = await eventually(sixth_is_refused, "the connection past max-connections to be answered and closed", timeout=15)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503"), answer
         assert b"Retry-After: 1" in head

@@ -157,9 +157,14 @@ class StreamStart:
 
     def feed(self, chunk: bytes) -> Literal["content", "overflow", "error", "empty_stream"] | None:
         self.held_bytes += len(chunk)
-        parts = _EVENT_END.split(self._rest + chunk)
-        self._rest = parts.pop()
-        for event in parts:
+        data = self._rest + chunk if self._rest else chunk
+        # Event by event, stopping at the first that decides: a fast upstream's first read often
+        # holds the whole stream, and splitting all of it to judge the first two events cost more
+        # than judging them.
+        position = 0
+        while (end := _EVENT_END.search(data, position)) is not None:
+            event = data[position : end.start()]
+            position = end.end()
             if not event.strip():
                 continue
             verdict, obj = event_verdict(event)
@@ -171,6 +176,7 @@ class StreamStart:
             if verdict == "done":
                 return "empty_stream"
             self.held_events += 1
+        self._rest = data[position:]
         if self.held_events >= FIRST_TOKEN_HOLD_EVENTS or self.held_bytes >= FIRST_TOKEN_HOLD_BYTES:
             return "overflow"
         return None

@@ -136,10 +136,12 @@ class Pair:
     #: pasted into a prompt, or another vendor's key a user was given. One masker for the whole
     #: config (built once per load), so masking an error costs the same with 1 or 1,000 keys.
     secrets: SecretMasker = field(default_factory=SecretMasker)
+    #: (vendor name, model name): what the tracker, metrics and traffic know the pair by. Built
+    #: once here, not per use (a request asks for it five times or more).
+    key: PairKey = field(init=False)
 
-    @property
-    def key(self) -> PairKey:
-        return (self.vendor.name, self.model.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.vendor.name, self.model.name))
 
     @property
     def enabled_in_config(self) -> bool:

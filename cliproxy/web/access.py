@@ -30,3 +30,5 @@ class AccessInfo:
     outcomes: list[str] = field(default_factory=list)
     #: Where each attempt is also counted for the dashboard's per-minute traffic (`GET /api/pairs/stats`).
     traffic: PairTraffic | None = None
+    #: The answer is an SSE stream counted in the metrics' streams in flight (uncounted at the end).
+    stream_counted: bool = False

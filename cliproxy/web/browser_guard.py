@@ -177,6 +177,8 @@ async def browser_guard_middleware(request: web.Request, handler: Handler) -> we
 
 async def cors_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     """`on_response_prepare`: an allowed origin's /v1 answer (streams, errors and preflights included) says so."""
+    if "Origin" not in request.headers:
+        return  # API clients send none: no lookup that misses (a KeyError inside Mapping.get)
     origin = request.get(CORS_ORIGIN)
     if origin is None:
         return

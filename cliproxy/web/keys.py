@@ -35,7 +35,6 @@ __all__ = [
     "ADMIN_ACTOR",
     "METRICS",
     "REQUEST_ID",
-    "STREAM_COUNTED",
     "CONFIG_MANAGER",
     "OVERLOAD_LOG",
     "CORS_ORIGIN",
@@ -70,8 +69,6 @@ ADMIN_ACTOR = web.RequestKey("admin_actor", str)
 METRICS = web.AppKey("metrics", Metrics)
 #: The request's id: the client's sane `x-request-id`, else a new one; echoed in the response.
 REQUEST_ID = web.RequestKey("request_id", str)
-#: Set when the request's SSE answer was counted in the streams-in-flight gauge (to count it out).
-STREAM_COUNTED = web.RequestKey("stream_counted", bool)
 #: The browser origin of a /v1 request that `cors-allow-origins` allows; its answer gets the CORS headers.
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
 #: The live config: hot reload (file watching, SIGHUP) and write-back of management changes.

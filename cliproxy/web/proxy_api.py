@@ -69,8 +69,9 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME].current  # taken once: the request finishes on the config it started with
-    info = AccessInfo(traffic=request.app[PAIR_TRAFFIC])
+    app = request.app
+    runtime = app[RUNTIME].current  # taken once: the request finishes on the config it started with
+    info = AccessInfo(traffic=app[PAIR_TRAFFIC])
     request[ACCESS_INFO] = info
     check_client_key(request, runtime)
     body = await read_body(request, runtime.config.max_body_bytes, runtime.config.body_timeout)
@@ -79,7 +80,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     route = runtime.table.route(proxied.model)
     if route is None:
         raise ModelNotFound(f"the model '{proxied.model}' does not exist", param="model")
-    app = request.app
     return await forward(
         request, proxied, route, info, session=app[CLIENT_SESSION], sink=app[OUTCOMES], overload=app[OVERLOAD_LOG]
     )

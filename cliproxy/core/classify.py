@@ -268,4 +268,8 @@ def _choice_has_content(choice: Any) -> bool:
     if choice.get("text") or choice.get("message"):
         return True
     delta = choice.get("delta")
-    return isinstance(delta, dict) and any(delta.get(name) for name in _CONTENT_FIELDS)
+    if isinstance(delta, dict):
+        for name in _CONTENT_FIELDS:  # a plain loop: this runs on the first events of every stream
+            if delta.get(name):
+                return True
+    return False

@@ -120,5 +120,5 @@ def connection_options(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> fro
 def _forwardable_headers(request: web.Request) -> CIMultiDict[str]:
     named = connection_options(request.headers)  # `Connection: keep-alive, X-Secret-Hop` drops X-Secret-Hop
     return CIMultiDict(
-        (k, v) for k, v in request.headers.items() if (name := k.lower()) not in _DROP_REQUEST and name not in named
+        [(k, v) for k, v in request.headers.items() if (name := k.lower()) not in _DROP_REQUEST and name not in named]
     )

@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from cliproxy.core.errors import UpstreamUnavailable, error_event
 from cliproxy.core.events import ErrorInfo, Outcome, OutcomeSink
@@ -33,10 +34,19 @@ async def relay(
     """Copy the chosen answer to the client as it arrives; failures now end the stream with an error event."""
     upstream = opened.response
     pair = opened.pair
-    client = _ClientResponse(status=upstream.status, headers=relayable_headers(upstream, pair, info.attempts, opened.degraded))
+    headers = relayable_headers(upstream, pair, info.attempts, opened.degraded)
+    is_sse = upstream.headers.get("content-type", "").startswith(SSE)
+    if (
+        not is_sse
+        and upstream.status == 200
+        and proxied.translator is None
+        and upstream.content.at_eof()
+        and not _write_may_block(request.transport, opened.first_chunk)
+    ):
+        return await _relay_whole(request, opened, headers, info, sink)
+    client = _ClientResponse(status=upstream.status, headers=headers)
     if not proxied.stream and "content-encoding" not in upstream.headers and upstream.content_length is not None:
         client.content_length = upstream.content_length
-    is_sse = upstream.headers.get("content-type", "").startswith(SSE)
     idle = pair.timeouts.stream_idle
     content = upstream.content
     outcome: Outcome = OK
@@ -115,6 +125,31 @@ async def relay(
         report(sink, info, pair, CLIENT_DISCONNECT)
         return client
     report(sink, info, pair, outcome)
+    return client
+
+
+async def _relay_whole(
+    request: web.Request, opened: Opened, headers: CIMultiDict[str], info: AccessInfo, sink: OutcomeSink
+) -> web.StreamResponse:
+    """A JSON answer `_open` has already read whole (up to `SMALL_BODY_LIMIT`), going where the
+    socket takes it without waiting: one `web.Response`, its headers and body in one write. (Never
+    an SSE stream, even one that had ended: a stream goes out chunk by chunk.) The streaming path's prepare, write and write_eof cost a
+    tenth of a non-streaming request's CPU more for the same bytes on the wire."""
+    upstream, body = opened.response, opened.first_chunk
+    upstream.release()
+    client = web.Response(status=200, headers=headers, body=body)
+    info.ttfb = time.perf_counter() - info.started
+    try:
+        await client.prepare(request)
+        await client.write_eof()
+    except asyncio.CancelledError:
+        report(sink, info, opened.pair, CLIENT_DISCONNECT)
+        raise
+    except ConnectionResetError:  # answered, not raised: see `relay`
+        report(sink, info, opened.pair, CLIENT_DISCONNECT)
+        return client
+    info.bytes_out += len(body)
+    report(sink, info, opened.pair, OK)
     return client
 
 

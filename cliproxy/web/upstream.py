@@ -333,11 +333,15 @@ async def _open_stream(pair: Pair, response: aiohttp.ClientResponse, started: fl
     due = None if first_token is None else started + first_token
     watch = StreamStart()
     held = bytearray()
+    content = response.content
     while True:
-        idle_due = None if timeouts.stream_idle is None else loop.time() + timeouts.stream_idle
-        deadline = idle_due if due is None else due if idle_due is None else min(due, idle_due)
-        async with asyncio.timeout_at(deadline):
-            chunk = await response.content.readany()
+        # What has already arrived is judged at once; only a real wait arms the timer.
+        chunk = content.read_nowait()
+        if not chunk and not content.at_eof():
+            idle_due = None if timeouts.stream_idle is None else loop.time() + timeouts.stream_idle
+            deadline = idle_due if due is None else due if idle_due is None else min(due, idle_due)
+            async with asyncio.timeout_at(deadline):
+                chunk = await content.readany()
         verdict = watch.feed(chunk) if chunk else watch.end()
         held += chunk
         if verdict in ("content", "overflow"):

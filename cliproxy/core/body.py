@@ -151,13 +151,14 @@ def rewrite_model(body: bytes, new_model: str, spans: tuple[Span, ...] | None = 
     if not spans:
         return body
     replacement = json.dumps(new_model).encode()
-    parts: list[bytes] = []
+    view = memoryview(body)  # slices of a view copy nothing: the join is the one copy of a 10 MB body
+    parts: list[bytes | memoryview] = []
     last = 0
     for start, end in spans:
-        parts.append(body[last:start])
+        parts.append(view[last:start])
         parts.append(replacement)
         last = end
-    parts.append(body[last:])
+    parts.append(view[last:])
     return b"".join(parts)
 
 

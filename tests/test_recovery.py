@@ -344,6 +344,30 @@ class TestProbeEndToEnd:
         assert bad.probe_count == 1
         assert not gw.app[TRACKER].is_available(("bad", "m"))
 
+    async def test_an_anthropic_format_vendor_is_probed_in_its_own_api(self, upstreams, gateway):
+        """Its Messages endpoint, the key as x-api-key and an anthropic-version: the fake refuses a
+        request without either, as Anthropic's API does, so a chat probe would never bring it back."""
+        up = await upstreams()
+        up.fail(None, Fault(status=500, times=1))
+        clock = FakeClock()
+        anth = vendor("anth", up.url, ["claude"], **{"api-format": "anthropic"})
+        anth["api-key-entries"] = [{"api-key": "sk-anth-probe-key-0001"}]
+        cfg = {"auto-disable": {"failure-threshold": 1, "disable-duration-seconds": 30, "recovery": "probe"}}
+        gw = await gateway({**cfg, "openai-compatibility": [anth]}, clock=clock)
+        message = {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        assert (await gw.client.post("/v1/messages", json=message)).status == 500
+        assert not gw.app[TRACKER].is_available(("anth", "claude"))
+        clock.advance(30)
+        await eventually(lambda: events_of(gw, "enabled"), "the probe to bring the pair back")
+        [enabled] = await events_of(gw, "enabled")
+        assert enabled.cause == "probe-success"
+        [probe] = [r for r in up.requests if r.is_probe]
+        assert probe.path == "/v1/messages"
+        assert probe.json == {"model": "claude", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        headers = {k.lower(): v for k, v in probe.headers.items()}
+        assert headers["x-api-key"] == "sk-anth-probe-key-0001" and "authorization" not in headers
+        assert headers["anthropic-version"] == "2023-06-01"
+
     async def test_a_configured_probe_path_and_body(self, upstreams, gateway):
         up = await upstreams()
         up.fail(None, Fault(status=500, times=1))

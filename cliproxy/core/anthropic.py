@@ -10,6 +10,8 @@ from cliproxy.core.anthropic_request import MessagesRequest, chat_request, estim
 from cliproxy.core.anthropic_response import StreamTranslator, anthropic_message, error_event, stop_reason
 
 __all__ = [
+    "DEFAULT_ANTHROPIC_VERSION",
+    "MESSAGES_PATH",
     "MessagesRequest",
     "StreamTranslator",
     "error_event",
@@ -18,3 +20,9 @@ __all__ = [
     "estimate_input_tokens",
     "stop_reason",
 ]
+
+#: Appended to an `api-format: anthropic` vendor's base URL (which ends in `/v1`, as OpenAI's do).
+MESSAGES_PATH = "/messages"
+#: Sent to an Anthropic-format vendor when nobody named a version (its API requires one): a
+#: client that named none, and cliproxy's own recovery probe.
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"

@@ -292,6 +292,8 @@ class FakeUpstream:
         if kind == "messages" and not request.headers.get("x-api-key"):
             # Anthropic's API takes its key in x-api-key only (an Authorization header is not one).
             return json_response(messages_error(401, "x-api-key header is required"), status=401)
+        if kind == "messages" and not request.headers.get("anthropic-version"):
+            return json_response(messages_error(400, "anthropic-version: header is required"), status=400)
         if self.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in self.revoked_keys:
             self.refused_keys += 1
             return json_response(

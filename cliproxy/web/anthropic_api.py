@@ -17,7 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from cliproxy.core.anthropic import MessagesRequest, StreamTranslator, anthropic_message, chat_request, estimate_input_tokens
+from cliproxy.core.anthropic import (
+    DEFAULT_ANTHROPIC_VERSION,
+    MESSAGES_PATH,
+    MessagesRequest,
+    StreamTranslator,
+    anthropic_message,
+    chat_request,
+    estimate_input_tokens,
+)
 from cliproxy.core.body import parse_client_body
 from cliproxy.core.config import Config
 from cliproxy.core.errors import InvalidRequest, ModelNotFound, anthropic_error_body
@@ -32,10 +40,6 @@ __all__ = ["ANTHROPIC_PATH", "routes"]
 #: Everything under it answers errors in Anthropic's shape (the error middleware in cliproxy.app).
 ANTHROPIC_PATH = "/v1/messages"
 _CHAT_PATH = "/chat/completions"
-#: Appended to an `api-format: anthropic` vendor's base URL (which ends in `/v1`, as OpenAI's do).
-_MESSAGES_PATH = "/messages"
-#: Sent to an Anthropic-format vendor when the client named no version (the API requires one).
-_DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 #: Anthropic's own headers: an OpenAI-compatible vendor has no use for them.
 _ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access")
 
@@ -122,8 +126,8 @@ def _passthrough(request: web.Request, raw: bytes, config: Config) -> ProxiedReq
     """The request as an `api-format: anthropic` vendor gets it: the client's bytes (only `model`
     is rewritten per pair), its `anthropic-*` headers, and the answer relayed untranslated."""
     proxied = ProxiedRequest.of(request, raw, parse_client_body(raw), config)
-    proxied.headers.setdefault("anthropic-version", _DEFAULT_ANTHROPIC_VERSION)
-    return replace(proxied, path=_MESSAGES_PATH)
+    proxied.headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
+    return replace(proxied, path=MESSAGES_PATH)
 
 
 def _answer(messages: MessagesRequest, is_sse: bool, input_tokens: int) -> AnswerTranslator:

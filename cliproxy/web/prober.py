@@ -4,7 +4,9 @@ The tracker decides (`FailureTracker.pairs_due_for_probe`, `probes_due`); this m
 HTTP, which the services layer may not. One probe per pair at a time: `POST {probe.path}` at the
 vendor's base URL with the vendor's headers and the next key of its rotation, the configured body
 (the pair's upstream model filled in when the body names none) or by default one user message
-`ping` with `max_tokens: 1`, within `probe-timeout-seconds`. A 2xx answer ends the disable; anything
+`ping` with `max_tokens: 1`, within `probe-timeout-seconds`. An `api-format: anthropic` vendor is
+asked in its own API: the key as `x-api-key`, an `anthropic-version`, and by default `POST /messages`
+(the default body is a valid Messages request too). A 2xx answer ends the disable; anything
 else (another status, a timeout, a refused connection) re-disables the pair at the next backoff
 level. The probe is built from the config alone: it never carries a client's data.
 """
@@ -19,16 +21,20 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
+from cliproxy.core.anthropic import DEFAULT_ANTHROPIC_VERSION, MESSAGES_PATH
+from cliproxy.core.config import ProbeSpec
 from cliproxy.core.events import ErrorInfo
 from cliproxy.core.redact import excerpt
 from cliproxy.core.routing import Pair
 from cliproxy.web.keys import CLIENT_SESSION, RUNTIME, TRACKER
 
-__all__ = ["probe_body", "prober_context", "send_probe"]
+__all__ = ["probe_body", "probe_path", "prober_context", "send_probe"]
 
 _log = logging.getLogger("cliproxy.tracker")
 _ERROR_BODY_LIMIT = 4096
+_DEFAULT_PROBE_PATH = ProbeSpec().path
 
 
 def probe_body(pair: Pair) -> bytes:
@@ -43,19 +49,35 @@ def probe_body(pair: Pair) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def probe_path(pair: Pair) -> str:
+    """Where the probe goes under the vendor's base URL: the configured path; for an Anthropic-format
+    vendor left at the default (a chat completions path it does not serve), its Messages endpoint."""
+    path = pair.auto_disable.probe.path
+    if pair.vendor.api_format == "anthropic" and path == _DEFAULT_PROBE_PATH:
+        return MESSAGES_PATH
+    return path
+
+
 async def send_probe(pair: Pair, session: aiohttp.ClientSession) -> ErrorInfo | None:
     """Send one probe to `pair`; None on a 2xx answer, else what went wrong (masked of secrets)."""
     settings = pair.auto_disable
-    headers = {"Content-Type": "application/json", **dict(pair.vendor.headers)}
+    headers = CIMultiDict({"Content-Type": "application/json"})
+    headers.update(pair.vendor.headers)
+    anthropic = pair.vendor.api_format == "anthropic"
+    if anthropic:
+        headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
     picked = pair.keys.next()
     key = picked[1] if picked is not None else None
     if key is not None:
-        headers["Authorization"] = f"Bearer {key.api_key}"
+        if anthropic:
+            headers["x-api-key"] = key.api_key  # Anthropic's own header; its API ignores Authorization
+        else:
+            headers["Authorization"] = f"Bearer {key.api_key}"
     proxy = (key.proxy_url if key is not None else None) or pair.proxy_url
     try:
         async with asyncio.timeout(settings.probe_timeout_seconds):
             async with session.post(
-                pair.base_url + settings.probe.path,
+                pair.base_url + probe_path(pair),
                 data=probe_body(pair),
                 headers=headers,
                 proxy=proxy,

@@ -420,6 +420,22 @@ class TestStatus:
         expired = next(o for o in data if o["model"] == "expired-one")
         assert expired["label"] == "enabled (expired, not yet recorded)" and expired["disables"][0]["expired"] is True
 
+    @pytest.mark.parametrize(("recovery", "state", "routable"), [("half-open", "half-open", True), ("probe", "probing", False)])
+    def test_an_ended_disable_waiting_for_its_recovery_verdict(self, tmp_path, capsys, recovery, state, routable):
+        """Not "enabled (expired, not yet recorded)": the server keeps the row until the verdict."""
+        db = tmp_path / "cliproxy.db"
+        now = time.time()
+        apply_migrations(db)
+        asyncio.run(record_all(db, [auto_pair("acme", "expired-one", now - 400, now - 100)]))
+        config = write_config(tmp_path, db, **{"auto-disable": {"recovery": recovery}})
+        assert main(["status", "--config", str(config)]) == 0
+        row = row_of(capsys.readouterr().out, "expired-one")
+        assert re.search(rf"{state} +auto-disable ended \S+Z; recovery: {recovery}", row), row
+        assert "not yet recorded" not in row
+        assert main(["status", "--json", "--config", str(config)]) == 0
+        [pair] = [o for o in json.loads(capsys.readouterr().out) if o["model"] == "expired-one"]
+        assert (pair["state"], pair["recovery_state"], pair["routable"]) == (state, state, routable)
+
     def test_missing_database_is_nothing_disabled(self, tmp_path: Path):
         db = tmp_path / "never-created.db"
         result = run_cli("status", "--config", str(write_config(tmp_path, db)), cwd=tmp_path)

@@ -13,6 +13,9 @@ also hold are named in the detail):
     auto-disabled       an automatic disable row is in force
     rate-limited        a rate-limited row is in force: the upstream's 429/503 said when to come
                         back (Retry-After and friends), and that time has not come
+    half-open, probing  none of the above, and an automatic disable is over but the pair's
+                        `recovery` (half-open, probe) still waits for its verdict: the server
+                        keeps the row until a request (half-open) or its probe passes
     enabled             none of the above; when a disable row exists but its `disabled_until`
                         has passed, the human label says "enabled (expired, not yet recorded)":
                         routing already ignores it, the server writes the `enabled` event on its
@@ -23,7 +26,8 @@ file the operator's shell does not) is unknown, not missing: the pair is not sho
 its detail says `key from ${VAR} (not set here; assumed set for the server)`.
 
 `--json` also gives each configured pair's `recovery_state`, the one word the management API's
-status calls `state` (`cliproxy.core.pair_state`: switched-off | disabled | rate-limited | enabled).
+status calls `state` (`cliproxy.core.pair_state`: switched-off | disabled | half-open | probing |
+rate-limited | enabled; slow-start needs the event history, which `status` does not read).
 The CLI's own `state` keeps its finer vocabulary above, which scripts already read.
 
 Rows in the database for pairs that are no longer configured are reported apart, as
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cliproxy.cli.formatting import iso, one_line, render_table
-from cliproxy.core.config import PairKey, Vendor
+from cliproxy.core.config import PairKey, RecoveryMode, Vendor
 from cliproxy.core.events import DisabledRecord, KeyRecord
 from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import mask_key
@@ -68,6 +72,8 @@ __all__ = [
 LABELS: Mapping[str, str] = {
     "enabled": "enabled",
     "auto-disabled": "auto-disabled",
+    "half-open": "half-open",
+    "probing": "probing",
     "rate-limited": "rate-limited",
     "manually-disabled": "manually disabled",
     "vendor-off": "vendor off",
@@ -164,6 +170,7 @@ def _status_of(
     missing_key: bool | None = None,
     key_variables: tuple[str, ...] = (),
     now: float = 0.0,
+    recovery: RecoveryMode = "timer",
 ) -> PairStatus:
     in_force = [v for v in views if v.in_force]
     manual = [v for v in in_force if v.record.reason == "manual"]
@@ -183,6 +190,16 @@ def _status_of(
     conditions.extend(("auto-disabled", _describe(v, name=bool(conditions) or not configured)) for v in auto)
     conditions.extend(("rate-limited", _describe(v, name=bool(conditions) or not configured)) for v in limited)
     expired = [v for v in views if v.expired]
+    # An automatic disable that is over but, with `recovery: half-open` or `probe`, waits for its
+    # verdict: the server holds its row until then (not "re-enabled at the next sweep").
+    awaiting = recovery != "timer" and configured and not conditions
+    waiting = [v for v in expired if awaiting and v.record.reason == "auto"]
+    if waiting:
+        expired = [v for v in expired if v not in waiting]
+        phase = "half-open" if recovery == "half-open" else "probing"
+        conditions.append(
+            (phase, f"auto-disable ended {format_timestamp(waiting[0].record.disabled_until or now)}; {_AWAITING[phase]}")
+        )
     if not configured:
         state, label = "not-configured", LABELS["not-configured"]
         details = [d for _, d in conditions]
@@ -209,18 +226,30 @@ def _status_of(
         label=label,
         detail="; ".join(details),
         configured=configured,
-        routable=configured and not conditions,
+        # A half-open pair takes (a few) requests; a probing one none until cliproxy's probe passes.
+        routable=configured and (not conditions or conditions[0][0] == "half-open"),
         vendor_enabled=vendor_enabled,
         model_enabled=model_enabled,
         missing_key=missing_key,
         disables=tuple(views),
         key_variables=key_variables,
-        recovery_state=_recovery_state(views, vendor_enabled, model_enabled, missing_key, now) if configured else None,
+        recovery_state=_recovery_state(views, vendor_enabled, model_enabled, missing_key, now, recovery) if configured else None,
     )
 
 
+_AWAITING = {
+    "half-open": "recovery: half-open, the next requests test it (a success brings it back, a failure disables it again)",
+    "probing": "recovery: probe, no client request goes there until cliproxy's probe passes",
+}
+
+
 def _recovery_state(
-    views: list[DisableView], vendor_enabled: bool | None, model_enabled: bool | None, missing_key: bool | None, now: float
+    views: list[DisableView],
+    vendor_enabled: bool | None,
+    model_enabled: bool | None,
+    missing_key: bool | None,
+    now: float,
+    recovery: RecoveryMode = "timer",
 ) -> str:
     """The API's one-word `state` (`pair_state`), from the rows and the config as the CLI sees them."""
     by_reason = {v.record.reason: v.record for v in views}
@@ -228,6 +257,7 @@ def _recovery_state(
     view = PairView(
         switched_off=vendor_enabled is False or model_enabled is False or missing_key is True,
         auto_disabled_until=auto.disabled_until if auto else None,
+        recovery=recovery,
         manually_disabled=timed is not None,
         manually_disabled_until=timed.disabled_until if timed else None,
         rate_limited_until=limited.disabled_until if limited else None,
@@ -269,6 +299,7 @@ def pair_statuses(
             missing_key=key_of(pair.vendor)[0],
             key_variables=key_of(pair.vendor)[1],
             now=now,
+            recovery=pair.auto_disable.recovery,
         )
         for key, pair in table.pairs.items()
     ]

@@ -7,6 +7,7 @@ the gateway through the fake upstream, with a FakeClock.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
@@ -233,6 +234,37 @@ class TestBackoffEndToEnd:
         assert (state.disable_level, state.disabled_until - state.disabled_at) == (2, 60.0)
         [*_, last] = sorted(await events_of(gw, "disabled"), key=lambda e: e.id)
         assert last.detail == {"disable_level": 2}
+
+
+class TestDisabledListWhileRecovering:
+    """`GET /api/models/disabled` lists a pair whose disable is over but whose recovery waits for a
+    verdict (`state` half-open or probing), until the verdict brings it back."""
+
+    @pytest.mark.parametrize(("recovery", "phase"), [("half-open", "half-open"), ("probe", "probing")])
+    async def test_a_pair_waiting_for_its_verdict_is_listed(self, upstreams, admin, recovery, phase):
+        bad, good = await upstreams(), await upstreams()
+        bad.fail(None, Fault(status=500, times=1))
+        clock = FakeClock()
+        adm = await admin(two_vendors(bad.url, good.url, recovery=recovery), clock=clock)
+        await adm.gw.client.post("/v1/chat/completions", json=CHAT)
+
+        async def listed() -> list[tuple[str, str, float]]:
+            reply = await adm.get("/api/models/disabled")
+            return [(p["vendor"], p["state"], p["remaining_seconds"]) for p in reply.json["disabled"]]
+
+        assert await listed() == [("bad", "disabled", 30.0)]
+        if recovery == "probe":
+            bad.fail(None, Fault(stall_before_headers=2, times=1))  # the probe takes a while: the pair is probing
+        clock.advance(30)
+        assert await listed() == [("bad", phase, 0.0)]  # over, but not back: the row waits for the verdict
+        if recovery == "half-open":
+            answer = await adm.gw.client.post("/v1/chat/completions", json=CHAT)
+            assert answer.headers["x-cliproxy-vendor"] == "bad"  # the test request, which succeeds
+        await eventually(lambda: _nothing_listed(listed), "the verdict to take the pair off the list")
+
+
+async def _nothing_listed(listed: Callable[[], Awaitable[list[tuple[str, str, float]]]]) -> bool:
+    return await listed() == []
 
 
 class TestHalfOpenEndToEnd:

@@ -214,6 +214,16 @@ class FailureTracker:
         out.sort(key=lambda r: (r.vendor, r.model, r.reason))
         return out
 
+    def committed_awaiting_recovery(self) -> list[tuple[DisabledRecord, str]]:
+        """Committed automatic disables whose time has passed but whose `recovery` (half-open, probe)
+        still waits for a verdict, each with its phase (`half-open` or `probing`); by vendor, model."""
+        out: list[tuple[DisabledRecord, str]] = []
+        for row in self.journal.committed_rows():
+            if row.reason == AUTO and (phase := self.committed_recovery_phase((row.vendor, row.model))) is not None:
+                out.append((row, phase))
+        out.sort(key=lambda item: (item[0].vendor, item[0].model))
+        return out
+
     # ------------------------------------------------------------------ hot path (sync, O(1))
 
     def record_outcome(self, pair: PairKey, outcome: Outcome) -> None:

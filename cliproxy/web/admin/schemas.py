@@ -92,6 +92,14 @@ class DisabledPairSchema(Schema):
     in_config = fields.Boolean(
         required=True, metadata={"description": "false for a pair no longer in config.yaml (it routes nothing)"}
     )
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(["disabled", "half-open", "probing"]),
+        metadata={
+            "description": "disabled: in force; half-open / probing: the automatic disable is over and the "
+            "pair's recovery waits for its verdict (a request that succeeds, or cliproxy's probe)"
+        },
+    )
 
 
 class DisabledListSchema(Schema):

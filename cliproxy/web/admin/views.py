@@ -12,10 +12,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cliproxy.core.config import AutoDisableOverrides, AutoDisableSettings, Timeouts, Vendor
-from cliproxy.core.events import Event
+from cliproxy.core.events import DisabledRecord, Event
 from cliproxy.core.pair_state import PairView, pair_state
 from cliproxy.core.redact import SecretMasker, mask_key, mask_secrets
-from cliproxy.core.routing import Pair
+from cliproxy.core.routing import Pair, RoutingTable
 from cliproxy.core.runtime import Runtime
 from cliproxy.core.times import format_timestamp
 from cliproxy.services.tracker import FailureTracker
@@ -216,26 +216,10 @@ _SOURCE_OF_REASON = {"auto": "auto-disable", "manual": "timed", "rate-limited": 
 
 def disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list[dict[str, Any]]:
     table = runtime.table
-    out: list[dict[str, Any]] = []
-    for record in tracker.committed_disabled_pairs():
-        pair = table.pairs.get((record.vendor, record.model))
-        out.append(
-            {
-                "vendor": record.vendor,
-                "model": record.model,
-                "alias": pair.model.alias if pair else None,
-                "reason": record.reason,
-                "source": _SOURCE_OF_REASON.get(record.reason, "timed"),
-                "disabled_at": iso(record.disabled_at),
-                "disabled_until": iso(record.disabled_until),
-                "remaining_seconds": remaining(record.disabled_until, now),
-                "failure_count": record.failure_count,
-                "last_failure_at": iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
-                "last_error": last_error(record.last_error),
-                "actor": record.actor,
-                "in_config": pair is not None,
-            }
-        )
+    out: list[dict[str, Any]] = [
+        _tracker_entry(record, table, tracker, now, "disabled") for record in tracker.committed_disabled_pairs()
+    ]
+    out.extend(_tracker_entry(record, table, tracker, now, phase) for record, phase in tracker.committed_awaiting_recovery())
     for pair in table.pairs.values():
         if pair.model.enabled and pair.vendor.enabled:
             continue
@@ -255,10 +239,35 @@ def disabled_list(runtime: Runtime, tracker: FailureTracker, now: float) -> list
                 "last_error": last_error(state.last_error) if state else None,
                 "actor": None,
                 "in_config": True,
+                "state": "disabled",
             }
         )
     out.sort(key=lambda r: (r["vendor"], r["model"], r["reason"], r["source"]))
     return out
+
+
+def _tracker_entry(
+    record: DisabledRecord, table: RoutingTable, tracker: FailureTracker, now: float, state: str
+) -> dict[str, Any]:
+    """A disable the tracker holds, as `GET /api/models/disabled` lists it; `state` is `disabled`
+    while it is in force, `half-open` / `probing` once it is over and waits for its verdict."""
+    pair = table.pairs.get((record.vendor, record.model))
+    return {
+        "vendor": record.vendor,
+        "model": record.model,
+        "alias": pair.model.alias if pair else None,
+        "reason": record.reason,
+        "source": _SOURCE_OF_REASON.get(record.reason, "timed"),
+        "disabled_at": iso(record.disabled_at),
+        "disabled_until": iso(record.disabled_until),
+        "remaining_seconds": remaining(record.disabled_until, now),
+        "failure_count": record.failure_count,
+        "last_failure_at": iso(_last_failure_at(tracker.state((record.vendor, record.model)), record)),
+        "last_error": last_error(record.last_error),
+        "actor": record.actor,
+        "in_config": pair is not None,
+        "state": state,
+    }
 
 
 def switched_off_by(events: Sequence[Any], key: str) -> Any | None:

@@ -233,6 +233,27 @@ class TestMetrics:
         assert value(samples, "cliproxy_pairs_disabled", reason="auto") == 0
         assert not names_with(samples, "cliproxy_pair_disabled", "vendor")
 
+    async def test_half_open_then_slow_start_are_recovering_series(self, upstreams, gateway):
+        up = await upstreams()
+        up.fail(None, Fault(status=500, times=1))
+        clock = FakeClock()
+        auto_disable = {"failure-threshold": 1, "disable-duration-seconds": 30, "recovery": "half-open", "slow-start-seconds": 60}
+        gw = await gateway({"auto-disable": auto_disable, "openai-compatibility": [vendor("a", up.url, ["m"])]}, clock=clock)
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 500
+        assert await gw.app[TRACKER].flush(timeout=5)
+        assert not names_with(await scrape(gw), "cliproxy_pair_recovering", "state")  # disabled: not recovering yet
+        clock.advance(30)
+        samples = await scrape(gw)
+        assert names_with(samples, "cliproxy_pair_recovering", "state") == {"half-open"}
+        assert value(samples, "cliproxy_pair_recovering", vendor="a", model="m", state="half-open") == 1
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT)).status == 200  # the test request succeeds
+        assert await gw.app[TRACKER].flush(timeout=5)
+        samples = await scrape(gw)
+        assert names_with(samples, "cliproxy_pair_recovering", "state") == {"slow-start"}
+        assert value(samples, "cliproxy_pair_recovering", vendor="a", model="m", state="slow-start") == 1
+        clock.advance(60)
+        assert not names_with(await scrape(gw), "cliproxy_pair_recovering", "state")  # back to full weight
+
     async def test_each_app_has_its_own_registry(self, upstreams, gateway):
         up = await upstreams()
         config = {"openai-compatibility": [vendor("a", up.url, ["m"])]}

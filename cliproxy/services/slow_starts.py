@@ -66,6 +66,10 @@ class SlowStarts:
         until = failures.ms(reenabled_at + settings.slow_start_seconds)
         return until if self._clock() < until else None
 
+    def committed_pairs(self) -> list[PairKey]:
+        """The pairs slow-starting now, as committed (what reports show), sorted. O(slow starts held)."""
+        return sorted(pair for pair in self._committed_reenabled_at if self.until(pair) is not None)
+
     def note_applied(self, event: Event) -> None:
         """An event just applied in memory: an `enabled` one starts the pair's slow start for routing."""
         self._note(event, self._reenabled_at)

@@ -293,6 +293,10 @@ class FailureTracker:
         """The pair's weight in its priority tier: 1.0, or less while it slow-starts after a re-enable. O(1)."""
         return self.slow_starts.weight(pair, self._states.get(pair))
 
+    def slow_starting_pairs(self) -> list[PairKey]:
+        """The pairs slow-starting now, as committed, sorted (for the metrics, at scrape)."""
+        return self.slow_starts.committed_pairs()
+
     def slow_start_until(self, pair: PairKey) -> float | None:
         """When the pair's slow start ends, as committed (what reports show); None when it is not slow-starting."""
         return self.slow_starts.until(pair)

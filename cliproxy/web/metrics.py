@@ -28,6 +28,7 @@ is not yet in SQLite (it would be lost by kill -9), even while the database is l
     cliproxy_pair_would_disable_total{vendor,model}          trips not enforced (enforce: false, max-disabled-fraction)
     cliproxy_pairs_disabled{reason}                          pairs disabled now (at scrape)
     cliproxy_pair_disabled{vendor,model,reason}              1 for each pair disabled now (at scrape)
+    cliproxy_pair_recovering{vendor,model,state}             1 for each pair half-open, probing or slow-starting now
     cliproxy_store_pending_writes                            transitions not yet committed (at scrape)
     cliproxy_store_writes_healthy                            0 while writes to the database fail
     cliproxy_vendor_keys_available{vendor}                   keys of a vendor in its rotation (at scrape; key scope)
@@ -261,7 +262,7 @@ class Metrics:
             yield counter.family()
         yield self._latency.family()
         yield self._ttfb.family()
-        streams, count, each, pending, healthy, keys_available, key_out = self._state_families()
+        streams, count, each, pending, healthy, keys_available, key_out, recovering = self._state_families()
         streams.add_metric([], self.streams_in_flight)
         tracker = self._tracker
         if tracker is not None:
@@ -271,6 +272,11 @@ class Metrics:
                 each.add_metric([record.vendor, record.model, record.reason], 1)
             for reason, n in sorted(by_reason.items()):
                 count.add_metric([reason], n)
+            # Recovering, committed view: only pairs in such a state are series (none when all is well).
+            for record, phase in tracker.committed_awaiting_recovery():
+                recovering.add_metric([record.vendor, record.model, phase], 1)
+            for vendor, model in tracker.slow_starting_pairs():
+                recovering.add_metric([vendor, model, "slow-start"], 1)
             # key scope, committed view: O(keys) per scrape, never per request
             for vendor in tracker.key_vendors():
                 available = 0
@@ -284,7 +290,7 @@ class Metrics:
         if journal is not None:
             pending.add_metric([], journal.pending_writes)
             healthy.add_metric([], 1 if journal.persist_healthy else 0)
-        yield from (streams, count, each, pending, healthy, keys_available, key_out)
+        yield from (streams, count, each, pending, healthy, keys_available, key_out, recovering)
 
     def _counters(self) -> tuple[_Counter, ...]:
         return (
@@ -312,5 +318,10 @@ class Metrics:
             ),
             GaugeMetricFamily(
                 "cliproxy_vendor_key_out", "1 for each key out of its vendor's rotation now.", labels=["vendor", "key_index"]
+            ),
+            GaugeMetricFamily(
+                "cliproxy_pair_recovering",
+                "1 for each pair half-open, probing (its disable over, the recovery verdict pending) or slow-starting now.",
+                labels=["vendor", "model", "state"],
             ),
         )

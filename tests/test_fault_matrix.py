@@ -18,6 +18,9 @@ What the gateway can and cannot see:
   the client gets a payload error rather than a truncated JSON it could take for whole).
 - A 200 with a malformed JSON or HTML body, or a stream without `[DONE]`, is relayed as the
   upstream's answer and counts as a success: it is no error object, and it carried content.
+
+The faults the gateway judges (the first two groups) run again for Anthropic clients
+(`/v1/messages`, the answers translated): the same failover and counting, Anthropic-shaped errors.
 """
 
 from __future__ import annotations
@@ -360,4 +363,102 @@ class TestFaultMatrix:
         again = await gw.client.post("/v1/chat/completions", json={"model": "h", "messages": []})
         assert again.status == 200
         assert _whole_chat_json(await again.read())
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+# ------------------------------------------------------------------ the matrix, for Anthropic clients
+
+#: (case, mode) of every fault the gateway judges before or while relaying: the ones an Anthropic
+#: client (`/v1/messages`, its answers translated from the OpenAI-format vendors) must see the same way.
+_JUDGED = [
+    (name, mode)
+    for name, case in CASES.items()
+    for mode in ("stream", "plain")
+    if isinstance(getattr(case, mode), (FailsOver, EndsWithErrorEvent))
+]
+
+
+def _assert_anthropic_error(body: Any) -> None:
+    assert isinstance(body, dict) and body.get("type") == "error", body
+    assert set(body["error"]) == {"type", "message"} and body["error"]["message"], body
+
+
+def _sse_events(body: bytes) -> list[str]:
+    return [line[len(b"event: ") :].decode() for line in body.splitlines() if line.startswith(b"event: ")]
+
+
+class TestFaultMatrixForAnthropicClients:
+    """The same faults under `/v1/messages`: failover and honest counting as for OpenAI clients, and
+    every error in Anthropic's shape (a JSON error, or an `error` event once the stream started)."""
+
+    @pytest.mark.parametrize("topology", ["with_fallback", "alone"])
+    @pytest.mark.parametrize(("name", "mode"), _JUDGED)
+    async def test_fault(self, name, mode, topology, upstreams, gateway, unused_tcp_port, caplog):
+        case = CASES[name]
+        expect = getattr(case, mode)
+        stream = mode == "stream"
+        with_fallback = topology == "with_fallback"
+
+        healthy = await upstreams(chunks=5)
+        if case.fault is None:
+            faulty_url = f"http://127.0.0.1:{unused_tcp_port}/v1"
+        else:
+            faulty = await upstreams(chunks=5)
+            faulty.fail(None, case.fault)
+            faulty_url = faulty.url
+        bad = vendor("v", faulty_url, ["m"], priority=1)
+        if case.timeouts:
+            bad["timeouts"] = case.timeouts
+        gw = await gateway(
+            {
+                "auto-disable": {"failure-threshold": 100},
+                "openai-compatibility": [bad, vendor("ok", healthy.url, ["m", "h"] if with_fallback else ["h"])],
+            }
+        )
+        connector = gw.app[CLIENT_SESSION].connector
+        tracker = gw.app[TRACKER]
+        tasks_before = set(asyncio.all_tasks())
+        caplog.set_level(logging.WARNING)
+
+        message = {"model": "m", "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        resp = await gw.client.post("/v1/messages", json=message)
+        body = await resp.read()
+        if isinstance(expect, FailsOver) and with_fallback:
+            assert resp.status == 200, body
+            assert (resp.headers["x-cliproxy-vendor"], resp.headers["x-cliproxy-attempts"]) == ("ok", "2")
+            if stream:
+                events = _sse_events(body)
+                assert events[0] == "message_start" and events[-1] == "message_stop", body
+            else:
+                assert json.loads(body)["type"] == "message", body
+        elif isinstance(expect, FailsOver):
+            assert resp.status == expect.status, body
+            assert (resp.headers["x-cliproxy-vendor"], resp.headers["x-cliproxy-attempts"]) == ("v", "1")
+            _assert_anthropic_error(json.loads(body))
+            assert resp.headers.get("Retry-After") == expect.retry_after
+        else:
+            assert isinstance(expect, EndsWithErrorEvent) and stream
+            assert resp.status == 200 and resp.headers["x-cliproxy-attempts"] == "1"
+            events = _sse_events(body)
+            assert events[0] == "message_start" and events[-1] == "error" and "message_stop" not in events, body
+            last = body.rstrip().rsplit(b"\n", 1)[-1]
+            _assert_anthropic_error(json.loads(last[len(b"data: ") :]))
+        resp.release()
+
+        def state_count() -> int:
+            state = tracker.state(PAIR)
+            return 0 if state is None else state.failure_count
+
+        await eventually(lambda: state_count() == 1, "the failure counted towards auto-disable", timeout=SETTLE_SECONDS)
+        if isinstance(expect, FailsOver) and expect.kind is not None:
+            state = tracker.state(PAIR)
+            assert state is not None and state.last_error is not None and state.last_error.kind == expect.kind
+        assert tracker.state(("ok", "m")) is None  # the fallback only ever succeeded
+        await eventually(
+            lambda: not connector._acquired and not _stray(set(asyncio.all_tasks()) - tasks_before),
+            "upstream connections and tasks to be released",
+            timeout=SETTLE_SECONDS,
+        )
+        again = await gw.client.post("/v1/messages", json={"model": "h", "max_tokens": 5, "messages": message["messages"]})
+        assert again.status == 200 and json.loads(await again.read())["type"] == "message"
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

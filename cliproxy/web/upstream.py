@@ -8,8 +8,8 @@ classified in `cliproxy.core.classify` (what the answer says) and at the excepti
 which tells both the failure tracker (the `OutcomeSink` seam) and the request's access record.
 Once a pair is chosen, `relay` (`cliproxy.web.relay`) copies the answer to the client chunk by
 chunk; a failure from then on can no longer fail over and ends the client's stream with an error event.
-The attempt's pieces (`cliproxy.web.attempts`, `cliproxy.web.answer_headers`) are imported under
-their old private names, so the attempt functions read as before the relay moved out.
+The attempt's pieces are in `cliproxy.web.attempts` (results and how outcomes are told) and
+`cliproxy.web.answer_headers` (what headers a client gets).
 """
 
 from __future__ import annotations
@@ -42,15 +42,17 @@ from cliproxy.core.redact import SecretMasker, excerpt, mask_secrets
 from cliproxy.core.retry_after import RETRY_STATUSES, hint_headers
 from cliproxy.core.routing import Pair, Route
 from cliproxy.web.access import AccessInfo
-from cliproxy.web.answer_headers import SSE as _SSE
-from cliproxy.web.answer_headers import relayable as _relayable
-from cliproxy.web.answer_headers import stamp as _stamp
-from cliproxy.web.attempts import CLIENT_DISCONNECT, GATEWAY_OVERLOADED, KEY_REFUSED
-from cliproxy.web.attempts import Failed as _Failed
-from cliproxy.web.attempts import Opened as _Opened
-from cliproxy.web.attempts import describe as _describe
-from cliproxy.web.attempts import report as _report
-from cliproxy.web.attempts import report_uncounted as _report_uncounted
+from cliproxy.web.answer_headers import SSE, relayable, stamp
+from cliproxy.web.attempts import (
+    CLIENT_DISCONNECT,
+    GATEWAY_OVERLOADED,
+    KEY_REFUSED,
+    Failed,
+    Opened,
+    describe,
+    report,
+    report_uncounted,
+)
 from cliproxy.web.overload import OverloadLog, local_resource_error
 from cliproxy.web.proxied_request import ProxiedRequest
 from cliproxy.web.relay import relay
@@ -94,12 +96,12 @@ async def choose_upstream(
     sink: OutcomeSink,
     overload: OverloadLog,
     admitted: list[Pair] | None = None,
-) -> _Opened:
+) -> Opened:
     """Try candidates in routing order until one gives an answer for the client (fail over on countable failures).
 
     Each pair tried was admitted by `sink.admit` and is appended to `admitted`: the caller releases them.
     """
-    last_failure: _Failed | None = None
+    last_failure: Failed | None = None
     admitted = admitted if admitted is not None else []
     for pair, overflow in _candidates(route, sink, proxied):
         if info.attempts >= proxied.max_attempts:
@@ -112,12 +114,12 @@ async def choose_upstream(
         # Key scope: a refused key is out; the vendor's next key is tried at once, before any other
         # vendor, until one answers or none is left (bounded by the vendor's key count).
         refused: set[int] = set()
-        while isinstance(result, _Failed) and result.key_refused and result.key_index is not None:
+        while isinstance(result, Failed) and result.key_refused and result.key_index is not None:
             refused.add(result.key_index)
             if pair.keys.next(functools.partial(sink.key_usable, pair.vendor.name), refused) is None:
                 break
             result = await _attempt(pair, proxied, info, session=session, sink=sink, overload=overload, skip=refused)
-        if isinstance(result, _Opened):
+        if isinstance(result, Opened):
             return result
         if result.outcome.kind != "failure":
             raise _final_error(result, proxied, info)  # the client's fault: no failover
@@ -133,7 +135,7 @@ async def choose_upstream(
     # outcomes while a pair is disabled, so it neither extends nor ends the disable).
     result = await _attempt(fallback, proxied, info, session=session, sink=sink, overload=overload)
     result.degraded = True
-    if isinstance(result, _Opened):
+    if isinstance(result, Opened):
         return result
     raise _final_error(result, proxied, info)
 
@@ -147,7 +149,7 @@ async def _attempt(
     sink: OutcomeSink,
     overload: OverloadLog,
     skip: Collection[int] = (),
-) -> _Opened | _Failed:
+) -> Opened | Failed:
     """One attempt on `pair`, counted and reported (an answer for the client is reported when relayed).
 
     With `api-key-entries`, the key is the rotation's next one that is in (and not in `skip`: those
@@ -167,13 +169,13 @@ async def _attempt(
     except asyncio.CancelledError:
         # The client went away before the upstream answered: neutral for the pair, and its
         # access line and metrics say why (499, outcome client_disconnect).
-        _report(sink, info, pair, CLIENT_DISCONNECT)
+        report(sink, info, pair, CLIENT_DISCONNECT)
         raise
     if picked is not None:
         result.key_index = picked[0]
-    if isinstance(result, _Opened) and sent is not proxied:
+    if isinstance(result, Opened) and sent is not proxied:
         result.sent = sent
-    if isinstance(result, _Failed):
+    if isinstance(result, Failed):
         if (
             picked is not None
             and result.status in pair.auto_disable.key_scope_statuses
@@ -181,9 +183,9 @@ async def _attempt(
         ):
             result.key_refused = True
             result.outcome = Outcome("failure", KEY_REFUSED, result.outcome.error)
-            _report_uncounted(info, pair, result.outcome)
+            report_uncounted(info, pair, result.outcome)
         else:
-            _report(sink, info, pair, result.outcome)
+            report(sink, info, pair, result.outcome)
     return result
 
 
@@ -235,7 +237,7 @@ async def _open(
     session: aiohttp.ClientSession,
     overload: OverloadLog,
     picked: tuple[int, ApiKeyEntry] | None,
-) -> _Opened | _Failed:
+) -> Opened | Failed:
     """Send one attempt with the `picked` key and wait for its headers (and first chunk when streaming), within the timeouts."""
     headers = CIMultiDict(proxied.headers)
     for name, value in pair.vendor.headers:
@@ -276,7 +278,7 @@ async def _open(
             message = excerpt(error_body, pair.secrets)
             # A 429/503 may say when to come back: those headers go to the tracker's rate-limit rule.
             retry = hint_headers(response.headers.items()) if response.status in RETRY_STATUSES else ()
-            return _Failed(
+            return Failed(
                 pair,
                 Outcome(
                     verdict.kind,
@@ -288,7 +290,7 @@ async def _open(
                 body=error_body,
                 headers=CIMultiDict(response.headers),
             )
-        if proxied.stream and response.headers.get("content-type", "").startswith(_SSE):
+        if proxied.stream and response.headers.get("content-type", "").startswith(SSE):
             return await _open_stream(pair, response, started)
         return await _open_body(pair, response)  # also a stream request answered with one JSON body
     except TimeoutError:
@@ -300,18 +302,18 @@ async def _open(
             reason = "first_token_timeout"
         else:
             reason = "stream_idle_timeout"
-        return _Failed(pair, failure(reason, None, f"upstream {reason.replace('_', ' ')}"), timeout=True)
+        return Failed(pair, failure(reason, None, f"upstream {reason.replace('_', ' ')}"), timeout=True)
     except aiohttp.ConnectionTimeoutError:
-        return _Failed(pair, failure("connect_timeout", None, "connect timeout"), timeout=True)
+        return Failed(pair, failure("connect_timeout", None, "connect timeout"), timeout=True)
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
         if (local := local_resource_error(exc)) is not None:
             # EMFILE on our own socket(): the gateway is out of descriptors; the upstream was never reached.
             overload.note("upstream connect", local)
-            return _Failed(pair, Outcome("neutral", GATEWAY_OVERLOADED, ErrorInfo(None, local.strerror or str(local))))
+            return Failed(pair, Outcome("neutral", GATEWAY_OVERLOADED, ErrorInfo(None, local.strerror or str(local))))
         reason = "connect_error" if response is None else "stream_error"
-        return _Failed(pair, failure(reason, None, excerpt(_describe(exc), pair.secrets)))
+        return Failed(pair, failure(reason, None, excerpt(describe(exc), pair.secrets)))
     except asyncio.CancelledError:
         # The client went away while we waited (reported by the caller): nothing may stay open.
         if response is not None:
@@ -319,7 +321,7 @@ async def _open(
         raise
 
 
-async def _open_stream(pair: Pair, response: aiohttp.ClientResponse, started: float) -> _Opened | _Failed:
+async def _open_stream(pair: Pair, response: aiohttp.ClientResponse, started: float) -> Opened | Failed:
     """Read a stream up to its first chunk with content, holding back the ones without (role-only
     deltas, empty `choices`, comments and pings: bounded by `StreamStart`), so that a stall before
     the first token, an error as the first event, or a stream with no content still fails over.
@@ -345,18 +347,18 @@ async def _open_stream(pair: Pair, response: aiohttp.ClientResponse, started: fl
         verdict = watch.feed(chunk) if chunk else watch.end()
         held += chunk
         if verdict in ("content", "overflow"):
-            return _Opened(pair, response, bytes(held))
+            return Opened(pair, response, bytes(held))
         if verdict is None:
             continue
         response.release()
         if verdict == "error":
             message = excerpt(error_message(watch.error), pair.secrets)
-            return _Failed(pair, failure(watch.error_reason(), 200, f"error as the stream's first event: {message}"))
+            return Failed(pair, failure(watch.error_reason(), 200, f"error as the stream's first event: {message}"))
         what = "before any data" if not held else "without any content"
-        return _Failed(pair, failure("empty_stream", 200, f"upstream ended the stream {what}"))
+        return Failed(pair, failure("empty_stream", 200, f"upstream ended the stream {what}"))
 
 
-async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | _Failed:
+async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> Opened | Failed:
     """Read the first `SMALL_BODY_LIMIT` bytes of a non-stream answer; when that is the whole body,
     it may be an error object in a 200 (`error_in_200`, which fails over). A larger body is relayed
     from what was read on, never parsed."""
@@ -375,9 +377,9 @@ async def _open_body(pair: Pair, response: aiohttp.ClientResponse) -> _Opened | 
                 break
             response.release()
             message = excerpt(_mask_body(bytes(head), pair.secrets), pair.secrets)
-            return _Failed(pair, failure(reason, response.status, message))
+            return Failed(pair, failure(reason, response.status, message))
         head += chunk
-    return _Opened(pair, response, bytes(head))
+    return Opened(pair, response, bytes(head))
 
 
 @functools.lru_cache(maxsize=64)
@@ -405,7 +407,7 @@ def _mask_body(body: bytes, secrets: SecretMasker | tuple[str, ...]) -> bytes:
 class _RelayedUpstreamError(ProxyError):
     """The last upstream error, given back to the client as it came (status, body, content type)."""
 
-    def __init__(self, failure: _Failed, headers: dict[str, str]) -> None:
+    def __init__(self, failure: Failed, headers: dict[str, str]) -> None:
         super().__init__(failure.outcome.error.message if failure.outcome.error else "upstream error", headers=headers)
         self.status = failure.status or 502
         self.raw_body = failure.body
@@ -419,16 +421,16 @@ class _RelayedUpstreamError(ProxyError):
         return anthropic_error_body(self.status, upstream_error_message(self.raw_body) or self.message)
 
 
-def _final_error(failure: _Failed, proxied: ProxiedRequest, info: AccessInfo) -> ProxyError:
+def _final_error(failure: Failed, proxied: ProxiedRequest, info: AccessInfo) -> ProxyError:
     headers: dict[str, str] = {}
-    _stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts, failure.degraded)
+    stamp(headers, failure.pair.vendor.name, failure.pair.model.name, info.attempts, failure.degraded)
     if failure.outcome.reason == GATEWAY_OVERLOADED:
         return GatewayOverloaded(
             "cliproxy is out of local resources (connections or file descriptors); retry shortly", headers=headers
         )
     if failure.status is not None:
         # An upstream's 429 is relayed with its rate-limit headers, so the client can pace itself.
-        for name, value in _relayable(failure.headers or CIMultiDict(), stream=False):
+        for name, value in relayable(failure.headers or CIMultiDict(), stream=False):
             # spelled as the error middleware looks it up, however the upstream spelled it
             headers.setdefault("Content-Type" if name.lower() == "content-type" else name, value)
         return _RelayedUpstreamError(failure, headers)

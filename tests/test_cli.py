@@ -436,6 +436,28 @@ class TestStatus:
         [pair] = [o for o in json.loads(capsys.readouterr().out) if o["model"] == "expired-one"]
         assert (pair["state"], pair["recovery_state"], pair["routable"]) == (state, state, routable)
 
+    def test_a_pair_reenabled_within_its_slow_start_is_slow_starting(self, tmp_path, capsys):
+        db = tmp_path / "cliproxy.db"
+        now = time.time()
+        apply_migrations(db)
+        enabled = Event(
+            kind="enabled", at=now - 10, vendor="acme", model="gpt-x", reason="auto", cause="expired",
+            disabled_at=now - 70, disabled_until=now - 10,
+        )  # fmt: skip
+        asyncio.run(record_all(db, [(enabled, None)]))
+        config = write_config(tmp_path, db, **{"auto-disable": {"slow-start-seconds": 60}})
+        assert main(["status", "--config", str(config)]) == 0
+        row = row_of(capsys.readouterr().out, "gpt-x")
+        assert re.search(r"slow-start +re-enabled, its share of the tier ramps up until \S+Z$", row), row
+        assert main(["status", "--json", "--config", str(config)]) == 0
+        [pair] = [o for o in json.loads(capsys.readouterr().out) if o["model"] == "gpt-x"]
+        assert (pair["state"], pair["recovery_state"], pair["routable"]) == ("slow-start", "slow-start", True)
+        # Past its slow start (or without one) the same history is plain `enabled`.
+        for later in (write_config(tmp_path, db, **{"auto-disable": {"slow-start-seconds": 5}}), write_config(tmp_path, db)):
+            assert main(["status", "--json", "--config", str(later)]) == 0
+            [pair] = [o for o in json.loads(capsys.readouterr().out) if o["model"] == "gpt-x"]
+            assert (pair["state"], pair["recovery_state"]) == ("enabled", "enabled")
+
     def test_missing_database_is_nothing_disabled(self, tmp_path: Path):
         db = tmp_path / "never-created.db"
         result = run_cli("status", "--config", str(write_config(tmp_path, db)), cwd=tmp_path)

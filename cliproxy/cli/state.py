@@ -21,6 +21,8 @@ from cliproxy.services.store import read_disabled, read_events
 __all__ = ["cmd_history", "cmd_status", "limit_arg", "since_arg"]
 
 _T = TypeVar("_T")
+#: The most recent `enabled` events `status` reads for slow starts (one per pair is what counts).
+_ENABLED_EVENTS_READ = 100_000
 
 
 class _Unreadable(Exception):
@@ -61,7 +63,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         notes.append(f"no database at {db}: nothing is disabled (the server creates it at start-up)")
     unset_keys = {v.name: loaded.unset_key_variables(i) for i, v in enumerate(config.vendors)}
     table = RoutingTable(config)
-    configured, orphans = views.pair_statuses(table, disabled, now, unset_keys)
+    reenabled: dict[tuple[str, str], float] = {}
+    longest = max((pair.auto_disable.slow_start_seconds for pair in table.pairs.values()), default=0.0)
+    if longest > 0 and db.is_file():
+        # Slow starts run from the last `enabled` event of each pair, as the server restores them.
+        try:
+            recent = _read(db, lambda path: read_events(path, kind="enabled", since=now - longest, limit=_ENABLED_EVENTS_READ))
+        except _Unreadable as exc:
+            return fail("status", str(exc))
+        for event in recent:  # newest first
+            if event.vendor is not None and event.model is not None:
+                reenabled.setdefault((event.vendor, event.model), event.at)
+    configured, orphans = views.pair_statuses(table, disabled, now, unset_keys, reenabled)
     if args.json:
         print_json(views.status_json([*configured, *orphans]))
         for note in notes:

@@ -16,6 +16,8 @@ also hold are named in the detail):
     half-open, probing  none of the above, and an automatic disable is over but the pair's
                         `recovery` (half-open, probe) still waits for its verdict: the server
                         keeps the row until a request (half-open) or its probe passes
+    slow-start          none of the above, and the pair's last `enabled` event is less than its
+                        `slow-start-seconds` ago: its share of its tier is still ramping up
     enabled             none of the above; when a disable row exists but its `disabled_until`
                         has passed, the human label says "enabled (expired, not yet recorded)":
                         routing already ignores it, the server writes the `enabled` event on its
@@ -27,7 +29,7 @@ its detail says `key from ${VAR} (not set here; assumed set for the server)`.
 
 `--json` also gives each configured pair's `recovery_state`, the one word the management API's
 status calls `state` (`cliproxy.core.pair_state`: switched-off | disabled | half-open | probing |
-rate-limited | enabled; slow-start needs the event history, which `status` does not read).
+slow-start | rate-limited | enabled).
 The CLI's own `state` keeps its finer vocabulary above, which scripts already read.
 
 Rows in the database for pairs that are no longer configured are reported apart, as
@@ -74,6 +76,7 @@ LABELS: Mapping[str, str] = {
     "auto-disabled": "auto-disabled",
     "half-open": "half-open",
     "probing": "probing",
+    "slow-start": "slow-start",
     "rate-limited": "rate-limited",
     "manually-disabled": "manually disabled",
     "vendor-off": "vendor off",
@@ -171,6 +174,7 @@ def _status_of(
     key_variables: tuple[str, ...] = (),
     now: float = 0.0,
     recovery: RecoveryMode = "timer",
+    slow_start_until: float | None = None,
 ) -> PairStatus:
     in_force = [v for v in views if v.in_force]
     manual = [v for v in in_force if v.record.reason == "manual"]
@@ -200,6 +204,10 @@ def _status_of(
         conditions.append(
             (phase, f"auto-disable ended {format_timestamp(waiting[0].record.disabled_until or now)}; {_AWAITING[phase]}")
         )
+    if configured and not conditions and slow_start_until is not None:
+        conditions.append(
+            ("slow-start", f"re-enabled, its share of the tier ramps up until {format_timestamp(slow_start_until)}")
+        )
     if not configured:
         state, label = "not-configured", LABELS["not-configured"]
         details = [d for _, d in conditions]
@@ -226,14 +234,17 @@ def _status_of(
         label=label,
         detail="; ".join(details),
         configured=configured,
-        # A half-open pair takes (a few) requests; a probing one none until cliproxy's probe passes.
-        routable=configured and (not conditions or conditions[0][0] == "half-open"),
+        # A half-open pair takes (a few) requests, a slow-starting one its growing share; a probing
+        # one none until cliproxy's probe passes.
+        routable=configured and (not conditions or conditions[0][0] in ("half-open", "slow-start")),
         vendor_enabled=vendor_enabled,
         model_enabled=model_enabled,
         missing_key=missing_key,
         disables=tuple(views),
         key_variables=key_variables,
-        recovery_state=_recovery_state(views, vendor_enabled, model_enabled, missing_key, now, recovery) if configured else None,
+        recovery_state=_recovery_state(views, vendor_enabled, model_enabled, missing_key, now, recovery, slow_start_until)
+        if configured
+        else None,
     )
 
 
@@ -250,6 +261,7 @@ def _recovery_state(
     missing_key: bool | None,
     now: float,
     recovery: RecoveryMode = "timer",
+    slow_start_until: float | None = None,
 ) -> str:
     """The API's one-word `state` (`pair_state`), from the rows and the config as the CLI sees them."""
     by_reason = {v.record.reason: v.record for v in views}
@@ -261,8 +273,17 @@ def _recovery_state(
         manually_disabled=timed is not None,
         manually_disabled_until=timed.disabled_until if timed else None,
         rate_limited_until=limited.disabled_until if limited else None,
+        slow_start_until=slow_start_until,
     )
     return pair_state(view, now)
+
+
+def _slow_start_until(slow_start_seconds: float, reenabled_at: float | None, now: float) -> float | None:
+    """When the slow start that began at `reenabled_at` ends, while it runs; None otherwise."""
+    if reenabled_at is None or slow_start_seconds <= 0:
+        return None
+    until = reenabled_at + slow_start_seconds
+    return until if now < until else None
 
 
 def pair_statuses(
@@ -270,11 +291,13 @@ def pair_statuses(
     disabled: Iterable[DisabledRecord],
     now: float,
     unset_key_variables: Mapping[str, tuple[str, ...]] | None = None,
+    reenabled_at: Mapping[PairKey, float] | None = None,
 ) -> tuple[list[PairStatus], list[PairStatus]]:
     """(every configured pair in config order, pairs with database rows that are not configured).
 
     `unset_key_variables`: vendor name -> the unset `${VAR}`s its api-keys come from (a lenient
-    load); such a vendor's key is unknown here, not missing.
+    load); such a vendor's key is unknown here, not missing. `reenabled_at`: pair -> the time of its
+    last `enabled` event (recent ones: what a slow start runs from).
     """
     unknown = unset_key_variables or {}
 
@@ -300,6 +323,7 @@ def pair_statuses(
             key_variables=key_of(pair.vendor)[1],
             now=now,
             recovery=pair.auto_disable.recovery,
+            slow_start_until=_slow_start_until(pair.auto_disable.slow_start_seconds, (reenabled_at or {}).get(key), now),
         )
         for key, pair in table.pairs.items()
     ]

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -1033,3 +1034,45 @@ def test_status_on_a_database_of_an_older_version_says_to_migrate(tmp_path: Path
     result = run_cli("status", "--config", str(write_config(tmp_path, db)), cwd=tmp_path)
     assert result.returncode == 1
     assert "older schema" in result.stderr and "cliproxy migrate" in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# init
+# --------------------------------------------------------------------------------------------
+
+
+class TestInit:
+    """`cliproxy init` writes a starter config that loads as written, private, and never over a file."""
+
+    def test_starter_is_valid_private_and_never_overwritten(self, tmp_path: Path):
+        where = tmp_path / "my dir: #1"  # YAML's specials in the path: the database line must still load
+        where.mkdir()
+        path = where / "config.yaml"
+        first = run_cli("init", "--config", str(path), cwd=tmp_path)
+        assert (first.returncode, first.stderr) == (0, ""), first.stderr
+        assert f"wrote {path}" in first.stdout
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        text = path.read_text()
+        config = load_config(path)
+        [client_key] = config.api_keys
+        assert client_key.startswith("sk-cliproxy-") and len(client_key) > 40
+        assert config.remote_management.secret_key.startswith("mgmt-")
+        assert client_key not in first.stdout and config.remote_management.secret_key not in first.stdout
+        assert Path(config.database) == where / "cliproxy.db"
+        assert [(v.name, [m.name for m in v.models]) for v in config.vendors] == [("local", ["llama3.2"])]
+        check = run_cli("check-config", "--config", str(path), cwd=tmp_path)
+        assert check.returncode == 0, check.stderr
+        again = run_cli("init", "--config", str(path), cwd=tmp_path)
+        assert again.returncode == 1 and "exists; it is left as it is" in again.stderr
+        assert path.read_text() == text  # not a byte changed
+        assert [p.name for p in where.iterdir()] == ["config.yaml"]  # no temporary file left behind
+        other = tmp_path / "other.yaml"
+        assert run_cli("init", "--config", str(other), cwd=tmp_path).returncode == 0
+        assert load_config(other).api_keys != config.api_keys  # each install its own keys
+
+    def test_default_path_is_the_environment_then_the_working_directory(self, tmp_path: Path):
+        assert run_cli("init", cwd=tmp_path).returncode == 0
+        assert (tmp_path / "config.yaml").is_file()
+        named = tmp_path / "from-env.yaml"
+        assert run_cli("init", cwd=tmp_path, env={"CLIPROXY_CONFIG": str(named)}).returncode == 0
+        assert named.is_file()

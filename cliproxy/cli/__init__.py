@@ -1,5 +1,6 @@
 """The `cliproxy` command: the outermost shell. Subcommands parse arguments and call inwards.
 
+    init           write a starter config (keys generated, one local vendor); never over a file
     serve          run the gateway
     check-config   validate the config file
     migrate        apply pending database migrations (--dry-run lists them)
@@ -34,6 +35,7 @@ from cliproxy.cli.common import EXIT_CONFIG, EXIT_DATABASE
 from cliproxy.cli.demo import cmd_demo, cmd_fake_upstream
 from cliproxy.cli.management import KEY_ENV, cmd_disable, cmd_enable, default_url, duration_arg
 from cliproxy.cli.serve import cmd_check_config, cmd_migrate, cmd_serve
+from cliproxy.cli.starter import cmd_init
 from cliproxy.cli.state import cmd_history, cmd_status, limit_arg, since_arg
 from cliproxy.core.events import EventKind
 
@@ -63,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    add(
+        "init",
+        cmd_init,
+        "write a starter config: keys generated, one local vendor (never over an existing file)",
+        "Write a small, valid config to --config (default: $CLIPROXY_CONFIG or ./config.yaml): a client\n"
+        "key and a management key generated for this install, the database beside the config, one local\n"
+        "vendor (Ollama) and a hosted one commented out. The file is readable by its owner only. An\n"
+        "existing file is never written over (exit 1).",
+    )
     add("serve", cmd_serve, "run the gateway")
     add("check-config", cmd_check_config, "validate the config file and exit (non-zero on errors)")
 

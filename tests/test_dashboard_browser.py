@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from cliproxy.web.ui import SECURITY_HEADERS
@@ -233,3 +235,49 @@ def test_page_carries_the_security_headers(stack: Stack):
     with urllib.request.urlopen(stack.base + "/ui/", timeout=10) as resp:
         for name, value in SECURITY_HEADERS.items():
             assert resp.headers[name] == value, name
+
+
+def test_phone_width_and_keyboard_only(stack: Stack, browser: webdriver.Chrome):
+    """390 px wide, no mouse: log in with Enter, nothing scrolls sideways, a disable is opened,
+    cancelled with Escape, opened again and confirmed with Tab and Enter."""
+    browser.set_window_size(390, 844)
+    browser.get(stack.base + "/ui/")
+    wait(browser, lambda: browser.find_element(By.ID, "key")).send_keys(MGMT_KEY + Keys.ENTER)
+    wait(browser, lambda: browser.find_element(By.ID, "dashboard").is_displayed())
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#pairs tbody tr")) == 3)
+    width = browser.execute_script("return window.innerWidth")
+    assert width <= 390
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width  # no sideways scrolling
+    disable = row(browser, "bad", "m").find_element(By.CSS_SELECTOR, "button.disable")
+    assert disable.is_displayed() and disable.rect["x"] + disable.rect["width"] <= width
+
+    keys = ActionChains(browser)
+    browser.execute_script("arguments[0].focus()", disable)  # as if tabbed to
+    keys.send_keys(Keys.ENTER).perform()
+    wait(browser, lambda: browser.find_element(By.ID, "confirm").is_displayed())
+    assert browser.switch_to.active_element.get_attribute("id") == "confirm-cancel"  # the safe choice has focus
+    keys.send_keys(Keys.ESCAPE).perform()
+    wait(browser, lambda: not browser.find_element(By.ID, "confirm").is_displayed())
+    assert state_of(browser, "bad", "m") == "enabled"  # Escape did nothing
+
+    browser.execute_script("arguments[0].focus()", row(browser, "bad", "m").find_element(By.CSS_SELECTOR, "button.disable"))
+    keys.send_keys(Keys.ENTER).perform()
+    wait(browser, lambda: browser.find_element(By.ID, "confirm").is_displayed())
+    keys.send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "confirm-ok"
+    keys.send_keys(Keys.ENTER).perform()
+    wait(browser, lambda: state_of(browser, "bad", "m") == "disabled")
+    status, headers, _ = stack.chat()
+    assert status == 200 and headers["x-cliproxy-vendor"] == "good"
+    assert severe_console_entries(browser) == []
+
+
+def test_a_rejected_config_reload_shows_a_banner(stack: Stack, browser: webdriver.Chrome):
+    log_in(browser, stack.base)
+    wait(browser, lambda: browser.find_element(By.ID, "dashboard").is_displayed())
+    assert browser.find_element(By.ID, "banners").text == ""
+    stack.gateway.config_path.write_text("port: not-a-port\n")  # the gateway keeps its config, says why
+    banner = wait(browser, lambda: browser.find_element(By.ID, "banners").text, timeout=15.0)
+    assert "The last config reload was rejected" in banner and "port" in banner
+    status, headers, _ = stack.chat()
+    assert status == 200  # still serving on the previous config

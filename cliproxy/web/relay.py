@@ -133,8 +133,9 @@ async def _relay_whole(
 ) -> web.StreamResponse:
     """A JSON answer `_open` has already read whole (up to `SMALL_BODY_LIMIT`), going where the
     socket takes it without waiting: one `web.Response`, its headers and body in one write. (Never
-    an SSE stream, even one that had ended: a stream goes out chunk by chunk.) The streaming path's prepare, write and write_eof cost a
-    tenth of a non-streaming request's CPU more for the same bytes on the wire."""
+    an SSE stream, even one that had ended: a stream goes out chunk by chunk.) The streaming
+    path's prepare, write and write_eof cost more CPU for the same bytes on the wire (with the
+    first-token watch's `read_nowait`, 8% of a non-streaming request's, measured under wrk)."""
     upstream, body = opened.response, opened.first_chunk
     upstream.release()
     client = web.Response(status=200, headers=headers, body=body)

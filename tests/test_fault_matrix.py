@@ -233,6 +233,31 @@ async def _read_counting(resp: aiohttp.ClientResponse) -> tuple[int, bytes, int]
     return size, tail, max(peak, _vm_rss())
 
 
+async def _matrix_gateway(
+    case: Case, with_fallback: bool, upstreams: Any, gateway: Any, unused_port: int
+) -> tuple[Any, FakeUpstream | None]:
+    """The gateway of one case: the faulty vendor `v` (priority 1) and the healthy `ok` below it,
+    which serves `m` too only `with_fallback` (always `h`); and the faulty upstream (None: refused)."""
+    healthy = await upstreams(chunks=5)
+    faulty: FakeUpstream | None = None
+    if case.fault is None:
+        faulty_url = f"http://127.0.0.1:{unused_port}/v1"
+    else:
+        faulty = await upstreams(chunks=5)
+        faulty.fail(None, case.fault)
+        faulty_url = faulty.url
+    bad = vendor("v", faulty_url, ["m"], priority=1)
+    if case.timeouts:
+        bad["timeouts"] = case.timeouts
+    gw = await gateway(
+        {
+            "auto-disable": {"failure-threshold": 100},
+            "openai-compatibility": [bad, vendor("ok", healthy.url, ["m", "h"] if with_fallback else ["h"])],
+        }
+    )
+    return gw, faulty
+
+
 # ------------------------------------------------------------------------------------- the matrix
 
 
@@ -248,22 +273,7 @@ class TestFaultMatrix:
         stream = mode == "stream"
         with_fallback = topology == "with_fallback"
 
-        healthy = await upstreams(chunks=5)
-        if case.fault is None:
-            faulty_url = f"http://127.0.0.1:{unused_tcp_port}/v1"
-        else:
-            faulty: FakeUpstream = await upstreams(chunks=5)
-            faulty.fail(None, case.fault)
-            faulty_url = faulty.url
-        bad = vendor("v", faulty_url, ["m"], priority=1)
-        if case.timeouts:
-            bad["timeouts"] = case.timeouts
-        gw = await gateway(
-            {
-                "auto-disable": {"failure-threshold": 100},
-                "openai-compatibility": [bad, vendor("ok", healthy.url, ["m", "h"] if with_fallback else ["h"])],
-            }
-        )
+        gw, faulty = await _matrix_gateway(case, with_fallback, upstreams, gateway, unused_tcp_port)
         connector = gw.app[CLIENT_SESSION].connector
         tracker = gw.app[TRACKER]
         tasks_before = set(asyncio.all_tasks())
@@ -331,7 +341,7 @@ class TestFaultMatrix:
             else:
                 assert expect.check(await resp.read())
         resp.release()
-        if case.fault is not None:
+        if faulty is not None:
             assert faulty.faults_applied == 1
 
         def state_count() -> int:
@@ -399,22 +409,7 @@ class TestFaultMatrixForAnthropicClients:
         stream = mode == "stream"
         with_fallback = topology == "with_fallback"
 
-        healthy = await upstreams(chunks=5)
-        if case.fault is None:
-            faulty_url = f"http://127.0.0.1:{unused_tcp_port}/v1"
-        else:
-            faulty = await upstreams(chunks=5)
-            faulty.fail(None, case.fault)
-            faulty_url = faulty.url
-        bad = vendor("v", faulty_url, ["m"], priority=1)
-        if case.timeouts:
-            bad["timeouts"] = case.timeouts
-        gw = await gateway(
-            {
-                "auto-disable": {"failure-threshold": 100},
-                "openai-compatibility": [bad, vendor("ok", healthy.url, ["m", "h"] if with_fallback else ["h"])],
-            }
-        )
+        gw, _ = await _matrix_gateway(case, with_fallback, upstreams, gateway, unused_tcp_port)
         connector = gw.app[CLIENT_SESSION].connector
         tracker = gw.app[TRACKER]
         tasks_before = set(asyncio.all_tasks())
